@@ -1,0 +1,120 @@
+"""Settings from the environment and `.env`, validated once at start-up."""
+
+import logging
+import os
+import secrets
+import sys
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.models import Email, Password
+
+logger = logging.getLogger(__name__)
+
+MIN_SECRET_KEY_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    PROJECT_NAME: str = "Users API"
+    STAGE: Literal["local", "test", "staging", "production"] = "local"
+    SECRET_KEY: str = ""
+    DATABASE_URL: str = "sqlite:///./data/app.db"
+    API_V1_PREFIX: str = "/api/v1"
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=30, ge=1)
+    REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=14, ge=1)
+    # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = []
+
+    FIRST_ADMIN_EMAIL: Email | None = None
+    FIRST_ADMIN_PASSWORD: Password | None = None
+    REGISTRATION_ENABLED: bool = True
+    RATE_LIMIT_ENABLED: bool = True
+    REDIS_URL: str | None = None
+    AUTO_MIGRATE: bool | None = None
+
+    BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
+    HASH_CONCURRENCY: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1)
+    HASH_QUEUE_LIMIT: int = Field(default=32, ge=0)
+
+    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
+    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    DB_POOL_RECYCLE_SECONDS: int = Field(default=1800, ge=-1)
+    DB_POOL_PRE_PING: bool = True
+    DB_ECHO: bool = False
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("API_V1_PREFIX")
+    @classmethod
+    def normalise_prefix(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def check_database_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError(
+                "must start with sqlite:/// or postgresql:// (the async driver is chosen by the app)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def check_secret_key_and_defaults(self) -> "Settings":
+        if self.STAGE != "local" and len(self.SECRET_KEY.encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(
+                f"SECRET_KEY must be set to at least {MIN_SECRET_KEY_BYTES} bytes when "
+                f"STAGE={self.STAGE} (generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if not self.SECRET_KEY:
+            self.SECRET_KEY = secrets.token_urlsafe(48)
+            logger.warning(
+                "SECRET_KEY is not set: using a random key for this process. Tokens stop "
+                "working when it restarts and are not shared between workers."
+            )
+        if self.AUTO_MIGRATE is None:
+            self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite:")
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, naming the variable, instead of a traceback."""
+    lines = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["loc"]:
+            message = ".".join(str(part) for part in item["loc"]) + ": " + message
+        lines.append(f"Configuration error: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, or exit with a one-line message per invalid variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        sys.exit(describe_validation_error(error))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

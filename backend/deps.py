@@ -1,0 +1,108 @@
+"""Annotated dependencies shared by the routers."""
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import OAuth2PasswordBearer
+from pydantic import ValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend import crud
+from backend.config import Settings
+from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
+from backend.models import LoginRequest, User, UserRole
+from backend.security import ACCESS, PasswordHasher, decode_token
+
+# The token URL shown in the docs is rewritten to the configured prefix in main.py.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_password_hasher(request: Request) -> PasswordHasher:
+    hasher: PasswordHasher = request.app.state.password_hasher
+    return hasher
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_current_user(
+    session: SessionDep, settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> User:
+    if not token:
+        raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
+    claims = decode_token(token, ACCESS, settings)
+    user = await crud.get_user(session, user_id=claims.sub)
+    # One message for a deleted user and a revoked token: neither may say more.
+    if user is None or user.token_version != claims.ver:
+        raise UnauthorizedError("The token is invalid or has been revoked.")
+    if not user.is_active:
+        raise ForbiddenError("This account is deactivated.")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_current_admin(user: CurrentUser) -> User:
+    if user.role != UserRole.ADMIN:
+        raise ForbiddenError("This action requires the admin role.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_current_admin)]
+
+
+async def get_login_credentials(request: Request) -> LoginRequest:
+    """Accept the OAuth2 password form (Swagger's Authorize, curl -d) or a JSON body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.body()
+        return _validate_login(lambda: LoginRequest.model_validate_json(body), form=False)
+    form = await request.form()
+    fields = {"email": form.get("username"), "password": form.get("password")}
+    return _validate_login(lambda: LoginRequest.model_validate(fields), form=True)
+
+
+def _validate_login(validate: Callable[[], LoginRequest], *, form: bool) -> LoginRequest:
+    try:
+        return validate()
+    except ValidationError as error:
+        errors = []
+        for item in error.errors():
+            field = item["loc"][0] if item["loc"] else "body"
+            if form and field == "email":
+                field = "username"  # the OAuth2 form's name for it
+            errors.append({**item, "loc": ("body", field, *item["loc"][1:])})
+        raise RequestValidationError(errors) from error
+
+
+LoginCredentials = Annotated[LoginRequest, Depends(get_login_credentials)]
+
+
+MAX_ID = 2**31 - 1  # the id column is a 32-bit integer
+
+
+async def get_target_user(
+    user_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep
+) -> User:
+    user = await crud.get_user(session, user_id=user_id)
+    if user is None:
+        raise NotFoundError(f"User {user_id} does not exist.")
+    return user
+
+
+TargetUser = Annotated[User, Depends(get_target_user)]

@@ -1,0 +1,186 @@
+"""One error format for every error: RFC 9457 problem+json."""
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+DB_RETRY_AFTER_SECONDS = 2
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class DomainError(Exception):
+    """An expected failure, mapped to its HTTP status by one handler."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+    headers: Mapping[str, str] = {}
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(DomainError):
+    status_code = HTTPStatus.NOT_FOUND
+
+
+class ConflictError(DomainError):
+    status_code = HTTPStatus.CONFLICT
+
+
+class EmailTakenError(ConflictError):
+    def __init__(self) -> None:
+        super().__init__("A user with this email already exists.")
+
+
+class UnauthorizedError(DomainError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(DomainError):
+    status_code = HTTPStatus.FORBIDDEN
+
+
+class ServiceUnavailableError(DomainError):
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after_seconds)}
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    errors: Sequence[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> JSONResponse:
+    problem = Problem(
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        request_id=request_id,
+        errors=list(errors) if errors is not None else None,
+    )
+    return JSONResponse(
+        problem.model_dump(exclude_none=True),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_JSON,
+    )
+
+
+def request_id_of(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def _field_name(location: Sequence[Any]) -> str:
+    # ("body", "email") -> "email"; a body that is not JSON at all -> "body".
+    parts = [str(part) for part in location[1:]] if len(location) > 1 else []
+    return ".".join(parts) or str(location[0] if location else "body")
+
+
+def _validation_message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return "Request body is not valid JSON."
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        exc.status_code, exc.detail, headers=exc.headers, request_id=request_id_of(request)
+    )
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).description
+    if status == HTTPStatus.NOT_FOUND and detail == "Not Found":
+        detail = f"No route matches {request.url.path}."
+    elif status == HTTPStatus.METHOD_NOT_ALLOWED:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    return problem_response(status, detail, headers=exc.headers, request_id=request_id_of(request))
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldError(field=_field_name(error["loc"]), message=_validation_message(error))
+        for error in exc.errors()
+    ]
+    fields = ", ".join(dict.fromkeys(error.field for error in errors))
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        f"Invalid input: {fields}.",
+        errors=errors,
+        request_id=request_id_of(request),
+    )
+
+
+async def _handle_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", exc.__class__.__name__)
+    return problem_response(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "The database is unavailable or busy; retry shortly.",
+        headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+        request_id=request_id_of(request),
+    )
+
+
+async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    request_id = request_id_of(request)
+    response = problem_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "An unexpected error occurred. Quote the request id when reporting it.",
+        request_id=request_id,
+    )
+    # This handler runs outside the request-id middleware, so it sets the header itself.
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _handle_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(OperationalError, _handle_database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _handle_database_unavailable)
+    app.add_exception_handler(Exception, _handle_unexpected_error)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error statuses, all with the Problem schema."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }

@@ -1,0 +1,119 @@
+"""The app factory: lifespan, middleware, error handlers, routers."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from backend import crud
+from backend.config import Settings, get_settings
+from backend.db import create_engine, create_sessionmaker, upgrade_to_head
+from backend.errors import PROBLEM_JSON, install_error_handlers
+from backend.middleware import ProblemCORSMiddleware, RequestIdMiddleware, TrailingSlashMiddleware
+from backend.models import UserCreate, UserRole
+from backend.routers import auth, health, users
+from backend.security import PasswordHasher
+
+logger = logging.getLogger(__name__)
+
+TAGS = [
+    {"name": "auth", "description": "Register and exchange credentials for tokens."},
+    {"name": "users", "description": "User accounts: everyone reads, admins write."},
+    {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
+]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.password_hasher = PasswordHasher(
+        rounds=settings.BCRYPT_ROUNDS,
+        concurrency=settings.HASH_CONCURRENCY,
+        queue_limit=settings.HASH_QUEUE_LIMIT,
+    )
+    try:
+        if settings.AUTO_MIGRATE:
+            await upgrade_to_head(engine)
+        await _ensure_first_admin(app)
+        yield
+    finally:
+        await engine.dispose()
+
+
+async def _ensure_first_admin(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    if not (settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD):
+        return
+    admin = UserCreate(
+        email=settings.FIRST_ADMIN_EMAIL,
+        password=settings.FIRST_ADMIN_PASSWORD,
+        name="Admin",
+        role=UserRole.ADMIN,
+    )
+    async with app.state.sessionmaker() as session:
+        created = await crud.ensure_user(session, data=admin, hasher=app.state.password_hasher)
+    if created:
+        logger.info("created the first admin %s", admin.email)
+    else:
+        logger.info("first admin %s already exists; left unchanged", admin.email)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title=settings.PROJECT_NAME,
+        description="Users and JWT authentication. Errors are RFC 9457 problem+json.",
+        version="1.0.0",
+        openapi_url=f"{settings.API_V1_PREFIX}/openapi.json",
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        redirect_slashes=False,
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(users.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(health.router)
+
+    # Added innermost first: the request id wraps everything, CORS sees normalised paths.
+    app.add_middleware(
+        ProblemCORSMiddleware,
+        allow_origins=settings.CORS_ORIGINS,
+        # Credentials only ever go to listed origins, never to a wildcard.
+        allow_credentials="*" not in settings.CORS_ORIGINS,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID", "Location"],
+    )
+    app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _adapt_openapi(FastAPI.openapi(app), settings.API_V1_PREFIX)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _adapt_openapi(schema: dict[str, Any], prefix: str) -> None:
+    """Point Swagger's Authorize at the configured prefix; errors are problem+json."""
+    for scheme in schema.get("components", {}).get("securitySchemes", {}).values():
+        if "password" in scheme.get("flows", {}):
+            scheme["flows"]["password"]["tokenUrl"] = f"{prefix}/auth/login"
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if int(status) >= 400 and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+
+
+app = create_app()

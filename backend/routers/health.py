@@ -1,0 +1,39 @@
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.errors import ServiceUnavailableError, problem_responses
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+READY_RETRY_AFTER_SECONDS = 5
+
+
+class HealthStatus(BaseModel):
+    status: str = "ok"
+    checks: dict[str, str] | None = None
+
+
+@router.get(
+    "", name="health-live", response_model=HealthStatus, response_model_exclude_none=True
+)
+async def live() -> HealthStatus:
+    """The process is up. Touches no database."""
+    return HealthStatus()
+
+
+@router.get(
+    "/ready", name="health-ready", response_model=HealthStatus, responses=problem_responses(503)
+)
+async def ready(request: Request) -> HealthStatus:
+    """The database answers: safe to route traffic here."""
+    try:
+        async with request.app.state.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as error:
+        raise ServiceUnavailableError(
+            f"The database is not reachable ({error.__class__.__name__}).",
+            retry_after_seconds=READY_RETRY_AFTER_SECONDS,
+        ) from error
+    return HealthStatus(checks={"database": "ok"})

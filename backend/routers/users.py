@@ -1,0 +1,100 @@
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from backend import crud
+from backend.deps import AdminUser, CurrentUser, PasswordHasherDep, SessionDep, TargetUser
+from backend.errors import problem_responses
+from backend.models import User, UserCreate, UserPublic, UserUpdate, UserUpdateMe
+
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 403, 422))
+
+MAX_PAGE = 1_000_000
+
+
+@router.get("", name="users-list", response_model=list[UserPublic])
+async def list_users(
+    session: SessionDep,
+    _user: CurrentUser,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Sequence[User]:
+    """A page of users, oldest first."""
+    return await crud.list_users(session, page=page, per_page=per_page)
+
+
+@router.post(
+    "",
+    name="users-create",
+    response_model=UserPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409),
+)
+async def create_user(
+    body: UserCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    _admin: AdminUser,
+    hasher: PasswordHasherDep,
+) -> User:
+    """Create a user (admin only)."""
+    hashed_password = await hasher.hash(body.password)
+    user = await crud.create_user(session, data=body, hashed_password=hashed_password)
+    response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
+    return user
+
+
+@router.get("/me", name="users-me", response_model=UserPublic)
+async def read_me(user: CurrentUser) -> User:
+    """The authenticated user."""
+    return user
+
+
+@router.patch("/me", name="users-update-me", response_model=UserPublic)
+async def update_me(body: UserUpdateMe, user: CurrentUser, session: SessionDep) -> User:
+    """Change your own name."""
+    changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
+    return await crud.update_user(session, user=user, changes=changes)
+
+
+@router.get(
+    "/{user_id}", name="users-get", response_model=UserPublic, responses=problem_responses(404)
+)
+async def read_user(user: TargetUser, _user: CurrentUser) -> User:
+    """One user by id."""
+    return user
+
+
+@router.patch(
+    "/{user_id}",
+    name="users-update",
+    response_model=UserPublic,
+    responses=problem_responses(404, 409),
+)
+async def update_user(
+    body: UserUpdate,
+    user: TargetUser,
+    session: SessionDep,
+    _admin: AdminUser,
+    hasher: PasswordHasherDep,
+) -> User:
+    """Change any of a user's fields (admin only); role, deactivation and password
+    changes revoke the user's tokens."""
+    hashed_password = await hasher.hash(body.password) if body.password else None
+    return await crud.update_user(
+        session, user=user, changes=body, hashed_password=hashed_password
+    )
+
+
+@router.delete(
+    "/{user_id}",
+    name="users-delete",
+    response_model=UserPublic,
+    responses=problem_responses(404, 409),
+)
+async def delete_user(user: TargetUser, session: SessionDep, admin: AdminUser) -> User:
+    """Delete a user (admin only) and return the deleted record."""
+    await crud.delete_user(session, user=user, actor_id=admin.id)
+    return user

@@ -1,0 +1,127 @@
+"""Password hashing off the event loop, and JWTs."""
+
+import uuid
+from datetime import timedelta
+from functools import cached_property
+
+import anyio
+import jwt
+from anyio.to_thread import run_sync
+from pwdlib import PasswordHash
+from pwdlib.hashers.bcrypt import BcryptHasher
+from pydantic import ValidationError
+
+from backend.config import Settings
+from backend.errors import ServiceUnavailableError, UnauthorizedError
+from backend.models import (
+    PASSWORD_MAX_BYTES,
+    LoginResponse,
+    TokenClaims,
+    User,
+    UserPublic,
+    utcnow,
+)
+
+JWT_ALGORITHM = "HS256"
+ACCESS = "access"
+REFRESH = "refresh"
+HASH_QUEUE_RETRY_AFTER_SECONDS = 1
+
+
+class PasswordHasher:
+    """bcrypt in worker threads, at most `concurrency` at once, shedding load past a queue.
+
+    A bcrypt verify costs hundreds of milliseconds of CPU; run on the event loop it
+    would stall every other request, and unbounded in threads it would starve them.
+    """
+
+    def __init__(self, *, rounds: int, concurrency: int, queue_limit: int) -> None:
+        self._context = PasswordHash((BcryptHasher(rounds=rounds),))
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._queue_limit = queue_limit
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        return self._context.hash("dummy password for unknown emails")
+
+    @property
+    def queue_depth(self) -> int:
+        return self._limiter.statistics().tasks_waiting
+
+    def _check_queue(self) -> None:
+        if self._limiter.available_tokens < 1 and self.queue_depth >= self._queue_limit:
+            raise ServiceUnavailableError(
+                "Too many password checks in progress; retry shortly.",
+                retry_after_seconds=HASH_QUEUE_RETRY_AFTER_SECONDS,
+            )
+
+    async def hash(self, password: str) -> str:
+        self._check_queue()
+        return await run_sync(self._context.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+        """Check a password; with no hash (unknown user) spend the same time and fail.
+
+        Returns whether it matched and, when the rounds setting changed, a new hash.
+        """
+        self._check_queue()
+        return await run_sync(self._verify, password, hashed_password, limiter=self._limiter)
+
+    def _verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+        too_long = len(password.encode()) > PASSWORD_MAX_BYTES
+        if hashed_password is None or too_long:
+            # bcrypt refuses passwords over 72 bytes, and no stored hash can match one.
+            self._context.verify(password.encode()[:PASSWORD_MAX_BYTES], self._dummy_hash)
+            return False, None
+        return self._context.verify_and_update(password, hashed_password)
+
+
+def create_token(
+    user: User, token_type: str, settings: Settings, *, family: str | None = None
+) -> tuple[str, TokenClaims]:
+    assert user.id is not None
+    issued_at = utcnow()
+    lifetime = (
+        timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
+        if token_type == ACCESS
+        else timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS)
+    )
+    claims = TokenClaims(
+        sub=user.id,
+        type=token_type,
+        jti=uuid.uuid4().hex,
+        ver=user.token_version,
+        iat=int(issued_at.timestamp()),
+        exp=int((issued_at + lifetime).timestamp()),
+        fam=family,
+    )
+    payload = claims.model_dump(exclude_none=True)
+    payload["sub"] = str(claims.sub)  # RFC 7519: the subject is a string
+    return jwt.encode(payload, settings.SECRET_KEY, algorithm=JWT_ALGORITHM), claims
+
+
+def decode_token(token: str, expected_type: str, settings: Settings) -> TokenClaims:
+    try:
+        payload = jwt.decode(
+            token,
+            settings.SECRET_KEY,
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["exp", "iat", "sub", "jti"]},
+        )
+        claims = TokenClaims.model_validate(payload)
+    except (jwt.InvalidTokenError, ValidationError) as error:
+        raise UnauthorizedError("The token is invalid or has expired.") from error
+    if claims.type != expected_type:
+        raise UnauthorizedError(f"A token of type '{expected_type}' is required here.")
+    return claims
+
+
+def issue_login_response(user: User, settings: Settings) -> LoginResponse:
+    access_token, _ = create_token(user, ACCESS, settings)
+    refresh_token, _ = create_token(user, REFRESH, settings, family=uuid.uuid4().hex)
+    return LoginResponse(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
+        user=UserPublic.model_validate(user),
+    )
