@@ -3,13 +3,12 @@
 import asyncio
 from typing import Any, Literal
 
-from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, text
-
 from sqlmodel import SQLModel
 
-from backend import models  # noqa: F401  (registers the tables on the metadata)
+from alembic import context
+from backend import models
 from backend.config import get_settings
 from backend.db import async_url, create_engine
 

@@ -32,7 +32,9 @@ def serve(
     """Serve the API (docs at http://HOST:PORT/docs)."""
     settings = get_settings()  # fails here, in one line, on a bad configuration
     if workers > 1 and settings.is_sqlite:
-        raise typer.BadParameter("several workers need PostgreSQL, not SQLite", param_hint="--workers")
+        raise typer.BadParameter(
+            "several workers need PostgreSQL, not SQLite", param_hint="--workers"
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(
         "backend.main:app",

@@ -66,10 +66,10 @@ class Settings(BaseSettings):
     @field_validator("DATABASE_URL")
     @classmethod
     def check_database_url(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0]
-        if scheme not in {"sqlite", "postgresql", "postgres"}:
+        dialect = value.split("://", 1)[0].split("+", 1)[0]
+        if dialect not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError(
-                "must start with sqlite:/// or postgresql:// (the async driver is chosen by the app)"
+                "must start with sqlite:/// or postgresql:// (the app picks the async driver)"
             )
         return value
 

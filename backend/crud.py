@@ -101,7 +101,9 @@ async def _commit_or_email_taken(session: AsyncSession) -> None:
         await session.commit()
     except IntegrityError as error:
         await session.rollback()
-        raise EmailTakenError() from error
+        if "email" in str(error.orig):
+            raise EmailTakenError() from error
+        raise
 
 
 async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: PasswordHasher) -> bool:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,11 +37,11 @@ class DomainError(Exception):
     """An expected failure, mapped to its HTTP status by one handler."""
 
     status_code = HTTPStatus.BAD_REQUEST
-    headers: Mapping[str, str] = {}
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = dict(headers or {})
 
 
 class NotFoundError(DomainError):
@@ -59,7 +59,9 @@ class EmailTakenError(ConflictError):
 
 class UnauthorizedError(DomainError):
     status_code = HTTPStatus.UNAUTHORIZED
-    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class ForbiddenError(DomainError):
@@ -69,9 +71,8 @@ class ForbiddenError(DomainError):
 class ServiceUnavailableError(DomainError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
-    def __init__(self, detail: str, retry_after_seconds: int) -> None:
-        super().__init__(detail)
-        self.headers = {"Retry-After": str(retry_after_seconds)}
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
 
 
 def problem_response(
@@ -98,7 +99,8 @@ def problem_response(
 
 
 def request_id_of(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("request_id")
+    request_id: str | None = request.scope.get("state", {}).get("request_id")
+    return request_id
 
 
 def _field_name(location: Sequence[Any]) -> str:
@@ -174,8 +176,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_exception_handler(OperationalError, _handle_database_unavailable)
-    app.add_exception_handler(PoolTimeoutError, _handle_database_unavailable)
+    # Connection refused/reset and connect time-outs surface as OSError, not DBAPI errors.
+    for unavailable in (OperationalError, InterfaceError, PoolTimeoutError, OSError):
+        app.add_exception_handler(unavailable, _handle_database_unavailable)
     app.add_exception_handler(Exception, _handle_unexpected_error)
 
 

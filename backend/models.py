@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, field_validator
 from sqlalchemy import DateTime, Dialect, Enum, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -112,7 +112,7 @@ class User(UserBase, table=True):
 
 
 EXAMPLE_EMAIL = "ada@example.com"
-EXAMPLE_PASSWORD = "Correct-Horse-9"
+EXAMPLE_PASSWORD = "Correct-Horse-9"  # noqa: S105  (documentation example)
 
 
 class UserCreate(UserBase):
@@ -145,6 +145,14 @@ class UserUpdate(SQLModel):
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={"examples": [{"name": "Ada King", "role": "admin"}]}
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def reject_null(cls, value: object) -> object:
+        # Omit a field to leave it unchanged; null would mean "erase", which none allows.
+        if value is None:
+            raise ValueError("must not be null; omit the field to leave it unchanged")
+        return value
 
 
 class UserUpdateMe(SQLModel):
@@ -186,7 +194,7 @@ class LoginRequest(SQLModel):
 class LoginResponse(SQLModel):
     access_token: str
     refresh_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105  (the OAuth2 token type, not a secret)
     expires_in: int = Field(description="Seconds until the access token expires")
     user: UserPublic
 

@@ -15,9 +15,7 @@ class HealthStatus(BaseModel):
     checks: dict[str, str] | None = None
 
 
-@router.get(
-    "", name="health-live", response_model=HealthStatus, response_model_exclude_none=True
-)
+@router.get("", name="health-live", response_model=HealthStatus, response_model_exclude_none=True)
 async def live() -> HealthStatus:
     """The process is up. Touches no database."""
     return HealthStatus()

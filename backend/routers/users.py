@@ -83,9 +83,7 @@ async def update_user(
     """Change any of a user's fields (admin only); role, deactivation and password
     changes revoke the user's tokens."""
     hashed_password = await hasher.hash(body.password) if body.password else None
-    return await crud.update_user(
-        session, user=user, changes=body, hashed_password=hashed_password
-    )
+    return await crud.update_user(session, user=user, changes=body, hashed_password=hashed_password)
 
 
 @router.delete(

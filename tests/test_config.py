@@ -1,0 +1,102 @@
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from backend.config import Settings, load_settings
+from backend.db import async_url
+from tests.conftest import REPO_ROOT
+
+
+def settings_from(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+def test_production_without_secret_key_exits_with_one_line() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+    env.update(STAGE="production", DATABASE_URL="postgresql://u:p@127.0.0.1/db")
+    result = subprocess.run(
+        [sys.executable, "-c", "import backend.main"],
+        cwd=REPO_ROOT / "tests",  # no .env there
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("Configuration error: SECRET_KEY must be set")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_short_secret_key_is_refused_outside_local() -> None:
+    with pytest.raises(SystemExit, match="SECRET_KEY must be set to at least 32 bytes"):
+        load_settings(_env_file=None, STAGE="staging", SECRET_KEY="short")
+
+
+def test_local_generates_a_key_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="backend.config"):
+        first = settings_from(STAGE="local")
+        second = settings_from(STAGE="local")
+    assert len(first.SECRET_KEY) >= 32
+    assert first.SECRET_KEY != second.SECRET_KEY
+    assert "SECRET_KEY is not set" in caplog.text
+
+
+def test_invalid_values_name_the_variable() -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(_env_file=None, DATABASE_URL="mysql://x", BCRYPT_ROUNDS=2)
+    message = str(raised.value)
+    assert "Configuration error: DATABASE_URL: must start with sqlite:///" in message
+    assert "Configuration error: BCRYPT_ROUNDS:" in message
+
+
+def test_first_admin_password_must_meet_the_policy() -> None:
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: must contain at least one"):
+        load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="lowercase-only")
+
+
+def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example/ ,")
+    monkeypatch.setenv("API_V1_PREFIX", "api/v2/")
+    monkeypatch.setenv("SOMETHING_UNKNOWN", "ignored")
+    settings = settings_from()
+    assert settings.CORS_ORIGINS == ["https://a.example", "https://b.example"]
+    assert settings.API_V1_PREFIX == "/api/v2"
+    assert settings.DATABASE_URL == "sqlite:///./data/app.db"
+    assert settings.AUTO_MIGRATE is True
+    assert settings.HASH_CONCURRENCY >= 1
+    assert settings.BCRYPT_ROUNDS == 12
+
+
+def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
+    settings = settings_from(
+        STAGE="production", SECRET_KEY="x" * 32, DATABASE_URL="postgresql://u:p@h/db"
+    )
+    assert settings.AUTO_MIGRATE is False
+
+
+def test_env_file_is_read(tmp_path: os.PathLike[str]) -> None:
+    env_file = os.path.join(tmp_path, ".env")
+    with open(env_file, "w") as handle:
+        handle.write("PROJECT_NAME=From File\nBCRYPT_ROUNDS=5\n")
+    settings = Settings(_env_file=env_file)
+    assert settings.PROJECT_NAME == "From File"
+    assert settings.BCRYPT_ROUNDS == 5
+
+
+@pytest.mark.parametrize(
+    ("plain", "expected"),
+    [
+        ("sqlite:///./data/app.db", "sqlite+aiosqlite:///./data/app.db"),
+        ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:***@h:5432/db"),
+        ("postgres://u:p@h/db", "postgresql+asyncpg://u:***@h/db"),
+        ("postgresql://u:p@h/db?sslmode=require", "postgresql+asyncpg://u:***@h/db?ssl=require"),
+    ],
+)
+def test_plain_urls_get_async_drivers(plain: str, expected: str) -> None:
+    assert str(async_url(plain)) == expected

@@ -1,0 +1,91 @@
+"""Forged, expired and mistyped tokens are all 401; the hasher sheds load with 503."""
+
+import base64
+import json
+import time
+from typing import Any
+
+import anyio
+import httpx
+import jwt
+import pytest
+
+from backend.errors import ServiceUnavailableError
+from backend.security import PasswordHasher
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def _claims(client: httpx.AsyncClient) -> dict[str, Any]:
+    token = (await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"]
+    claims: dict[str, Any] = jwt.decode(token, TEST_SECRET_KEY, algorithms=["HS256"])
+    return claims
+
+
+async def test_forged_tokens_are_refused(client: httpx.AsyncClient) -> None:
+    claims = await _claims(client)
+    valid = jwt.encode(claims, TEST_SECRET_KEY, algorithm="HS256")
+    header, payload, signature = valid.split(".")
+    now = int(time.time())
+    forged = {
+        "wrong key": jwt.encode(claims, "another-secret-key-of-enough-length!!", algorithm="HS256"),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
+        "expired": jwt.encode(
+            {**claims, "iat": now - 7200, "exp": now - 3600}, TEST_SECRET_KEY, algorithm="HS256"
+        ),
+        "unknown user": jwt.encode({**claims, "sub": "987654"}, TEST_SECRET_KEY, algorithm="HS256"),
+        "tampered": f"{header}.{_b64({**claims, 'sub': '2'})}.{signature}",
+        "old version": jwt.encode({**claims, "ver": 5}, TEST_SECRET_KEY, algorithm="HS256"),
+        "no jti": jwt.encode(
+            {k: v for k, v in claims.items() if k != "jti"}, TEST_SECRET_KEY, algorithm="HS256"
+        ),
+        "garbage": "not.a.jwt",
+        "non-numeric sub": jwt.encode({**claims, "sub": "x"}, TEST_SECRET_KEY, algorithm="HS256"),
+    }
+    assert (await client.get(f"{API}/users/me", headers=bearer(valid))).status_code == 200
+    for name, token in forged.items():
+        response = await client.get(f"{API}/users/me", headers=bearer(token))
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"] == "Bearer", name
+        assert response.headers["content-type"] == "application/problem+json", name
+
+
+async def test_non_bearer_authorization_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"{API}/users/me", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+    assert response.status_code == 401
+
+
+async def test_hasher_refuses_work_past_its_queue_limit() -> None:
+    hasher = PasswordHasher(rounds=4, concurrency=1, queue_limit=1)
+    release = anyio.Event()
+    outcomes: list[str] = []
+
+    async def hold_the_only_slot() -> None:
+        async with hasher._limiter:  # what a long bcrypt run looks like from outside
+            await release.wait()
+
+    async def hash_once() -> None:
+        await hasher.hash("Password-123")
+        outcomes.append("hashed")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(hold_the_only_slot)
+        await anyio.sleep(0.01)
+        tasks.start_soon(hash_once)  # waits: the queue now holds one
+        await anyio.sleep(0.01)
+        assert hasher.queue_depth == 1
+        with pytest.raises(ServiceUnavailableError) as refused:
+            await hasher.hash("Password-123")  # the queue is full: refused at once
+        assert refused.value.headers["Retry-After"] == "1"
+        outcomes.append("refused")
+        release.set()
+    assert outcomes == ["refused", "hashed"]
+
+
+@pytest.mark.parametrize("password", ["Password-1", "x" * 73])
+async def test_verify_without_a_stored_hash_never_matches(password: str) -> None:
+    hasher = PasswordHasher(rounds=4, concurrency=1, queue_limit=1)
+    assert await hasher.verify(password, None) == (False, None)
