@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+from sqlalchemy import false, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -85,6 +86,9 @@ async def authenticate(
 async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> None:
     # Locking every active admin row (in id order, so no deadlock) serialises two
     # admins demoting each other: the second sees the first's change and is refused.
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE; an empty UPDATE takes its single write lock instead.
+        await session.exec(update(User).where(false()).values(id=User.id))
     statement = (
         select(User.id)
         .where(User.role == UserRole.ADMIN, col(User.is_active).is_(True))
