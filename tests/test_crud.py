@@ -17,7 +17,10 @@ async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI
         second = await crud.create_user(
             setup,
             data=UserCreate(
-                email="second@example.com", name="Second", password="Second-Pass-1", role="admin"
+                email="second@example.com",
+                name="Second",
+                password="Second-Pass-1",
+                role=UserRole.ADMIN,
             ),
             hashed_password="not-a-login",
         )
