@@ -3,11 +3,11 @@
 import asyncio
 from typing import Any, Literal
 
+from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
-from alembic import context
 from backend import models
 from backend.config import get_settings
 from backend.db import async_url, create_engine

@@ -7,7 +7,8 @@ import sys
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from limits import parse
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.models import Email, Password
@@ -36,7 +37,16 @@ class Settings(BaseSettings):
     FIRST_ADMIN_PASSWORD: Password | None = None
     REGISTRATION_ENABLED: bool = True
     RATE_LIMIT_ENABLED: bool = True
+    # limits notation, "N/second|minute|hour|day": see the README for why these values.
+    RATE_LIMIT_LOGIN: str = "10/minute"
+    RATE_LIMIT_LOGIN_PER_IP: str = "60/minute"
+    RATE_LIMIT_REGISTER: str = "20/hour"
+    RATE_LIMIT_REFRESH: str = "60/minute"
     REDIS_URL: str | None = None
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
+    TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    REFRESH_REUSE_GRACE_SECONDS: int = Field(default=10, ge=0)
     AUTO_MIGRATE: bool | None = None
 
     BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
@@ -52,10 +62,35 @@ class Settings(BaseSettings):
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
-    def split_comma_list(cls, value: object) -> object:
+    def split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [network.strip() for network in value.split(",") if network.strip()]
+        return value
+
+    @field_validator(
+        "RATE_LIMIT_LOGIN", "RATE_LIMIT_LOGIN_PER_IP", "RATE_LIMIT_REGISTER", "RATE_LIMIT_REFRESH"
+    )
+    @classmethod
+    def check_rate_limit(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a rate like '10/minute'") from error
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def check_redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value or None
 
     @field_validator("API_V1_PREFIX")
     @classmethod

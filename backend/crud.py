@@ -1,15 +1,29 @@
 """Keyword-only async functions over an AsyncSession. No HTTP here."""
 
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import false, update
+from sqlalchemy import delete, false, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.errors import ConflictError, EmailTakenError
-from backend.models import RegisterRequest, User, UserCreate, UserRole, UserUpdate, utcnow
-from backend.security import PasswordHasher
+from backend.config import Settings
+from backend.errors import ConflictError, EmailTakenError, UnauthorizedError
+from backend.models import (
+    LoginResponse,
+    RefreshToken,
+    RegisterRequest,
+    TokenClaims,
+    User,
+    UserCreate,
+    UserPublic,
+    UserRole,
+    UserUpdate,
+    utcnow,
+)
+from backend.security import ACCESS, REFRESH, PasswordHasher, create_token, hash_token_id
 
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
@@ -24,10 +38,6 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User | None
 async def list_users(session: AsyncSession, *, page: int, per_page: int) -> Sequence[User]:
     statement = select(User).order_by(col(User.id)).offset((page - 1) * per_page).limit(per_page)
     return (await session.exec(statement)).all()
-
-
-async def count_users(session: AsyncSession) -> int:
-    return (await session.exec(select(func.count()).select_from(User))).one()
 
 
 async def create_user(
@@ -47,7 +57,7 @@ async def update_user(
     if hashed_password is not None:
         data["hashed_password"] = hashed_password
     demoted = data.get("role", user.role) != user.role
-    deactivated = user.is_active and data.get("is_active") is False
+    deactivated = user.is_active and not data.get("is_active", True)
     if (demoted or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
     user.sqlmodel_update(data)
@@ -119,3 +129,99 @@ async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: Passwo
     except EmailTakenError:  # another worker created it meanwhile
         return False
     return True
+
+
+async def issue_tokens(
+    session: AsyncSession, *, user: User, settings: Settings, family_id: str | None = None
+) -> LoginResponse:
+    """A new access + refresh pair; the refresh token is recorded (hashed) in its family.
+
+    Expired refresh records of this user are pruned here, lazily, instead of by a job.
+    """
+    assert user.id is not None
+    access_token, _ = create_token(user, ACCESS, settings)
+    family_id = family_id or uuid.uuid4().hex
+    refresh_token, claims = create_token(user, REFRESH, settings, family=family_id)
+    now = utcnow()
+    await session.exec(
+        delete(RefreshToken).where(
+            col(RefreshToken.user_id) == user.id, col(RefreshToken.expires_at) < now
+        )
+    )
+    session.add(
+        RefreshToken(
+            jti_hash=hash_token_id(claims.jti),
+            family_id=family_id,
+            user_id=user.id,
+            created_at=now,
+            expires_at=datetime.fromtimestamp(claims.exp, UTC),
+        )
+    )
+    await session.commit()
+    return LoginResponse(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
+        user=UserPublic.model_validate(user),
+    )
+
+
+async def get_refresh_token(session: AsyncSession, *, claims: TokenClaims) -> RefreshToken | None:
+    statement = select(RefreshToken).where(RefreshToken.jti_hash == hash_token_id(claims.jti))
+    record = (await session.exec(statement)).first()
+    if record is None or record.user_id != claims.sub or record.family_id != claims.fam:
+        return None
+    return record
+
+
+async def use_refresh_token(
+    session: AsyncSession, *, record: RefreshToken, grace_seconds: int
+) -> None:
+    """Retire a refresh token so it can be rotated once, and only once.
+
+    A token presented again after its rotation means it leaked (or a client kept an
+    old copy): its whole family is revoked, unless the second use comes within the
+    grace window, which is what two tabs refreshing at the same moment look like.
+    """
+    now = utcnow()
+    # A conditional UPDATE, so two concurrent refreshes cannot both win.
+    retired = await session.exec(
+        update(RefreshToken)
+        .where(
+            col(RefreshToken.id) == record.id,
+            col(RefreshToken.used_at).is_(None),
+            col(RefreshToken.revoked_at).is_(None),
+        )
+        .values(used_at=now)
+    )
+    if retired.rowcount == 1:
+        return
+    await session.refresh(record)
+    if record.revoked_at is None and record.used_at is not None:
+        if now - record.used_at <= timedelta(seconds=grace_seconds):
+            await session.rollback()
+            raise UnauthorizedError(
+                "This refresh token was just rotated by another request; use the new one."
+            )
+        await revoke_family(session, family_id=record.family_id)
+        raise UnauthorizedError("Refresh token reuse detected: this session has been revoked.")
+    await session.rollback()
+    raise UnauthorizedError("This session has been revoked; log in again.")
+
+
+async def revoke_family(session: AsyncSession, *, family_id: str) -> None:
+    """End one login session: every refresh token rotated from it."""
+    await session.exec(
+        update(RefreshToken)
+        .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await session.commit()
+
+
+async def revoke_all_tokens(session: AsyncSession, *, user: User) -> None:
+    """Refuse every token the user holds from the next request on (logout everywhere)."""
+    user.token_version += 1
+    session.add(user)
+    await session.exec(delete(RefreshToken).where(col(RefreshToken.user_id) == user.id))
+    await session.commit()

@@ -12,7 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import crud
 from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from backend.models import LoginRequest, User, UserRole
+from backend.models import LoginRequest, TokenClaims, User, UserRole
+from backend.ratelimit import RateLimiter, client_ip
 from backend.security import ACCESS, PasswordHasher, decode_token
 
 # The token URL shown in the docs is rewritten to the configured prefix in main.py.
@@ -34,9 +35,20 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
+def get_client_ip(request: Request) -> str:
+    return client_ip(request, request.app.state.settings.TRUSTED_PROXIES)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+ClientIP = Annotated[str, Depends(get_client_ip)]
 
 
 async def get_current_user(
@@ -45,12 +57,17 @@ async def get_current_user(
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
     claims = decode_token(token, ACCESS, settings)
+    return await get_token_user(session, claims)
+
+
+async def get_token_user(session: AsyncSession, claims: TokenClaims) -> User:
+    """The user a verified token speaks for, if the token is still honoured."""
     user = await crud.get_user(session, user_id=claims.sub)
+    if user is not None and not user.is_active:
+        raise ForbiddenError("This account is deactivated.")
     # One message for a deleted user and a revoked token: neither may say more.
     if user is None or user.token_version != claims.ver:
         raise UnauthorizedError("The token is invalid or has been revoked.")
-    if not user.is_active:
-        raise ForbiddenError("This account is deactivated.")
     return user
 
 

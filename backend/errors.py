@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class DomainError(Exception):
         self.headers = dict(headers or {})
 
 
+class BadRequestError(DomainError):
+    status_code = HTTPStatus.BAD_REQUEST
+
+
 class NotFoundError(DomainError):
     status_code = HTTPStatus.NOT_FOUND
 
@@ -70,6 +75,13 @@ class ForbiddenError(DomainError):
 
 class ServiceUnavailableError(DomainError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
+
+
+class TooManyRequestsError(DomainError):
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
 
     def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
@@ -128,9 +140,27 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).description
     if status == HTTPStatus.NOT_FOUND and detail == "Not Found":
         detail = f"No route matches {request.url.path}."
-    elif status == HTTPStatus.METHOD_NOT_ALLOWED:
+    headers = dict(exc.headers or {})
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
         detail = f"{request.method} is not allowed on {request.url.path}."
-    return problem_response(status, detail, headers=exc.headers, request_id=request_id_of(request))
+        # Starlette names only the first matching route's methods; each route has one.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(status, detail, headers=headers, request_id=request_id_of(request))
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Ask the router which methods would match this path; routes nest in FastAPI.
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,15 +11,24 @@ from backend import crud
 from backend.config import Settings, get_settings
 from backend.db import create_engine, create_sessionmaker, upgrade_to_head
 from backend.errors import PROBLEM_JSON, install_error_handlers
-from backend.middleware import ProblemCORSMiddleware, RequestIdMiddleware, TrailingSlashMiddleware
+from backend.middleware import (
+    BodySizeLimitMiddleware,
+    ProblemCORSMiddleware,
+    ResponseHeadersMiddleware,
+    TrailingSlashMiddleware,
+)
 from backend.models import UserCreate, UserRole
+from backend.ratelimit import RateLimiter
 from backend.routers import auth, health, users
 from backend.security import PasswordHasher
 
 logger = logging.getLogger(__name__)
 
 TAGS = [
-    {"name": "auth", "description": "Register and exchange credentials for tokens."},
+    {
+        "name": "auth",
+        "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
+    },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
@@ -31,6 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.rate_limiter = RateLimiter(settings)
     app.state.password_hasher = PasswordHasher(
         rounds=settings.BCRYPT_ROUNDS,
         concurrency=settings.HASH_CONCURRENCY,
@@ -81,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
 
-    # Added innermost first: the request id wraps everything, CORS sees normalised paths.
+    # Added innermost first: the headers wrap everything, CORS sees normalised paths and
+    # adds its headers to 413s too.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(
         ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
@@ -89,10 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials="*" not in settings.CORS_ORIGINS,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["X-Request-ID", "Location"],
+        expose_headers=["X-Request-ID", "Location", "Retry-After"],
     )
     app.add_middleware(TrailingSlashMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -5,7 +5,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, field_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import DateTime, Dialect, Enum, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -48,8 +57,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def _reject_control_characters(value: str) -> str:
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise ValueError("must not contain control characters")
+    # Cs: lone surrogates, which JSON can carry but UTF-8 (and so the database) cannot.
+    if any(unicodedata.category(char) in {"Cc", "Cs"} for char in value):
+        raise ValueError("must not contain control characters or lone surrogates")
     return value
 
 
@@ -64,17 +74,68 @@ def _check_password_policy(value: str) -> str:
 
 
 def _normalise_name(value: str) -> str:
+    if len(value) > NAME_MAX_CHARS:
+        raise ValueError(f"must be at most {NAME_MAX_CHARS} characters long")
     value = _reject_control_characters(value.strip())
     if not value:
         raise ValueError("must not be empty")
-    if len(value) > NAME_MAX_CHARS:
-        raise ValueError(f"must be at most {NAME_MAX_CHARS} characters long")
     return value
 
 
-Email = Annotated[EmailStr, AfterValidator(str.lower)]
-Password = Annotated[str, AfterValidator(_check_password_policy)]
-Name = Annotated[str, AfterValidator(_normalise_name)]
+_CONTROL = r"\u0000-\u001F\u007F-\u009F"
+_PRINTABLE = f"[^{_CONTROL}]"
+
+
+def _normalise_email(value: str) -> str:
+    # Emails are identifiers here, never mail targets: internal domains such as
+    # .internal, .lan or .test are accepted, which EmailStr refuses.
+    if len(value) > EMAIL_MAX_CHARS:
+        raise ValueError(f"must be at most {EMAIL_MAX_CHARS} characters long")
+    try:
+        address = validate_email(
+            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+        )
+    except EmailNotValidError as error:
+        raise ValueError(f"is not a valid email address: {error}") from error
+    return address.normalized.lower()
+
+
+Email = Annotated[
+    str,
+    AfterValidator(_normalise_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
+]
+# The validators enforce the rules; the schema hints let clients and fuzzers know them.
+Password = Annotated[
+    str,
+    AfterValidator(_check_password_policy),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "password",
+            "minLength": PASSWORD_MIN_CHARS,
+            "maxLength": PASSWORD_MAX_BYTES,
+            "pattern": "[A-Z]",
+            "description": f"At least {PASSWORD_MIN_CHARS} characters with an uppercase "
+            f"letter, at most {PASSWORD_MAX_BYTES} bytes in UTF-8, no control characters.",
+        }
+    ),
+]
+Name = Annotated[
+    str,
+    AfterValidator(_normalise_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX_CHARS,
+            # Some non-space character, and no control characters anywhere.
+            "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}]{_PRINTABLE}*$",
+            "description": f"At most {NAME_MAX_CHARS} characters, not all spaces; "
+            "surrounding spaces are trimmed.",
+        }
+    ),
+]
 
 
 class UserRole(StrEnum):
@@ -97,7 +158,8 @@ class UserBase(SQLModel):
             values_callable=lambda roles: [role.value for role in roles],
         ),
     )
-    is_active: bool = True
+    # Strict: JSON true/false only, not 0, 1 or "yes".
+    is_active: StrictBool = True
 
 
 class User(UserBase, table=True):
@@ -136,11 +198,12 @@ class UserCreate(UserBase):
 class UserUpdate(SQLModel):
     """Admin edit: only the fields sent are changed."""
 
-    email: Email | None = None
-    name: Name | None = None
-    role: UserRole | None = None
-    is_active: bool | None = None
-    password: Password | None = None
+    # SkipJsonSchema: optional, but never null (see reject_null).
+    email: Email | SkipJsonSchema[None] = None
+    name: Name | SkipJsonSchema[None] = None
+    role: UserRole | SkipJsonSchema[None] = None
+    is_active: StrictBool | SkipJsonSchema[None] = None
+    password: Password | SkipJsonSchema[None] = None
 
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={"examples": [{"name": "Ada King", "role": "admin"}]}
@@ -161,6 +224,22 @@ class UserUpdateMe(SQLModel):
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={"examples": [{"name": "Ada King"}]}
     )
+
+
+class RefreshToken(SQLModel, table=True):
+    """One issued refresh token. Only a hash of its jti is stored, never the token."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
+    # All tokens rotated from one login share a family; reuse of a used one revokes it.
+    family_id: str = Field(sa_type=String(32), index=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class UserPublic(UserBase):
@@ -188,6 +267,21 @@ class LoginRequest(SQLModel):
 
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={"examples": [{"email": EXAMPLE_EMAIL, "password": EXAMPLE_PASSWORD}]}
+    )
+
+
+class RefreshRequest(SQLModel):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class PasswordChange(SQLModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: Password
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [{"current_password": EXAMPLE_PASSWORD, "new_password": "Battery-Staple-7"}]
+        }
     )
 
 

@@ -1,5 +1,6 @@
 """Password hashing off the event loop, and JWTs."""
 
+import hashlib
 import uuid
 from datetime import timedelta
 from functools import cached_property
@@ -13,14 +14,7 @@ from pydantic import ValidationError
 
 from backend.config import Settings
 from backend.errors import ServiceUnavailableError, UnauthorizedError
-from backend.models import (
-    PASSWORD_MAX_BYTES,
-    LoginResponse,
-    TokenClaims,
-    User,
-    UserPublic,
-    utcnow,
-)
+from backend.models import PASSWORD_MAX_BYTES, TokenClaims, User, utcnow
 
 JWT_ALGORITHM = "HS256"
 ACCESS = "access"
@@ -76,6 +70,11 @@ class PasswordHasher:
         return self._context.verify_and_update(password, hashed_password)
 
 
+def hash_token_id(jti: str) -> str:
+    """What the database keeps of a refresh token: the token itself is never stored."""
+    return hashlib.sha256(jti.encode()).hexdigest()
+
+
 def create_token(
     user: User, token_type: str, settings: Settings, *, family: str | None = None
 ) -> tuple[str, TokenClaims]:
@@ -114,14 +113,3 @@ def decode_token(token: str, expected_type: str, settings: Settings) -> TokenCla
     if claims.type != expected_type:
         raise UnauthorizedError(f"A token of type '{expected_type}' is required here.")
     return claims
-
-
-def issue_login_response(user: User, settings: Settings) -> LoginResponse:
-    access_token, _ = create_token(user, ACCESS, settings)
-    refresh_token, _ = create_token(user, REFRESH, settings, family=uuid.uuid4().hex)
-    return LoginResponse(
-        access_token=access_token,
-        refresh_token=refresh_token,
-        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
-        user=UserPublic.model_validate(user),
-    )

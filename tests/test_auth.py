@@ -63,6 +63,12 @@ async def test_register_normalises_email_and_name(client: httpx.AsyncClient) -> 
     assert response.json()["user"]["name"] == "Ada"
 
 
+async def test_internal_email_domains_are_accepted(client: httpx.AsyncClient) -> None:
+    for email in ("ops@corp.lan", "qa@build.test", "root@intranet.internal"):
+        response = await client.post(f"{API}/auth/register", json={**USER, "email": email})
+        assert response.status_code == 200, email
+
+
 async def test_register_ignores_a_requested_role(client: httpx.AsyncClient) -> None:
     response = await client.post(f"{API}/auth/register", json={**USER, "role": "admin"})
     assert response.status_code == 200

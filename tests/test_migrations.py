@@ -1,9 +1,9 @@
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 from sqlmodel import SQLModel
 
-from alembic import command
 from backend.config import Settings
 from backend.db import alembic_config, create_engine
 

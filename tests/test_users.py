@@ -119,10 +119,12 @@ async def test_get_user_and_404(client: httpx.AsyncClient, user_headers: dict[st
     missing = await client.get(f"{API}/users/999999", headers=user_headers)
     assert missing.status_code == 404
     assert missing.json()["detail"] == "User 999999 does not exist."
-    for bad_id in ("0", "abc", str(2**31)):
+    for bad_id in ("0", str(2**31)):
         response = await client.get(f"{API}/users/{bad_id}", headers=user_headers)
         assert response.status_code == 422, bad_id
         assert response.json()["errors"][0]["field"] == "user_id"
+    not_an_id = await client.get(f"{API}/users/abc", headers=user_headers)
+    assert not_an_id.status_code == 404
 
 
 async def test_me_and_update_me(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:
@@ -215,13 +217,13 @@ async def test_role_change_and_deactivation_revoke_tokens(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     user = await create_user(client, admin_headers)
-    for change in ({"role": "admin"}, {"is_active": False}):
+    for change, status in (({"role": "admin"}, 401), ({"is_active": False}, 403)):
         token = (await login(client, NEW_USER["email"], NEW_USER["password"]))["access_token"]
         response = await client.patch(
             f"{API}/users/{user['id']}", json=change, headers=admin_headers
         )
         assert response.status_code == 200
-        assert (await client.get(f"{API}/users/me", headers=bearer(token))).status_code == 401
+        assert (await client.get(f"{API}/users/me", headers=bearer(token))).status_code == status
     # A name change revokes nothing.
     await client.patch(f"{API}/users/{user['id']}", json={"is_active": True}, headers=admin_headers)
     token = (await login(client, NEW_USER["email"], NEW_USER["password"]))["access_token"]
@@ -343,3 +345,26 @@ async def test_paths_answer_with_a_trailing_slash_without_redirect(
         json={"email": "slash@example.com", "name": "S", "password": USER_PASSWORD},
     )
     assert registered.status_code == 200
+
+
+async def test_is_active_takes_json_booleans_only(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    admin = (await client.get(f"{API}/users/me", headers=admin_headers)).json()
+    for value in (0, "false", "no", None):
+        response = await client.patch(
+            f"{API}/users/{admin['id']}", json={"is_active": value}, headers=admin_headers
+        )
+        assert response.status_code == 422, value
+    me = await client.get(f"{API}/users/me", headers=admin_headers)
+    assert me.json()["is_active"] is True
+
+
+async def test_method_not_allowed_lists_every_method_of_the_path(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    me = await client.delete(f"{API}/users/me", headers=admin_headers)
+    assert me.status_code == 405
+    assert set(me.headers["allow"].split(", ")) >= {"GET", "PATCH"}
+    one = await client.put(f"{API}/users/1", headers=admin_headers)
+    assert set(one.headers["allow"].split(", ")) >= {"GET", "PATCH", "DELETE"}

@@ -9,7 +9,6 @@ Create Date: 2026-11-26 08:36:40.835630
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 # revision identifiers, used by Alembic.

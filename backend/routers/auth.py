@@ -1,21 +1,30 @@
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 
 from backend import crud
-from backend.deps import LoginCredentials, PasswordHasherDep, SessionDep, SettingsDep
+from backend.deps import (
+    ClientIP,
+    CurrentUser,
+    LoginCredentials,
+    PasswordHasherDep,
+    RateLimiterDep,
+    SessionDep,
+    SettingsDep,
+    get_token_user,
+)
 from backend.errors import ForbiddenError, UnauthorizedError, problem_responses
-from backend.models import LoginRequest, LoginResponse, RegisterRequest
-from backend.security import issue_login_response
+from backend.models import LoginRequest, LoginResponse, RefreshRequest, RegisterRequest
+from backend.security import REFRESH, decode_token
 
-router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(422, 503))
+router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
 
 LOGIN_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["username", "password"],
     "properties": {
-        "username": {"type": "string", "description": "The account's email"},
-        "password": {"type": "string", "format": "password"},
+        "username": {"type": "string", "format": "email", "description": "The account's email"},
+        "password": {"type": "string", "format": "password", "minLength": 1, "maxLength": 1024},
     },
 }
 
@@ -27,14 +36,20 @@ LOGIN_FORM_SCHEMA: dict[str, Any] = {
     responses=problem_responses(403, 409),
 )
 async def register(
-    body: RegisterRequest, session: SessionDep, settings: SettingsDep, hasher: PasswordHasherDep
+    body: RegisterRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    hasher: PasswordHasherDep,
+    limiter: RateLimiterDep,
+    ip: ClientIP,
 ) -> LoginResponse:
     """Create an account and log it in."""
     if not settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
+    await limiter.hit(limiter.register, "register", ip)
     hashed_password = await hasher.hash(body.password)
     user = await crud.create_user(session, data=body, hashed_password=hashed_password)
-    return issue_login_response(user, settings)
+    return await crud.issue_tokens(session, user=user, settings=settings)
 
 
 @router.post(
@@ -57,8 +72,12 @@ async def login(
     session: SessionDep,
     settings: SettingsDep,
     hasher: PasswordHasherDep,
+    limiter: RateLimiterDep,
+    ip: ClientIP,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
+    await limiter.hit(limiter.login_per_ip, "login", ip)
+    await limiter.hit(limiter.login, "login", ip, credentials.email)
     user = await crud.authenticate(
         session, email=credentials.email, password=credentials.password, hasher=hasher
     )
@@ -66,4 +85,61 @@ async def login(
         raise UnauthorizedError("Incorrect email or password.")
     if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
-    return issue_login_response(user, settings)
+    return await crud.issue_tokens(session, user=user, settings=settings)
+
+
+@router.post(
+    "/refresh",
+    name="auth-refresh",
+    response_model=LoginResponse,
+    responses=problem_responses(401, 403),
+)
+async def refresh(
+    body: RefreshRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    ip: ClientIP,
+) -> LoginResponse:
+    """Trade a refresh token for a new pair. Each refresh token works once; presenting
+    a used one again revokes its whole session."""
+    await limiter.hit(limiter.refresh, "refresh", ip)
+    claims = decode_token(body.refresh_token, REFRESH, settings)
+    user = await get_token_user(session, claims)
+    record = await crud.get_refresh_token(session, claims=claims)
+    if record is None:
+        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
+    await crud.use_refresh_token(
+        session, record=record, grace_seconds=settings.REFRESH_REUSE_GRACE_SECONDS
+    )
+    return await crud.issue_tokens(
+        session, user=user, settings=settings, family_id=record.family_id
+    )
+
+
+@router.post(
+    "/logout",
+    name="auth-logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401),
+)
+async def logout(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> None:
+    """End the session the refresh token belongs to (other devices stay logged in)."""
+    claims = decode_token(body.refresh_token, REFRESH, settings)
+    record = await crud.get_refresh_token(session, claims=claims)
+    if record is None:
+        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
+    await crud.revoke_family(session, family_id=record.family_id)
+
+
+@router.post(
+    "/logout-all",
+    name="auth-logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 403),
+)
+async def logout_all(user: CurrentUser, session: SessionDep) -> None:
+    """End every session of the current user, on every device, at once."""
+    await crud.revoke_all_tokens(session, user=user)

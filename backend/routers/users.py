@@ -4,11 +4,28 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from backend import crud
-from backend.deps import AdminUser, CurrentUser, PasswordHasherDep, SessionDep, TargetUser
-from backend.errors import problem_responses
-from backend.models import User, UserCreate, UserPublic, UserUpdate, UserUpdateMe
+from backend.deps import (
+    AdminUser,
+    ClientIP,
+    CurrentUser,
+    PasswordHasherDep,
+    RateLimiterDep,
+    SessionDep,
+    SettingsDep,
+    TargetUser,
+)
+from backend.errors import BadRequestError, problem_responses
+from backend.models import (
+    LoginResponse,
+    PasswordChange,
+    User,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+    UserUpdateMe,
+)
 
-router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(401, 403, 422))
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
 MAX_PAGE = 1_000_000
 
@@ -59,8 +76,35 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, session: SessionDep) 
     return await crud.update_user(session, user=user, changes=changes)
 
 
+@router.post(
+    "/me/password",
+    name="users-change-password",
+    response_model=LoginResponse,
+    responses=problem_responses(400, 429),
+)
+async def change_password(
+    body: PasswordChange,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    hasher: PasswordHasherDep,
+    limiter: RateLimiterDep,
+    ip: ClientIP,
+) -> LoginResponse:
+    """Change your password. Every other session ends; this call returns a fresh pair."""
+    await limiter.hit(limiter.login, "login", ip, user.email)
+    matched, _ = await hasher.verify(body.current_password, user.hashed_password)
+    if not matched:
+        raise BadRequestError("The current password is incorrect.")
+    hashed_password = await hasher.hash(body.new_password)
+    await crud.update_user(
+        session, user=user, changes=UserUpdate(), hashed_password=hashed_password
+    )
+    return await crud.issue_tokens(session, user=user, settings=settings)
+
+
 @router.get(
-    "/{user_id}", name="users-get", response_model=UserPublic, responses=problem_responses(404)
+    "/{user_id:int}", name="users-get", response_model=UserPublic, responses=problem_responses(404)
 )
 async def read_user(user: TargetUser, _user: CurrentUser) -> User:
     """One user by id."""
@@ -68,7 +112,7 @@ async def read_user(user: TargetUser, _user: CurrentUser) -> User:
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:int}",
     name="users-update",
     response_model=UserPublic,
     responses=problem_responses(404, 409),
@@ -87,7 +131,7 @@ async def update_user(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:int}",
     name="users-delete",
     response_model=UserPublic,
     responses=problem_responses(404, 409),
