@@ -4,13 +4,14 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, false, update
+from sqlalchemy import ColumnElement, delete, false, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
 from backend.errors import ConflictError, EmailTakenError, UnauthorizedError
+from backend.listing import Filter, ListQuery
 from backend.models import (
     LoginResponse,
     RefreshToken,
@@ -35,9 +36,49 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User | None
     return result.first()
 
 
-async def list_users(session: AsyncSession, *, page: int, per_page: int) -> Sequence[User]:
-    statement = select(User).order_by(col(User.id)).offset((page - 1) * per_page).limit(per_page)
-    return (await session.exec(statement)).all()
+async def list_users(session: AsyncSession, *, query: ListQuery) -> tuple[Sequence[User], int]:
+    """One page of the users matching the query, and how many match in all."""
+    conditions = [_condition(condition) for condition in query.filters]
+    if query.search:
+        term = query.search.lower()
+        conditions.append(
+            or_(
+                col(User.email).contains(term, autoescape=True),  # stored lower-case
+                func.lower(User.name).contains(term, autoescape=True),
+            )
+        )
+    order = [
+        getattr(User, name).desc() if descending else getattr(User, name).asc()
+        for name, descending in query.sort
+    ]
+    if "id" not in {name for name, _ in query.sort}:
+        order.append(col(User.id).asc())  # a stable order for paging
+    page = select(User).where(*conditions).order_by(*order)
+    users = (await session.exec(page.offset(query.offset).limit(query.limit))).all()
+    total = (await session.exec(select(func.count()).select_from(User).where(*conditions))).one()
+    return users, total
+
+
+def _condition(condition: Filter) -> ColumnElement[bool]:
+    column = getattr(User, condition.field)
+    value = condition.value
+    match condition.operator:
+        case "eq":
+            return column == value  # type: ignore[no-any-return]
+        case "in":
+            return column.in_(value)  # type: ignore[no-any-return]
+        case "ne":
+            return column != value  # type: ignore[no-any-return]
+        case "gt":
+            return column > value  # type: ignore[no-any-return]
+        case "gte":
+            return column >= value  # type: ignore[no-any-return]
+        case "lt":
+            return column < value  # type: ignore[no-any-return]
+        case "lte":
+            return column <= value  # type: ignore[no-any-return]
+        case "like":
+            return func.lower(column).contains(str(value).lower(), autoescape=True)
 
 
 async def create_user(

@@ -101,7 +101,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials="*" not in settings.CORS_ORIGINS,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["X-Request-ID", "Location", "Retry-After"],
+        # Dashboards read the paging headers; browsers hide them unless listed here.
+        expose_headers=[
+            "X-Request-ID",
+            "Location",
+            "Retry-After",
+            "X-Total-Count",
+            "Content-Range",
+            "Link",
+        ],
     )
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)

@@ -218,6 +218,39 @@ class UserUpdate(SQLModel):
         return value
 
 
+class UserReplace(UserBase):
+    """PUT: the whole record, as a dashboard sends back what it read. The read-only
+    fields may be sent, and must then match the stored ones."""
+
+    role: UserRole
+    is_active: StrictBool
+    password: Password | SkipJsonSchema[None] = None
+    id: int | SkipJsonSchema[None] = None
+    created_at: datetime | SkipJsonSchema[None] = None
+    updated_at: datetime | SkipJsonSchema[None] = None
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 2,
+                    "email": EXAMPLE_EMAIL,
+                    "name": "Ada King",
+                    "role": "user",
+                    "is_active": True,
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "updated_at": "2026-01-01T12:00:00Z",
+                }
+            ]
+        }
+    )
+
+    def changes(self) -> UserUpdate:
+        return UserUpdate.model_validate(
+            self.model_dump(exclude={"id", "created_at", "updated_at"}, exclude_none=True)
+        )
+
+
 class UserUpdateMe(SQLModel):
     name: Name
 

@@ -1,7 +1,7 @@
 from collections.abc import Sequence
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from backend import crud
 from backend.deps import (
@@ -14,31 +14,52 @@ from backend.deps import (
     SettingsDep,
     TargetUser,
 )
-from backend.errors import BadRequestError, problem_responses
+from backend.errors import BadRequestError, ConflictError, problem_responses
+from backend.listing import (
+    LIST_DESCRIPTION,
+    LIST_PARAMETERS,
+    content_range,
+    page_links,
+    parse_list_query,
+)
 from backend.models import (
     LoginResponse,
     PasswordChange,
     User,
     UserCreate,
     UserPublic,
+    UserReplace,
     UserUpdate,
     UserUpdateMe,
 )
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
-MAX_PAGE = 1_000_000
+LIST_HEADERS = {
+    "X-Total-Count": {"description": "Users matching the filters", "schema": {"type": "integer"}},
+    "Content-Range": {"description": "users START-END/TOTAL", "schema": {"type": "string"}},
+    "Link": {"description": "RFC 8288 first, prev, next, last", "schema": {"type": "string"}},
+}
 
 
-@router.get("", name="users-list", response_model=list[UserPublic])
+@router.get(
+    "",
+    name="users-list",
+    response_model=list[UserPublic],
+    description=LIST_DESCRIPTION,
+    openapi_extra={"parameters": LIST_PARAMETERS},
+    responses={200: {"headers": LIST_HEADERS}},
+)
 async def list_users(
-    session: SessionDep,
-    _user: CurrentUser,
-    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100)] = 10,
+    request: Request, response: Response, session: SessionDep, _user: CurrentUser
 ) -> Sequence[User]:
-    """A page of users, oldest first."""
-    return await crud.list_users(session, page=page, per_page=per_page)
+    query = parse_list_query(request.query_params)
+    users, total = await crud.list_users(session, query=query)
+    links = page_links(query, total, lambda params: str(request.url.replace(query=params)))
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["Content-Range"] = content_range("users", query, len(users), total)
+    response.headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
+    return users
 
 
 @router.post(
@@ -128,6 +149,41 @@ async def update_user(
     changes revoke the user's tokens."""
     hashed_password = await hasher.hash(body.password) if body.password else None
     return await crud.update_user(session, user=user, changes=body, hashed_password=hashed_password)
+
+
+@router.put(
+    "/{user_id:int}",
+    name="users-replace",
+    response_model=UserPublic,
+    responses=problem_responses(404, 409),
+)
+async def replace_user(
+    body: UserReplace,
+    user: TargetUser,
+    session: SessionDep,
+    _admin: AdminUser,
+    hasher: PasswordHasherDep,
+) -> User:
+    """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
+    `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
+    _check_read_only_fields(body, user)
+    hashed_password = await hasher.hash(body.password) if body.password else None
+    return await crud.update_user(
+        session, user=user, changes=body.changes(), hashed_password=hashed_password
+    )
+
+
+def _check_read_only_fields(body: UserReplace, user: User) -> None:
+    for name in ("id", "created_at"):
+        sent = getattr(body, name)
+        if sent is not None and sent != getattr(user, name):
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("body", name), "msg": "is read-only"}]
+            )
+    if body.updated_at is not None and body.updated_at != user.updated_at:
+        raise ConflictError(
+            "The user changed since it was read (updated_at differs): reload and retry."
+        )
 
 
 @router.delete(
