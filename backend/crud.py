@@ -1,18 +1,28 @@
 """Keyword-only async functions over an AsyncSession. No HTTP here."""
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, false, func, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
-from backend.errors import ConflictError, EmailTakenError, UnauthorizedError
+from backend.errors import (
+    ConflictError,
+    EmailTakenError,
+    PreconditionFailedError,
+    UnauthorizedError,
+    UserGoneError,
+)
 from backend.listing import Filter, ListQuery
 from backend.models import (
+    AuditAction,
+    AuditEvent,
     LoginResponse,
     RefreshToken,
     RegisterRequest,
@@ -26,6 +36,8 @@ from backend.models import (
 )
 from backend.security import ACCESS, REFRESH, PasswordHasher, create_token, hash_token_id
 
+ModelT = TypeVar("ModelT", User, AuditEvent)
+
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
     return await session.get(User, user_id)
@@ -38,29 +50,46 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User | None
 
 async def list_users(session: AsyncSession, *, query: ListQuery) -> tuple[Sequence[User], int]:
     """One page of the users matching the query, and how many match in all."""
-    conditions = [_condition(condition) for condition in query.filters]
+    search = []
     if query.search:
         term = query.search.lower()
-        conditions.append(
+        search.append(
             or_(
                 col(User.email).contains(term, autoescape=True),  # stored lower-case
                 func.lower(User.name).contains(term, autoescape=True),
             )
         )
+    return await _page(session, User, query, search)
+
+
+async def list_audit_events(
+    session: AsyncSession, *, query: ListQuery
+) -> tuple[Sequence[AuditEvent], int]:
+    return await _page(session, AuditEvent, query, [])
+
+
+async def _page(
+    session: AsyncSession,
+    model: type[ModelT],
+    query: ListQuery,
+    extra_conditions: list[ColumnElement[bool]],
+) -> tuple[Sequence[ModelT], int]:
+    conditions = [_condition(model, condition) for condition in query.filters]
+    conditions += extra_conditions
     order = [
-        getattr(User, name).desc() if descending else getattr(User, name).asc()
+        getattr(model, name).desc() if descending else getattr(model, name).asc()
         for name, descending in query.sort
     ]
     if "id" not in {name for name, _ in query.sort}:
-        order.append(col(User.id).asc())  # a stable order for paging
-    page = select(User).where(*conditions).order_by(*order)
-    users = (await session.exec(page.offset(query.offset).limit(query.limit))).all()
-    total = (await session.exec(select(func.count()).select_from(User).where(*conditions))).one()
-    return users, total
+        order.append(col(model.id).asc())  # a stable order for paging
+    page = select(model).where(*conditions).order_by(*order)
+    rows = (await session.exec(page.offset(query.offset).limit(query.limit))).all()
+    total = (await session.exec(select(func.count()).select_from(model).where(*conditions))).one()
+    return rows, total
 
 
-def _condition(condition: Filter) -> ColumnElement[bool]:
-    column = getattr(User, condition.field)
+def _condition(model: type[SQLModel], condition: Filter) -> ColumnElement[bool]:
+    column = getattr(model, condition.field)
     value = condition.value
     match condition.operator:
         case "eq":
@@ -82,40 +111,144 @@ def _condition(condition: Filter) -> ColumnElement[bool]:
 
 
 async def create_user(
-    session: AsyncSession, *, data: UserCreate | RegisterRequest, hashed_password: str
+    session: AsyncSession,
+    *,
+    data: UserCreate | RegisterRequest,
+    hashed_password: str,
+    actor_id: int | None = None,
 ) -> User:
-    """Insert a user; the unique index, not a prior look-up, decides duplicates."""
+    """Insert a user; the unique index, not a prior look-up, decides duplicates.
+
+    An account created by someone else (an admin, the CLI) is recorded in the audit
+    trail; a registration is the user's own doing and is not.
+    """
     user = User.model_validate(data, update={"hashed_password": hashed_password})
     session.add(user)
-    await _commit_or_email_taken(session)
+    async with _email_must_be_free(session):
+        if isinstance(data, UserCreate):
+            await session.flush()  # the new id, for the audit event
+            details = {"email": user.email, "role": str(user.role)}
+            session.add(
+                AuditEvent(
+                    actor_id=actor_id, action=AuditAction.CREATE, target_id=user.id, details=details
+                )
+            )
+        await session.commit()
     return user
 
 
 async def update_user(
-    session: AsyncSession, *, user: User, changes: UserUpdate, hashed_password: str | None = None
+    session: AsyncSession,
+    *,
+    user: User,
+    changes: UserUpdate,
+    hashed_password: str | None = None,
+    actor_id: int | None = None,
+    expected_versions: Collection[int] | None = None,
 ) -> User:
-    data = changes.model_dump(exclude_unset=True, exclude={"password"})
+    """Apply the fields sent, in one UPDATE of just those columns (no read-modify-write),
+    and record the change in the audit trail in the same transaction.
+
+    With expected_versions (from If-Match), a row changed since then is left alone and
+    PreconditionFailedError raised.
+    """
+    values = {
+        name: value
+        for name, value in changes.model_dump(exclude_unset=True, exclude={"password"}).items()
+        if getattr(user, name) != value
+    }
     if hashed_password is not None:
-        data["hashed_password"] = hashed_password
-    demoted = data.get("role", user.role) != user.role
-    deactivated = user.is_active and not data.get("is_active", True)
-    if (demoted or deactivated) and user.role == UserRole.ADMIN:
+        values["hashed_password"] = hashed_password
+    role_changed = "role" in values
+    deactivated = values.get("is_active") is False
+    if (role_changed or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
-    user.sqlmodel_update(data)
-    if demoted or deactivated or hashed_password is not None:
-        user.token_version += 1  # every token issued so far is refused from now on
-    user.updated_at = utcnow()
-    session.add(user)
-    await _commit_or_email_taken(session)
-    return user
+    # A role change, a deactivation or a new password refuses every token issued so far.
+    revoke = role_changed or deactivated or hashed_password is not None
+    statement = (
+        update(User)
+        .where(col(User.id) == user.id)
+        .values(
+            **values,
+            updated_at=utcnow(),
+            version=col(User.version) + 1,
+            token_version=col(User.token_version) + int(revoke),
+        )
+        .returning(User)
+        .execution_options(populate_existing=True)
+    )
+    if expected_versions is not None:
+        statement = statement.where(col(User.version).in_(expected_versions))
+    events = _audit_update(user, values, actor_id)  # before RETURNING refreshes `user`
+    async with _email_must_be_free(session):
+        updated: User | None = (await session.exec(statement)).scalar_one_or_none()
+        if updated is None:
+            await session.rollback()
+            raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
+        session.add_all(events)
+        await session.commit()
+    return updated
 
 
-async def delete_user(session: AsyncSession, *, user: User, actor_id: int | None) -> None:
+def _audit_update(user: User, values: dict[str, Any], actor_id: int | None) -> list[AuditEvent]:
+    events = []
+    if "role" in values:
+        details = {"from": str(user.role), "to": str(values["role"])}
+        events.append(
+            AuditEvent(
+                actor_id=actor_id,
+                action=AuditAction.ROLE_CHANGE,
+                target_id=user.id,
+                details=details,
+            )
+        )
+    if "is_active" in values:
+        action = AuditAction.ACTIVATE if values["is_active"] else AuditAction.DEACTIVATE
+        events.append(AuditEvent(actor_id=actor_id, action=action, target_id=user.id))
+    # Names of the changed fields only: never a value, so never a password or its hash.
+    fields = sorted(
+        "password" if name == "hashed_password" else name
+        for name in values
+        if name not in {"role", "is_active"}
+    )
+    if fields:
+        events.append(
+            AuditEvent(
+                actor_id=actor_id,
+                action=AuditAction.UPDATE,
+                target_id=user.id,
+                details={"fields": fields},
+            )
+        )
+    return events
+
+
+async def delete_user(
+    session: AsyncSession,
+    *,
+    user: User,
+    actor_id: int | None,
+    expected_versions: Collection[int] | None = None,
+) -> None:
     if user.id == actor_id:
         raise ConflictError("You cannot delete your own account.")
     if user.role == UserRole.ADMIN and user.is_active:
         await _ensure_another_active_admin(session, user=user)
-    await session.delete(user)
+    statement = delete(User).where(col(User.id) == user.id)
+    if expected_versions is not None:
+        statement = statement.where(col(User.version).in_(expected_versions))
+    deleted = await session.exec(statement)
+    if deleted.rowcount != 1:
+        await session.rollback()
+        raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
+    session.add(
+        AuditEvent(
+            actor_id=actor_id,
+            action=AuditAction.DELETE,
+            target_id=user.id,
+            details={"email": user.email},
+        )
+    )
     await session.commit()
 
 
@@ -151,9 +284,11 @@ async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> 
         raise ConflictError("The last active admin cannot be demoted, deactivated or deleted.")
 
 
-async def _commit_or_email_taken(session: AsyncSession) -> None:
+@asynccontextmanager
+async def _email_must_be_free(session: AsyncSession) -> AsyncIterator[None]:
+    """Turn the unique index's refusal of a taken email into EmailTakenError."""
     try:
-        await session.commit()
+        yield
     except IntegrityError as error:
         await session.rollback()
         if "email" in str(error.orig):

@@ -3,7 +3,7 @@
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import ValidationError
@@ -123,3 +123,28 @@ async def get_target_user(
 
 
 TargetUser = Annotated[User, Depends(get_target_user)]
+
+
+def get_expected_versions(
+    if_match: Annotated[str | None, Header(description="ETags of the version you read")] = None,
+) -> frozenset[int] | None:
+    """The versions an If-Match header allows, or None to allow any.
+
+    `*` asks only that the user exists, which the route checks anyway. A weak or
+    malformed ETag can match nothing (If-Match compares strongly): the empty set.
+    """
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = set()
+    for tag in if_match.split(","):
+        value = tag.strip()
+        if value.startswith('"') and value.endswith('"') and value[1:-1].isdigit():
+            versions.add(int(value[1:-1]))
+    return frozenset(versions)
+
+
+ExpectedVersions = Annotated[frozenset[int] | None, Depends(get_expected_versions)]
+
+
+def etag(user: User) -> str:
+    return f'"{user.version}"'

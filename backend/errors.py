@@ -57,6 +57,20 @@ class ConflictError(DomainError):
     status_code = HTTPStatus.CONFLICT
 
 
+class UserGoneError(NotFoundError):
+    def __init__(self) -> None:
+        super().__init__("The user was deleted meanwhile.")
+
+
+class PreconditionFailedError(DomainError):
+    status_code = HTTPStatus.PRECONDITION_FAILED
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The user changed since the ETag you sent (If-Match): fetch it again and retry."
+        )
+
+
 class EmailTakenError(ConflictError):
     def __init__(self) -> None:
         super().__init__("A user with this email already exists.")

@@ -20,8 +20,10 @@ from urllib.parse import urlencode
 from fastapi.exceptions import RequestValidationError
 from pydantic import StrictBool, TypeAdapter, ValidationError
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
 
-from backend.models import UserRole
+from backend.models import AuditAction, UserRole
 
 Dialect = Literal["native", "json-server", "simple-rest"]
 Operator = Literal["eq", "in", "ne", "gt", "gte", "lt", "lte", "like"]
@@ -31,20 +33,47 @@ DEFAULT_PER_PAGE = 10
 MAX_PAGE = 1_000_000
 MAX_OFFSET = MAX_PAGE * MAX_PER_PAGE
 
-FIELD_TYPES: dict[str, TypeAdapter[Any]] = {
-    "id": TypeAdapter(int),
-    "email": TypeAdapter(str),
-    "name": TypeAdapter(str),
-    "role": TypeAdapter(UserRole),
-    "is_active": TypeAdapter(bool),
-    "created_at": TypeAdapter(datetime),
-    "updated_at": TypeAdapter(datetime),
-}
 # JSON filters (simple-rest) carry real booleans; query strings carry "true"/"false".
 STRICT_JSON_BOOL: TypeAdapter[bool] = TypeAdapter(StrictBool)
 MAX_SEARCH_CHARS = 200
-SORTABLE = tuple(FIELD_TYPES)
-TEXT_FIELDS = ("email", "name")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a list endpoint lets clients filter, sort and search."""
+
+    name: str  # as in Content-Range: users 0-9/42
+    fields: dict[str, TypeAdapter[Any]]
+    text_fields: tuple[str, ...] = ()  # the ones field_like works on
+    searchable: bool = False  # whether q is accepted
+    repeatable: tuple[str, ...] = ("id",)  # documented as id=1&id=2
+
+
+USERS = Resource(
+    name="users",
+    fields={
+        "id": TypeAdapter(int),
+        "email": TypeAdapter(str),
+        "name": TypeAdapter(str),
+        "role": TypeAdapter(UserRole),
+        "is_active": TypeAdapter(bool),
+        "created_at": TypeAdapter(datetime),
+        "updated_at": TypeAdapter(datetime),
+    },
+    text_fields=("email", "name"),
+    searchable=True,
+)
+AUDIT_EVENTS = Resource(
+    name="audit",
+    fields={
+        "id": TypeAdapter(int),
+        "created_at": TypeAdapter(datetime),
+        "actor_id": TypeAdapter(int),
+        "target_id": TypeAdapter(int),
+        "action": TypeAdapter(AuditAction),
+    },
+    repeatable=("id", "actor_id", "target_id", "action"),
+)
 SUFFIXES: dict[str, Operator] = {"_like": "like", "_ne": "ne", "_gte": "gte", "_lte": "lte"}
 JSON_SERVER_KEYS = {"_start", "_end", "_sort", "_order"}
 SIMPLE_REST_KEYS = {"range", "filter"}
@@ -70,8 +99,11 @@ class ListQuery:
     other_params: tuple[tuple[str, str], ...] = field(default=())
 
 
-class _Errors:
-    def __init__(self) -> None:
+class _Context:
+    """The resource being listed, and the errors found so far (all reported at once)."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
         self.items: list[dict[str, Any]] = []
 
     def add(self, name: str, message: str) -> None:
@@ -82,23 +114,25 @@ class _Errors:
             raise RequestValidationError(self.items)
 
 
-def parse_list_query(params: QueryParams) -> ListQuery:
-    errors = _Errors()
-    dialect = _dialect(params, errors)
-    errors.raise_if_any()
+def parse_list_query(params: QueryParams, resource: Resource) -> ListQuery:
+    ctx = _Context(resource)
+    dialect = _dialect(params, ctx)
+    ctx.raise_if_any()
     parse = {"native": _parse_native, "json-server": _parse_json_server}.get(
         dialect, _parse_simple_rest
     )
-    query = parse(params, errors)
-    if query.search is not None and (
+    query = parse(params, ctx)
+    if query.search is not None and not resource.searchable:
+        ctx.add("q", f"searching is not supported on {resource.name}")
+    elif query.search is not None and (
         len(query.search) > MAX_SEARCH_CHARS or "\x00" in query.search
     ):
-        errors.add("q", f"must be at most {MAX_SEARCH_CHARS} characters, without NUL")
-    errors.raise_if_any()
+        ctx.add("q", f"must be at most {MAX_SEARCH_CHARS} characters, without NUL")
+    ctx.raise_if_any()
     return query
 
 
-def _dialect(params: QueryParams, errors: _Errors) -> Dialect:
+def _dialect(params: QueryParams, ctx: _Context) -> Dialect:
     keys = set(params.keys())
     sort = params.get("sort", "")
     simple_rest = keys & SIMPLE_REST_KEYS or sort.lstrip().startswith("[")
@@ -114,29 +148,29 @@ def _dialect(params: QueryParams, errors: _Errors) -> Dialect:
         if present
     ]
     if len(used) > 1:
-        errors.add("query", f"mixes {' and '.join(used)} conventions; use one per request")
+        ctx.add("query", f"mixes {' and '.join(used)} conventions; use one per request")
     if simple_rest:
         plain = sorted(keys - SIMPLE_REST_KEYS - {"sort"})
         if plain:
-            errors.add(plain[0], "with range/sort/filter, put filters inside filter={...}")
+            ctx.add(plain[0], "with range/sort/filter, put filters inside filter={...}")
         return "simple-rest"
     return "json-server" if json_server else "native"
 
 
-def _parse_native(params: QueryParams, errors: _Errors) -> ListQuery:
-    page = _int_param(params, "page", errors, default=1, low=1, high=MAX_PAGE)
+def _parse_native(params: QueryParams, ctx: _Context) -> ListQuery:
+    page = _int_param(params, "page", ctx, default=1, low=1, high=MAX_PAGE)
     per_page = _int_param(
-        params, "per_page", errors, default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE
+        params, "per_page", ctx, default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE
     )
     sort: list[tuple[str, bool]] = []
     for item in _comma_list(params.get("sort", "")):
-        sort.append((_sortable(item.lstrip("-"), "sort", errors), item.startswith("-")))
+        sort.append((_sortable(item.lstrip("-"), "sort", ctx), item.startswith("-")))
     filters = []
     for name, operator in (("created_after", "gt"), ("created_before", "lt")):
         if name in params:
-            value = _typed("created_at", params[name], name, errors)
+            value = _typed("created_at", params[name], name, ctx)
             filters.append(Filter("created_at", operator, value))  # type: ignore[arg-type]
-    filters += _equality_filters(params, NATIVE_KEYS | {"sort", "q"}, errors)
+    filters += _equality_filters(params, NATIVE_KEYS | {"sort", "q"}, ctx)
     return ListQuery(
         dialect="native",
         offset=(page - 1) * per_page,
@@ -148,26 +182,24 @@ def _parse_native(params: QueryParams, errors: _Errors) -> ListQuery:
     )
 
 
-def _parse_json_server(params: QueryParams, errors: _Errors) -> ListQuery:
-    start = _int_param(params, "_start", errors, default=0, low=0, high=MAX_OFFSET)
-    end = _int_param(
-        params, "_end", errors, default=start + MAX_PER_PAGE, low=0, high=MAX_OFFSET + 1
-    )
+def _parse_json_server(params: QueryParams, ctx: _Context) -> ListQuery:
+    start = _int_param(params, "_start", ctx, default=0, low=0, high=MAX_OFFSET)
+    end = _int_param(params, "_end", ctx, default=start + MAX_PER_PAGE, low=0, high=MAX_OFFSET + 1)
     if end <= start and "_end" in params:
-        errors.add("_end", "must be greater than _start")
+        ctx.add("_end", "must be greater than _start")
     elif end - start > MAX_PER_PAGE:
-        errors.add("_end", f"at most {MAX_PER_PAGE} records per request (_end - _start)")
+        ctx.add("_end", f"at most {MAX_PER_PAGE} records per request (_end - _start)")
     fields = _comma_list(params.get("_sort", ""))
     orders = _comma_list(params.get("_order", ""))
     if len(orders) > len(fields):
-        errors.add("_order", "has more entries than _sort")
+        ctx.add("_order", "has more entries than _sort")
     sort = []
     for index, name in enumerate(fields):
         order = orders[index].lower() if index < len(orders) else "asc"
         if order not in {"asc", "desc"}:
-            errors.add("_order", "entries must be asc or desc")
-        sort.append((_sortable(name, "_sort", errors), order == "desc"))
-    filters = _equality_filters(params, JSON_SERVER_KEYS | {"q"}, errors)
+            ctx.add("_order", "entries must be asc or desc")
+        sort.append((_sortable(name, "_sort", ctx), order == "desc"))
+    filters = _equality_filters(params, JSON_SERVER_KEYS | {"q"}, ctx)
     return ListQuery(
         dialect="json-server",
         offset=start,
@@ -179,35 +211,35 @@ def _parse_json_server(params: QueryParams, errors: _Errors) -> ListQuery:
     )
 
 
-def _parse_simple_rest(params: QueryParams, errors: _Errors) -> ListQuery:
+def _parse_simple_rest(params: QueryParams, ctx: _Context) -> ListQuery:
     offset, limit = 0, MAX_PER_PAGE
     if "range" in params:
-        bounds = _json_param(params, "range", errors)
+        bounds = _json_param(params, "range", ctx)
         if not _is_pair(bounds, int) or not 0 <= bounds[0] <= bounds[1] <= MAX_OFFSET:
-            errors.add("range", "must be [start, end] with 0 <= start <= end, e.g. [0,24]")
+            ctx.add("range", "must be [start, end] with 0 <= start <= end, e.g. [0,24]")
         elif bounds[1] - bounds[0] + 1 > MAX_PER_PAGE:
-            errors.add("range", f"at most {MAX_PER_PAGE} records per request")
+            ctx.add("range", f"at most {MAX_PER_PAGE} records per request")
         else:
             offset, limit = bounds[0], bounds[1] - bounds[0] + 1
     sort: tuple[tuple[str, bool], ...] = ()
     if "sort" in params:
-        pair = _json_param(params, "sort", errors)
+        pair = _json_param(params, "sort", ctx)
         if not _is_pair(pair, str) or pair[1].upper() not in {"ASC", "DESC"}:
-            errors.add("sort", 'must be ["field","ASC"] or ["field","DESC"]')
+            ctx.add("sort", 'must be ["field","ASC"] or ["field","DESC"]')
         else:
-            sort = ((_sortable(pair[0], "sort", errors), pair[1].upper() == "DESC"),)
-    conditions = _json_param(params, "filter", errors) if "filter" in params else {}
+            sort = ((_sortable(pair[0], "sort", ctx), pair[1].upper() == "DESC"),)
+    conditions = _json_param(params, "filter", ctx) if "filter" in params else {}
     if not isinstance(conditions, dict):
-        errors.add("filter", 'must be a JSON object, e.g. {"q":"bob","role":"user"}')
+        ctx.add("filter", 'must be a JSON object, e.g. {"q":"bob","role":"user"}')
         conditions = {}
     search = conditions.pop("q", None)
     if search is not None and not isinstance(search, str):
-        errors.add("filter.q", "must be a string")
+        ctx.add("filter.q", "must be a string")
         search = None
     filters = [
         condition
         for key, value in conditions.items()
-        if (condition := _filter(key, value, f"filter.{key}", errors)) is not None
+        if (condition := _filter(key, value, f"filter.{key}", ctx)) is not None
     ]
     return ListQuery(
         dialect="simple-rest",
@@ -220,33 +252,36 @@ def _parse_simple_rest(params: QueryParams, errors: _Errors) -> ListQuery:
     )
 
 
-def _equality_filters(params: QueryParams, skip: set[str], errors: _Errors) -> list[Filter]:
+def _equality_filters(params: QueryParams, skip: set[str], ctx: _Context) -> list[Filter]:
     filters = []
     for key in dict.fromkeys(params.keys()):
         if key in skip:
             continue
         values = params.getlist(key)
         value: Any = values if len(values) > 1 else values[0]
-        if (condition := _filter(key, value, key, errors)) is not None:
+        if (condition := _filter(key, value, key, ctx)) is not None:
             filters.append(condition)
     return filters
 
 
-def _filter(key: str, value: Any, location: str, errors: _Errors) -> Filter | None:
+def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None:
     name, suffix_operator = _split_suffix(key)
     operator = suffix_operator or "eq"
-    if name not in FIELD_TYPES:
-        errors.add(location, f"unknown filter field; filterable: {', '.join(FIELD_TYPES)}, q")
+    resource = ctx.resource
+    if name not in resource.fields:
+        filterable = ", ".join([*resource.fields, *(["q"] if resource.searchable else [])])
+        ctx.add(location, f"unknown filter field; filterable: {filterable}")
         return None
-    if operator == "like" and name not in TEXT_FIELDS:
-        errors.add(location, f"_like works on {' and '.join(TEXT_FIELDS)} only")
+    if operator == "like" and name not in resource.text_fields:
+        works_on = " and ".join(resource.text_fields) or "no field here"
+        ctx.add(location, f"_like works on {works_on} only")
         return None
     if isinstance(value, list):
         if operator != "eq" or not value or len(value) > MAX_PER_PAGE:
-            errors.add(location, f"a list needs plain equality and 1..{MAX_PER_PAGE} values")
+            ctx.add(location, f"a list needs plain equality and 1..{MAX_PER_PAGE} values")
             return None
-        return Filter(name, "in", [_typed(name, item, location, errors) for item in value])
-    return Filter(name, operator, _typed(name, value, location, errors))
+        return Filter(name, "in", [_typed(name, item, location, ctx) for item in value])
+    return Filter(name, operator, _typed(name, value, location, ctx))
 
 
 def _split_suffix(key: str) -> tuple[str, Operator | None]:
@@ -256,45 +291,46 @@ def _split_suffix(key: str) -> tuple[str, Operator | None]:
     return key, None
 
 
-def _typed(name: str, value: Any, location: str, errors: _Errors) -> Any:
+def _typed(name: str, value: Any, location: str, ctx: _Context) -> Any:
     adapter = STRICT_JSON_BOOL if name == "is_active" and not isinstance(value, str) else None
     try:
-        typed = (adapter or FIELD_TYPES[name]).validate_python(value)
+        typed = (adapter or ctx.resource.fields[name]).validate_python(value)
     except ValidationError as error:
-        errors.add(location, str(error.errors()[0]["msg"]))
+        ctx.add(location, str(error.errors()[0]["msg"]))
         return None
     if isinstance(typed, str) and "\x00" in typed:
-        errors.add(location, "must not contain NUL characters")
+        ctx.add(location, "must not contain NUL characters")
     if isinstance(typed, int) and not isinstance(typed, bool) and not 0 <= typed < 2**31:
-        errors.add(location, "is out of range")
+        ctx.add(location, "is out of range")
     if isinstance(typed, datetime) and typed.tzinfo is None:
         typed = typed.replace(tzinfo=UTC)  # no offset given: UTC, like every stored time
     return typed
 
 
-def _sortable(name: str, location: str, errors: _Errors) -> str:
-    if name not in SORTABLE:
-        errors.add(location, f"cannot sort by {name!r}; sortable: {', '.join(SORTABLE)}")
+def _sortable(name: str, location: str, ctx: _Context) -> str:
+    if name not in ctx.resource.fields:
+        sortable = ", ".join(ctx.resource.fields)
+        ctx.add(location, f"cannot sort by {name!r}; sortable: {sortable}")
     return name
 
 
 def _int_param(
-    params: QueryParams, name: str, errors: _Errors, *, default: int, low: int, high: int
+    params: QueryParams, name: str, ctx: _Context, *, default: int, low: int, high: int
 ) -> int:
     if name not in params:
         return default
     raw = params[name]
     if not raw.strip().isdigit() or not low <= int(raw) <= high:
-        errors.add(name, f"must be an integer from {low} to {high}")
+        ctx.add(name, f"must be an integer from {low} to {high}")
         return default
     return int(raw)
 
 
-def _json_param(params: QueryParams, name: str, errors: _Errors) -> Any:
+def _json_param(params: QueryParams, name: str, ctx: _Context) -> Any:
     try:
         return json.loads(params[name])
     except ValueError:
-        errors.add(name, "must be valid JSON")
+        ctx.add(name, "must be valid JSON")
         return None
 
 
@@ -312,6 +348,28 @@ def _comma_list(raw: str) -> list[str]:
 
 def _without(params: QueryParams, keys: set[str]) -> tuple[tuple[str, str], ...]:
     return tuple((key, value) for key, value in params.multi_items() if key not in keys)
+
+
+LIST_HEADERS = {
+    "X-Total-Count": {"description": "Records matching the filters", "schema": {"type": "integer"}},
+    "Content-Range": {"description": "RESOURCE START-END/TOTAL", "schema": {"type": "string"}},
+    "Link": {"description": "RFC 8288 first, prev, next, last", "schema": {"type": "string"}},
+}
+
+
+def set_list_headers(
+    request: Request,
+    response: Response,
+    resource: Resource,
+    query: ListQuery,
+    count: int,
+    total: int,
+) -> None:
+    """The total, in the three forms the dashboards read."""
+    links = page_links(query, total, lambda params: str(request.url.replace(query=params)))
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["Content-Range"] = content_range(resource, query, count, total)
+    response.headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
 
 
 def page_links(query: ListQuery, total: int, url: Callable[[str], str]) -> dict[str, str]:
@@ -336,62 +394,78 @@ def _paging(query: ListQuery, offset: int) -> list[tuple[str, str]]:
     return [("page", str(offset // query.limit + 1)), ("per_page", str(query.limit))]
 
 
-def content_range(resource: str, query: ListQuery, count: int, total: int) -> str:
+def content_range(resource: Resource, query: ListQuery, count: int, total: int) -> str:
     if count == 0:
-        return f"{resource} */{total}"
-    return f"{resource} {query.offset}-{query.offset + count - 1}/{total}"
+        return f"{resource.name} */{total}"
+    return f"{resource.name} {query.offset}-{query.offset + count - 1}/{total}"
 
 
-_SORT_FIELD = f"-?({'|'.join(SORTABLE)})"
-# Documents our own dialect; the dashboard dialects are described in the operation text.
-LIST_PARAMETERS: list[dict[str, Any]] = [
-    {
-        "name": "page",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
-    },
-    {
-        "name": "per_page",
-        "in": "query",
-        "schema": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_PER_PAGE,
-            "default": DEFAULT_PER_PAGE,
+def list_parameters(resource: Resource) -> list[dict[str, Any]]:
+    """OpenAPI parameters for our own dialect; the dashboard ones are in the text."""
+    sort_field = f"-?({'|'.join(resource.fields)})"
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": "page",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
         },
-    },
-    {
-        "name": "sort",
-        "in": "query",
-        "description": "Comma list of fields, '-' for descending: name,-created_at. "
-        "Ties are broken by id.",
-        "schema": {"type": "string", "pattern": f"^{_SORT_FIELD}(,{_SORT_FIELD})*$"},
-    },
-    {
-        "name": "q",
-        "in": "query",
-        "description": "Case-insensitive substring of the email or the name.",
-        "schema": {"type": "string", "maxLength": MAX_SEARCH_CHARS, "pattern": "^[^\\u0000]*$"},
-    },
-    {"name": "role", "in": "query", "schema": {"type": "string", "enum": list(UserRole)}},
-    {"name": "is_active", "in": "query", "schema": {"type": "boolean"}},
-    {
-        "name": "id",
-        "in": "query",
-        "description": "Repeat for several: id=1&id=2.",
-        "schema": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
-            "maxItems": MAX_PER_PAGE,
+        {
+            "name": "per_page",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PER_PAGE,
+                "default": DEFAULT_PER_PAGE,
+            },
         },
-        "style": "form",
-        "explode": True,
-    },
-    {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-    {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-]
+        {
+            "name": "sort",
+            "in": "query",
+            "description": "Comma list of fields, '-' for descending: -created_at,id. "
+            "Ties are broken by id.",
+            "schema": {"type": "string", "pattern": f"^{sort_field}(,{sort_field})*$"},
+        },
+    ]
+    if resource.searchable:
+        parameters.append(
+            {
+                "name": "q",
+                "in": "query",
+                "description": "Case-insensitive substring of " + " or ".join(resource.text_fields),
+                "schema": {
+                    "type": "string",
+                    "maxLength": MAX_SEARCH_CHARS,
+                    "pattern": "^[^\\u0000]*$",
+                },
+            }
+        )
+    for name, adapter in resource.fields.items():
+        if name in {"created_at", "updated_at", "email", "name"}:
+            continue  # ranges below, text through q
+        schema = adapter.json_schema()
+        if schema.get("type") == "integer":
+            schema.update(minimum=0, maximum=2**31 - 1)
+        if name in resource.repeatable:
+            parameters.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "description": f"Repeat for several: {name}=a&{name}=b.",
+                    "schema": {"type": "array", "items": schema, "maxItems": MAX_PER_PAGE},
+                    "style": "form",
+                    "explode": True,
+                }
+            )
+        else:
+            parameters.append({"name": name, "in": "query", "schema": schema})
+    for name in ("created_after", "created_before"):
+        date_time = {"type": "string", "format": "date-time"}
+        parameters.append({"name": name, "in": "query", "schema": date_time})
+    return parameters
 
-LIST_DESCRIPTION = """A page of users, with the total in `X-Total-Count`, a `Content-Range`
+
+USERS_LIST_DESCRIPTION = """A page of users, with the total in `X-Total-Count`, a `Content-Range`
 (`users 0-9/42`) and a `Link` header (first, prev, next, last).
 
 Besides the parameters below, the stock data providers of react-admin and Refine work

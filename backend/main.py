@@ -19,7 +19,7 @@ from backend.middleware import (
 )
 from backend.models import UserCreate, UserRole
 from backend.ratelimit import RateLimiter
-from backend.routers import auth, health, users
+from backend.routers import audit, auth, health, users
 from backend.security import PasswordHasher
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ TAGS = [
         "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
+    {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "X-Total-Count",
             "Content-Range",
             "Link",
+            "ETag",
         ],
     )
     app.add_middleware(TrailingSlashMiddleware)

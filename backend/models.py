@@ -3,7 +3,7 @@
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from sqlalchemy import DateTime, Dialect, Enum, String, TypeDecorator
+from sqlalchemy import JSON, DateTime, Dialect, Enum, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 # Set before any table is defined, so SQLite and PostgreSQL migrations name alike.
@@ -169,8 +169,51 @@ class User(UserBase, table=True):
     hashed_password: str = Field(sa_type=String(255))
     # Part of every token: bumping it revokes all of the user's tokens at once.
     token_version: int = 0
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Bumped by every change; the ETag, so that If-Match can refuse a stale edit.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AuditAction(StrEnum):
+    CREATE = "user.create"
+    UPDATE = "user.update"
+    ROLE_CHANGE = "user.role_change"
+    DEACTIVATE = "user.deactivate"
+    ACTIVATE = "user.activate"
+    DELETE = "user.delete"
+
+
+class AuditEventBase(SQLModel):
+    # No foreign keys: the trail outlives the accounts it mentions.
+    actor_id: int | None = Field(default=None, index=True)
+    action: AuditAction = Field(
+        sa_type=Enum(
+            AuditAction,
+            name="action",
+            native_enum=False,
+            create_constraint=True,
+            length=32,
+            values_callable=lambda actions: [action.value for action in actions],
+        ),
+        index=True,
+    )
+    target_id: int | None = Field(default=None, index=True)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class AuditEvent(AuditEventBase, table=True):
+    """One change to an account, written in the transaction that made it."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class AuditEventPublic(AuditEventBase):
+    id: int
+    created_at: datetime
 
 
 EXAMPLE_EMAIL = "ada@example.com"

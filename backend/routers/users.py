@@ -8,19 +8,22 @@ from backend.deps import (
     AdminUser,
     ClientIP,
     CurrentUser,
+    ExpectedVersions,
     PasswordHasherDep,
     RateLimiterDep,
     SessionDep,
     SettingsDep,
     TargetUser,
+    etag,
 )
 from backend.errors import BadRequestError, ConflictError, problem_responses
 from backend.listing import (
-    LIST_DESCRIPTION,
-    LIST_PARAMETERS,
-    content_range,
-    page_links,
+    LIST_HEADERS,
+    USERS,
+    USERS_LIST_DESCRIPTION,
+    list_parameters,
     parse_list_query,
+    set_list_headers,
 )
 from backend.models import (
     LoginResponse,
@@ -33,32 +36,25 @@ from backend.models import (
     UserUpdateMe,
 )
 
-router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
+ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
-LIST_HEADERS = {
-    "X-Total-Count": {"description": "Users matching the filters", "schema": {"type": "integer"}},
-    "Content-Range": {"description": "users START-END/TOTAL", "schema": {"type": "string"}},
-    "Link": {"description": "RFC 8288 first, prev, next, last", "schema": {"type": "string"}},
-}
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
 
 @router.get(
     "",
     name="users-list",
     response_model=list[UserPublic],
-    description=LIST_DESCRIPTION,
-    openapi_extra={"parameters": LIST_PARAMETERS},
+    description=USERS_LIST_DESCRIPTION,
+    openapi_extra={"parameters": list_parameters(USERS)},
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
     request: Request, response: Response, session: SessionDep, _user: CurrentUser
 ) -> Sequence[User]:
-    query = parse_list_query(request.query_params)
+    query = parse_list_query(request.query_params, USERS)
     users, total = await crud.list_users(session, query=query)
-    links = page_links(query, total, lambda params: str(request.url.replace(query=params)))
-    response.headers["X-Total-Count"] = str(total)
-    response.headers["Content-Range"] = content_range("users", query, len(users), total)
-    response.headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
+    set_list_headers(request, response, USERS, query, len(users), total)
     return users
 
 
@@ -74,12 +70,15 @@ async def create_user(
     request: Request,
     response: Response,
     session: SessionDep,
-    _admin: AdminUser,
+    admin: AdminUser,
     hasher: PasswordHasherDep,
 ) -> User:
     """Create a user (admin only)."""
     hashed_password = await hasher.hash(body.password)
-    user = await crud.create_user(session, data=body, hashed_password=hashed_password)
+    user = await crud.create_user(
+        session, data=body, hashed_password=hashed_password, actor_id=admin.id
+    )
+    response.headers["ETag"] = etag(user)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
 
@@ -94,7 +93,7 @@ async def read_me(user: CurrentUser) -> User:
 async def update_me(body: UserUpdateMe, user: CurrentUser, session: SessionDep) -> User:
     """Change your own name."""
     changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
-    return await crud.update_user(session, user=user, changes=changes)
+    return await crud.update_user(session, user=user, changes=changes, actor_id=user.id)
 
 
 @router.post(
@@ -118,17 +117,21 @@ async def change_password(
     if not matched:
         raise BadRequestError("The current password is incorrect.")
     hashed_password = await hasher.hash(body.new_password)
-    await crud.update_user(
-        session, user=user, changes=UserUpdate(), hashed_password=hashed_password
+    updated = await crud.update_user(
+        session, user=user, changes=UserUpdate(), hashed_password=hashed_password, actor_id=user.id
     )
-    return await crud.issue_tokens(session, user=user, settings=settings)
+    return await crud.issue_tokens(session, user=updated, settings=settings)
 
 
 @router.get(
-    "/{user_id:int}", name="users-get", response_model=UserPublic, responses=problem_responses(404)
+    "/{user_id:int}",
+    name="users-get",
+    response_model=UserPublic,
+    responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
-async def read_user(user: TargetUser, _user: CurrentUser) -> User:
-    """One user by id."""
+async def read_user(user: TargetUser, _user: CurrentUser, response: Response) -> User:
+    """One user by id, with its version in `ETag` (send it back in `If-Match` to edit)."""
+    response.headers["ETag"] = etag(user)
     return user
 
 
@@ -136,41 +139,61 @@ async def read_user(user: TargetUser, _user: CurrentUser) -> User:
     "/{user_id:int}",
     name="users-update",
     response_model=UserPublic,
-    responses=problem_responses(404, 409),
+    responses={**problem_responses(404, 409, 412), 200: {"headers": ETAG_HEADER}},
 )
 async def update_user(
     body: UserUpdate,
     user: TargetUser,
     session: SessionDep,
-    _admin: AdminUser,
+    admin: AdminUser,
     hasher: PasswordHasherDep,
+    expected_versions: ExpectedVersions,
+    response: Response,
 ) -> User:
-    """Change any of a user's fields (admin only); role, deactivation and password
-    changes revoke the user's tokens."""
+    """Change the fields sent (admin only); role, deactivation and password changes
+    revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412."""
     hashed_password = await hasher.hash(body.password) if body.password else None
-    return await crud.update_user(session, user=user, changes=body, hashed_password=hashed_password)
+    updated = await crud.update_user(
+        session,
+        user=user,
+        changes=body,
+        hashed_password=hashed_password,
+        actor_id=admin.id,
+        expected_versions=expected_versions,
+    )
+    response.headers["ETag"] = etag(updated)
+    return updated
 
 
 @router.put(
     "/{user_id:int}",
     name="users-replace",
     response_model=UserPublic,
-    responses=problem_responses(404, 409),
+    responses={**problem_responses(404, 409, 412), 200: {"headers": ETAG_HEADER}},
 )
 async def replace_user(
     body: UserReplace,
     user: TargetUser,
     session: SessionDep,
-    _admin: AdminUser,
+    admin: AdminUser,
     hasher: PasswordHasherDep,
+    expected_versions: ExpectedVersions,
+    response: Response,
 ) -> User:
     """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
     `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
     _check_read_only_fields(body, user)
     hashed_password = await hasher.hash(body.password) if body.password else None
-    return await crud.update_user(
-        session, user=user, changes=body.changes(), hashed_password=hashed_password
+    updated = await crud.update_user(
+        session,
+        user=user,
+        changes=body.changes(),
+        hashed_password=hashed_password,
+        actor_id=admin.id,
+        expected_versions=expected_versions,
     )
+    response.headers["ETag"] = etag(updated)
+    return updated
 
 
 def _check_read_only_fields(body: UserReplace, user: User) -> None:
@@ -190,9 +213,13 @@ def _check_read_only_fields(body: UserReplace, user: User) -> None:
     "/{user_id:int}",
     name="users-delete",
     response_model=UserPublic,
-    responses=problem_responses(404, 409),
+    responses=problem_responses(404, 409, 412),
 )
-async def delete_user(user: TargetUser, session: SessionDep, admin: AdminUser) -> User:
+async def delete_user(
+    user: TargetUser, session: SessionDep, admin: AdminUser, expected_versions: ExpectedVersions
+) -> User:
     """Delete a user (admin only) and return the deleted record."""
-    await crud.delete_user(session, user=user, actor_id=admin.id)
+    await crud.delete_user(
+        session, user=user, actor_id=admin.id, expected_versions=expected_versions
+    )
     return user
