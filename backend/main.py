@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from backend import crud
 from backend.config import Settings, get_settings
 from backend.db import create_engine, create_sessionmaker, upgrade_to_head
+from backend.docs import install_docs
 from backend.errors import PROBLEM_JSON, install_error_handlers
 from backend.middleware import (
     BodySizeLimitMiddleware,
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         openapi_url=f"{settings.API_V1_PREFIX}/openapi.json",
         openapi_tags=TAGS,
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
         redirect_slashes=False,
         generate_unique_id_function=lambda route: route.name,
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
+    install_docs(app, settings)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s too.
