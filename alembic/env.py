@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 
 from backend import models
 from backend.config import get_settings
-from backend.db import async_url, create_engine
+from backend.db import async_url, create_migration_engine, include_in_autogenerate
 
 target_metadata = SQLModel.metadata
 
@@ -32,6 +32,7 @@ def do_run_migrations(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         render_item=render_item,
+        include_object=include_in_autogenerate,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
@@ -41,7 +42,7 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_engine(get_settings())
+    engine = create_migration_engine(get_settings())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

@@ -1,6 +1,5 @@
 """Settings from the environment and `.env`, validated once at start-up."""
 
-import logging
 import os
 import secrets
 import sys
@@ -8,12 +7,17 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from limits import parse
-from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    IPvAnyNetwork,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.models import Email, Password
-
-logger = logging.getLogger(__name__)
 
 MIN_SECRET_KEY_BYTES = 32
 
@@ -48,6 +52,8 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     REFRESH_REUSE_GRACE_SECONDS: int = Field(default=10, ge=0)
     AUTO_MIGRATE: bool | None = None
+    # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
+    SHUTDOWN_GRACE_SECONDS: int = Field(default=20, ge=1)
 
     BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     HASH_CONCURRENCY: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1)
@@ -58,7 +64,15 @@ class Settings(BaseSettings):
     DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
     DB_POOL_RECYCLE_SECONDS: int = Field(default=1800, ge=-1)
     DB_POOL_PRE_PING: bool = True
+    # Bounds on a PostgreSQL outage: a request gets 503 instead of waiting for the OS.
+    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=5.0, ge=0)  # 0: no limit
     DB_ECHO: bool = False
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json (one object per line, for collectors) or text; default: text in local only.
+    LOG_FORMAT: Literal["json", "text"] | None = None
+    METRICS_ENABLED: bool = False
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
@@ -118,13 +132,21 @@ class Settings(BaseSettings):
             )
         if not self.SECRET_KEY:
             self.SECRET_KEY = secrets.token_urlsafe(48)
-            logger.warning(
-                "SECRET_KEY is not set: using a random key for this process. Tokens stop "
-                "working when it restarts and are not shared between workers."
-            )
+            self._secret_key_generated = True
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
         return self
+
+    _secret_key_generated: bool = PrivateAttr(default=False)
+
+    @property
+    def secret_key_generated(self) -> bool:
+        """Whether SECRET_KEY is a random one made for this process (STAGE=local only)."""
+        return self._secret_key_generated
+
+    @property
+    def log_format(self) -> str:
+        return self.LOG_FORMAT or ("text" if self.STAGE == "local" else "json")
 
     @property
     def is_sqlite(self) -> bool:

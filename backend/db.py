@@ -1,5 +1,6 @@
 """The async engine and session factory; plain URLs in, async drivers chosen here."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -7,12 +8,19 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
+from backend.errors import database_unavailable
+
+logger = logging.getLogger(__name__)
 
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+# The client gives up this long after the server's statement_timeout should have fired.
+COMMAND_TIMEOUT_MARGIN_SECONDS = 1.0
 
 
 def async_url(database_url: str) -> URL:
@@ -40,26 +48,72 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=settings.DB_ECHO)
+        engine = create_async_engine(url, echo=settings.DB_ECHO, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
         echo=settings.DB_ECHO,
+        # Errors and logs never show bound values: emails, password hashes.
+        hide_parameters=True,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
         pool_recycle=settings.DB_POOL_RECYCLE_SECONDS,
         pool_pre_ping=settings.DB_POOL_PRE_PING,
+        connect_args=_asyncpg_timeouts(settings),
     )
+
+
+def _asyncpg_timeouts(settings: Settings) -> dict[str, Any]:
+    """Time limits that turn a PostgreSQL outage into a prompt 503, not a hung request.
+
+    asyncpg waits 60 s to connect and forever for an answer unless told otherwise; the
+    server cancels statements past statement_timeout, and command_timeout (a little
+    longer) covers a server that has stopped answering altogether.
+    """
+    timeouts: dict[str, Any] = {"timeout": settings.DB_CONNECT_TIMEOUT_SECONDS}
+    statement_timeout = settings.DB_STATEMENT_TIMEOUT_SECONDS
+    if statement_timeout > 0:
+        timeouts["command_timeout"] = statement_timeout + COMMAND_TIMEOUT_MARGIN_SECONDS
+        timeouts["server_settings"] = {"statement_timeout": str(round(statement_timeout * 1000))}
+    return timeouts
+
+
+class Session(AsyncSession):
+    """A session whose close survives a database that went away after the answer was sent.
+
+    Closing rolls back whatever is still open. When PostgreSQL has just dropped the
+    connection (a stop or restart), that rollback fails although there is nothing left to
+    undo: the pool has discarded the connection, so the error is only logged, instead of
+    surfacing after a response that already went out.
+    """
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except Exception as error:
+            if not database_unavailable(error):
+                raise
+            cause = error.orig if isinstance(error, DBAPIError) else error
+            logger.warning("database connection lost while closing a session: %r", cause)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False: returning a committed row must not trigger a reload query.
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    return async_sessionmaker(engine, class_=Session, expire_on_commit=False)
 
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# PostgreSQL-only indexes that the migrations create by hand (see their comments).
+UNMODELLED_INDEXES = frozenset({"ix_users_email_trgm", "ix_users_name_trgm"})
+
+
+def include_in_autogenerate(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's include_object hook: ignore the hand-made indexes when comparing."""
+    return not (type_ == "index" and name in UNMODELLED_INDEXES)
 
 
 def alembic_config() -> Config:
@@ -68,9 +122,22 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade_to_head)
+def create_migration_engine(settings: Settings) -> AsyncEngine:
+    """An engine for schema changes: without the request time limits, since a migration
+    may rewrite a big table, and workers starting together wait on each other's lock."""
+    if settings.is_sqlite:
+        return create_engine(settings)
+    url = async_url(settings.DATABASE_URL)
+    return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
+
+
+async def upgrade_to_head(settings: Settings) -> None:
+    engine = create_migration_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_to_head)
+    finally:
+        await engine.dispose()
 
 
 def _upgrade_to_head(connection: Connection) -> None:

@@ -13,6 +13,7 @@ from backend import crud
 from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from backend.models import LoginRequest, TokenClaims, User, UserRole
+from backend.observability import Metrics
 from backend.ratelimit import RateLimiter, client_ip
 from backend.security import ACCESS, PasswordHasher, decode_token
 
@@ -40,6 +41,11 @@ def get_rate_limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 def get_client_ip(request: Request) -> str:
     return client_ip(request, request.app.state.settings.TRUSTED_PROXIES)
 
@@ -49,15 +55,21 @@ PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 ClientIP = Annotated[str, Depends(get_client_ip)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def get_current_user(
-    session: SessionDep, settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
     claims = decode_token(token, ACCESS, settings)
-    return await get_token_user(session, claims)
+    user = await get_token_user(session, claims)
+    request.scope["state"]["user_id"] = user.id  # for the request's log line
+    return user
 
 
 async def get_token_user(session: AsyncSession, claims: TokenClaims) -> User:

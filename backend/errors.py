@@ -5,11 +5,16 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+from asyncpg import (  # type: ignore[import-untyped]
+    InsufficientResourcesError,
+    OperatorInterventionError,
+    PostgresConnectionError,
+)
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -18,6 +23,36 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 DB_RETRY_AFTER_SECONDS = 2
+
+# What a database outage raises (tests/test_outage.py stops and starts a real PostgreSQL
+# under load): each means "retry shortly", never a fault in the request, so 503.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,  # SQLAlchemy's category for a lost or refused connection
+    InterfaceError,
+    PoolTimeoutError,  # no pooled connection within DB_POOL_TIMEOUT_SECONDS
+    # Connection refused or reset; TimeoutError (asyncio's too) is one: asyncpg's connect
+    # timeout and command_timeout.
+    OSError,
+)
+# asyncpg errors that SQLAlchemy wraps in a plain DBAPIError, by SQLSTATE class.
+DRIVER_UNAVAILABLE: tuple[type[Exception], ...] = (
+    PostgresConnectionError,  # 08: the connection died mid-request (ConnectionDoesNotExistError)
+    # 57: the server is shutting down or starting up (AdminShutdownError,
+    # CannotConnectNowError), or DB_STATEMENT_TIMEOUT_SECONDS ran out (QueryCanceledError).
+    OperatorInterventionError,
+    InsufficientResourcesError,  # 53: too many connections, disk full, out of memory
+)
+
+
+def database_unavailable(exc: Exception) -> bool:
+    """Whether an exception means the database is down or overloaded, not a bug."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:  # SQLAlchemy saw the connection drop
+            return True
+        return exc.orig is not None and isinstance(exc.driver_exception, DRIVER_UNAVAILABLE)
+    return False
 
 
 class FieldError(BaseModel):
@@ -30,6 +65,8 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+    # The same sentence: react-admin and Refine show an error body's `message`.
+    message: str
     request_id: str | None = None
     errors: list[FieldError] | None = None
 
@@ -113,6 +150,7 @@ def problem_response(
         title=HTTPStatus(status).phrase,
         status=status,
         detail=detail,
+        message=detail,
         request_id=request_id,
         errors=list(errors) if errors is not None else None,
     )
@@ -192,8 +230,12 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     )
 
 
-async def _handle_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", exc.__class__.__name__)
+async def _handle_database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return await _handle_unexpected_error(request, exc)
+    cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    request.app.state.metrics.database_unavailable.inc()
+    logger.warning("database unavailable: %s", cause.__class__.__name__)
     return problem_response(
         HTTPStatus.SERVICE_UNAVAILABLE,
         "The database is unavailable or busy; retry shortly.",
@@ -220,9 +262,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _handle_domain_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    # Connection refused/reset and connect time-outs surface as OSError, not DBAPI errors.
-    for unavailable in (OperationalError, InterfaceError, PoolTimeoutError, OSError):
-        app.add_exception_handler(unavailable, _handle_database_unavailable)
+    # Every database error is looked at; those meaning an outage are 503, the rest 500.
+    database_errors: tuple[type[Exception], ...] = (DBAPIError, *DATABASE_UNAVAILABLE)
+    for database_error in database_errors:
+        app.add_exception_handler(database_error, _handle_database_error)
     app.add_exception_handler(Exception, _handle_unexpected_error)
 
 

@@ -19,6 +19,12 @@ from backend.middleware import (
     TrailingSlashMiddleware,
 )
 from backend.models import UserCreate, UserRole
+from backend.observability import (
+    Metrics,
+    RequestLogMiddleware,
+    configure_logging,
+    install_metrics_endpoint,
+)
 from backend.ratelimit import RateLimiter
 from backend.routers import audit, auth, health, users
 from backend.security import PasswordHasher
@@ -42,15 +48,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.rate_limiter = RateLimiter(settings)
+    app.state.rate_limiter = RateLimiter(settings, app.state.metrics)
     app.state.password_hasher = PasswordHasher(
         rounds=settings.BCRYPT_ROUNDS,
         concurrency=settings.HASH_CONCURRENCY,
         queue_limit=settings.HASH_QUEUE_LIMIT,
     )
+    app.state.metrics.watch(engine, app.state.password_hasher)
     try:
         if settings.AUTO_MIGRATE:
-            await upgrade_to_head(engine)
+            await upgrade_to_head(settings)
         await _ensure_first_admin(app)
         yield
     finally:
@@ -90,12 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
+    # Always counted (cheap); exposed, and requests timed, only with METRICS_ENABLED.
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)
+    if settings.METRICS_ENABLED:
+        install_metrics_endpoint(app, app.state.metrics)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s too.
@@ -120,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)
+    app.add_middleware(
+        RequestLogMiddleware, metrics=app.state.metrics if settings.METRICS_ENABLED else None
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -143,4 +157,16 @@ def _adapt_openapi(schema: dict[str, Any], prefix: str) -> None:
                     content[PROBLEM_JSON] = content.pop("application/json")
 
 
-app = create_app()
+def _served_app() -> FastAPI:
+    """The app uvicorn imports (backend.main:app), with logging set up for serving."""
+    settings = get_settings()
+    configure_logging(settings)
+    if settings.secret_key_generated:
+        logger.warning(
+            "SECRET_KEY is not set: using a random key for this process. Tokens stop "
+            "working when it restarts and are not shared between workers."
+        )
+    return create_app(settings)
+
+
+app = _served_app()

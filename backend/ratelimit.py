@@ -1,5 +1,6 @@
 """Rate limits with the `limits` library: in memory by default, in Redis when shared."""
 
+import asyncio
 import ipaddress
 import logging
 import math
@@ -14,19 +15,27 @@ from starlette.requests import Request
 
 from backend.config import Settings
 from backend.errors import TooManyRequestsError
+from backend.observability import Metrics
 
 logger = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+REDIS_TIMEOUT_SECONDS = 0.5
 
 
 class RateLimiter:
     """Counts hits per key in a moving window; refuses with 429 and Retry-After."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.enabled = settings.RATE_LIMIT_ENABLED
+        self.metrics = metrics
         self.storage: Storage = (
-            storage_from_string(f"async+{settings.REDIS_URL}")  # type: ignore[assignment]
+            storage_from_string(  # type: ignore[assignment]
+                f"async+{settings.REDIS_URL}",
+                # A Redis that stops answering must not hold logins: fail open instead.
+                connect_timeout=REDIS_TIMEOUT_SECONDS,
+                stream_timeout=REDIS_TIMEOUT_SECONDS,
+            )
             if settings.REDIS_URL
             else MemoryStorage()
         )
@@ -35,6 +44,19 @@ class RateLimiter:
         self.login_per_ip = parse(settings.RATE_LIMIT_LOGIN_PER_IP)
         self.register = parse(settings.RATE_LIMIT_REGISTER)
         self.refresh = parse(settings.RATE_LIMIT_REFRESH)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the counters live in Redis (REDIS_URL) rather than in this process."""
+        return not isinstance(self.storage, MemoryStorage)
+
+    async def storage_available(self, timeout_seconds: float) -> bool:
+        """Whether the counter storage answers a PING in time (a hung Redis counts as down)."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                return await self.storage.check()
+        except TimeoutError:
+            return False
 
     async def hit(self, limit: RateLimitItem, *key: str) -> None:
         if not self.enabled:
@@ -45,8 +67,10 @@ class RateLimiter:
                 return
             stats = await self._strategy.get_window_stats(limit, *key)
         except Exception:  # any storage failure: fail open, the API matters more
+            self.metrics.rate_limit_storage_errors.inc()
             logger.warning("rate-limit storage unavailable; request allowed", exc_info=True)
             return
+        self.metrics.rate_limited.labels(key[0]).inc()
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         raise TooManyRequestsError(
             f"Too many requests: at most {limit}. Retry in {retry_after} s.",

@@ -56,17 +56,9 @@ async def _reset_postgres_schema(url: str) -> None:
         async with engine.begin() as connection:
             await connection.execute(text("DROP SCHEMA public CASCADE"))
             await connection.execute(text("CREATE SCHEMA public"))
-        await upgrade_to_head(engine)
     finally:
         await engine.dispose()
-
-
-async def _migrate(url: str) -> None:
-    engine = create_engine(make_settings(url))
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
+    await upgrade_to_head(make_settings(url))
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -74,7 +66,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     """A freshly migrated database for this test session."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-        asyncio.run(_migrate(url))
+        asyncio.run(upgrade_to_head(make_settings(url)))
         return url
     url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
     try:

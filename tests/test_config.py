@@ -1,4 +1,3 @@
-import logging
 import os
 import subprocess
 import sys
@@ -38,13 +37,25 @@ def test_short_secret_key_is_refused_outside_local() -> None:
         load_settings(_env_file=None, STAGE="staging", SECRET_KEY="short")
 
 
-def test_local_generates_a_key_and_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="backend.config"):
-        first = settings_from(STAGE="local")
-        second = settings_from(STAGE="local")
+def test_local_generates_a_key_and_the_served_app_warns() -> None:
+    first = settings_from(STAGE="local")
+    second = settings_from(STAGE="local")
     assert len(first.SECRET_KEY) >= 32
     assert first.SECRET_KEY != second.SECRET_KEY
-    assert "SECRET_KEY is not set" in caplog.text
+    assert first.secret_key_generated
+    assert not settings_from(STAGE="local", SECRET_KEY="k" * 32).secret_key_generated
+    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import backend.main"],
+        cwd=REPO_ROOT / "tests",  # no .env there
+        env={**env, "STAGE": "local", "DATABASE_URL": "sqlite:///:memory:"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SECRET_KEY is not set: using a random key for this process" in result.stderr
 
 
 def test_invalid_values_name_the_variable() -> None:

@@ -51,6 +51,7 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
     assert missing.json()["detail"] == "No route matches /nowhere."
+    assert missing.json()["message"] == missing.json()["detail"]  # what dashboards show
     wrong_method = await client.put("/health")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["title"] == "Method Not Allowed"

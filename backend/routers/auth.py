@@ -7,6 +7,7 @@ from backend.deps import (
     ClientIP,
     CurrentUser,
     LoginCredentials,
+    MetricsDep,
     PasswordHasherDep,
     RateLimiterDep,
     SessionDep,
@@ -74,6 +75,7 @@ async def login(
     hasher: PasswordHasherDep,
     limiter: RateLimiterDep,
     ip: ClientIP,
+    metrics: MetricsDep,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
     await limiter.hit(limiter.login_per_ip, "login", ip)
@@ -82,6 +84,7 @@ async def login(
         session, email=credentials.email, password=credentials.password, hasher=hasher
     )
     if user is None:
+        metrics.login_failures.inc()
         raise UnauthorizedError("Incorrect email or password.")
     if not user.is_active:
         raise ForbiddenError("This account is deactivated.")

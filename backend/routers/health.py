@@ -4,10 +4,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.errors import ServiceUnavailableError, problem_responses
+from backend.ratelimit import RateLimiter
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 READY_RETRY_AFTER_SECONDS = 5
+# Redis only holds rate-limit counters, which fail open: a slow or dead Redis makes the
+# service degraded, not unready, and must not hold readiness up for long.
+REDIS_CHECK_TIMEOUT_SECONDS = 1.0
 
 
 class HealthStatus(BaseModel):
@@ -25,7 +29,11 @@ async def live() -> HealthStatus:
     "/ready", name="health-ready", response_model=HealthStatus, responses=problem_responses(503)
 )
 async def ready(request: Request) -> HealthStatus:
-    """The database answers: safe to route traffic here."""
+    """The database answers: safe to route traffic here.
+
+    With REDIS_URL set, `checks.redis` is `ok`, or `degraded` when Redis does not answer
+    (rate limits then fail open); that alone never makes this 503.
+    """
     try:
         async with request.app.state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -34,4 +42,9 @@ async def ready(request: Request) -> HealthStatus:
             f"The database is not reachable ({error.__class__.__name__}).",
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
         ) from error
-    return HealthStatus(checks={"database": "ok"})
+    checks = {"database": "ok"}
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if limiter.shared:
+        available = await limiter.storage_available(REDIS_CHECK_TIMEOUT_SECONDS)
+        checks["redis"] = "ok" if available else "degraded"
+    return HealthStatus(checks=checks)

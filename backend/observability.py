@@ -1,0 +1,187 @@
+"""Logs (one line per request, JSON outside `local`) and Prometheus metrics."""
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from pythonjsonlogger.json import JsonFormatter
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.config import Settings
+from backend.security import PasswordHasher
+
+access_logger = logging.getLogger("backend.access")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route every logger, uvicorn's included, through one handler on stderr."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.LOG_LEVEL)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+class Metrics:
+    """This app's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from request to the end of the response, by route.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.login_failures = Counter(
+            "login_failures",
+            "Logins refused for a wrong email or password.",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "rate_limit_rejections",
+            "Requests refused with 429, by limit.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.rate_limit_storage_errors = Counter(
+            "rate_limit_storage_errors",
+            "Rate-limit checks skipped (failed open) because the storage was unreachable.",
+            registry=self.registry,
+        )
+        self.database_unavailable = Counter(
+            "database_unavailable",
+            "Requests answered 503 because the database was down or overloaded.",
+            registry=self.registry,
+        )
+
+    def watch(self, engine: AsyncEngine, hasher: PasswordHasher) -> None:
+        self.registry.register(_StateCollector(engine, hasher))
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time: the connection pool and the password-hash queue."""
+
+    def __init__(self, engine: AsyncEngine, hasher: PasswordHasher) -> None:
+        self.engine = engine
+        self.hasher = hasher
+
+    def collect(self) -> Iterator[Metric]:
+        pool: Any = self.engine.pool
+        connections = GaugeMetricFamily(
+            "db_pool_connections", "Pooled database connections, by state.", labels=["state"]
+        )
+        connections.add_metric(["in_use"], pool.checkedout())
+        connections.add_metric(["idle"], pool.checkedin())
+        yield connections
+        yield GaugeMetricFamily(
+            "password_hash_queue_depth",
+            "Password hashes waiting for a worker thread.",
+            value=self.hasher.queue_depth,
+        )
+
+
+def install_metrics_endpoint(app: FastAPI, metrics: Metrics) -> None:
+    # At the root like /health: scrapers and orchestrators look there, not under the API.
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestLogMiddleware:
+    """One log line (and metric sample) per request: method, route template, status,
+    duration, request id and user id. Never the query string or a body."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics | None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates: dict[str, str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = self._template(scope)
+        if self.metrics is not None:
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(seconds)
+        if access_logger.isEnabledFor(logging.INFO):
+            state = scope.get("state", {})
+            access_logger.info(
+                "%s %s %s %.1fms",
+                scope["method"],
+                route,
+                status,
+                seconds * 1000,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "request_id": state.get("request_id"),
+                    "user_id": state.get("user_id"),
+                },
+            )
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's path template, e.g. /api/v1/users/{user_id}.
+
+        Routes record only their path inside their router, so the full templates come
+        from the OpenAPI document, by operation id (the route's name), once.
+        """
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        if self.templates is None:
+            app: FastAPI = scope["app"]
+            self.templates = {
+                operation["operationId"]: path
+                for path, operations in app.openapi()["paths"].items()
+                for operation in operations.values()
+            }
+        template = self.templates.get(getattr(route, "name", ""))
+        return template or str(getattr(route, "path", "unmatched"))

@@ -1,0 +1,123 @@
+"""Request log lines, JSON logs without secrets, and the Prometheus endpoint."""
+
+import json
+import logging
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from backend.config import Settings
+from backend.main import create_app
+from backend.observability import configure_logging
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, bearer, login
+
+
+async def test_one_log_line_per_request_with_its_context(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="backend.access"):
+        await client.get(
+            f"{API}/users/{tokens['user']['id']}",
+            headers={**bearer(tokens["access_token"]), "X-Request-ID": "trace-1"},
+        )
+        await client.get("/nowhere")
+    first, second = (record for record in caplog.records if record.name == "backend.access")
+    fields = ("method", "route", "status", "request_id", "user_id")
+    assert {name: first.__dict__[name] for name in fields} == {
+        "method": "GET",
+        "route": "/api/v1/users/{user_id}",
+        "status": 200,
+        "request_id": "trace-1",
+        "user_id": tokens["user"]["id"],
+    }
+    assert first.__dict__["duration_ms"] > 0
+    assert (second.__dict__["route"], second.__dict__["status"]) == ("unmatched", 404)
+
+
+def test_json_log_format(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(settings.model_copy(update={"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}))
+        logging.getLogger("backend.access").info("GET / 200", extra={"status": 200})
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        root.handlers[:], root.level = saved
+    assert line["message"] == "GET / 200"
+    assert line["status"] == 200
+    assert {"time", "level", "logger"} <= line.keys()
+    assert settings.model_copy(update={"STAGE": "local"}).log_format == "text"
+    assert settings.model_copy(update={"STAGE": "production"}).log_format == "json"
+
+
+async def test_logs_never_contain_passwords_or_tokens(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets: list[str] = ["User-Secret-Pass-1", "Changed-Secret-Pass-2", "Wrong-Secret-Pass-3"]
+    with caplog.at_level(logging.DEBUG):
+        body = {"email": "logged@example.com", "name": "L", "password": secrets[0]}
+        registered = (await client.post(f"{API}/auth/register", json=body)).json()
+        await client.post(f"{API}/auth/register", json=body)  # 409
+        await client.post(f"{API}/auth/register", json={**body, "password": "short"})  # 422
+        await client.post(
+            f"{API}/auth/login", data={"username": body["email"], "password": secrets[2]}
+        )
+        refreshed = (
+            await client.post(
+                f"{API}/auth/refresh", json={"refresh_token": registered["refresh_token"]}
+            )
+        ).json()
+        changed = (
+            await client.post(
+                f"{API}/users/me/password",
+                json={"current_password": secrets[0], "new_password": secrets[1]},
+                headers=bearer(refreshed["access_token"]),
+            )
+        ).json()
+    tokens = [
+        registered["access_token"],
+        registered["refresh_token"],
+        refreshed["access_token"],
+        refreshed["refresh_token"],
+        changed["access_token"],
+        changed["refresh_token"],
+    ]
+    handler_output = "\n".join(
+        json.dumps(record.__dict__, default=str) for record in caplog.records
+    )
+    assert caplog.records
+    for secret in secrets + tokens:
+        assert secret not in caplog.text
+        assert secret not in handler_output
+
+
+async def test_metrics_endpoint(settings: Settings) -> None:
+    app: FastAPI = create_app(
+        settings.model_copy(update={"METRICS_ENABLED": True, "RATE_LIMIT_LOGIN": "1/minute"})
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            form = {"username": ADMIN_EMAIL, "password": "Wrong-Password-1"}
+            assert (await client.post(f"{API}/auth/login", data=form)).status_code == 401
+            assert (await client.post(f"{API}/auth/login", data=form)).status_code == 429
+            await client.get("/health")
+            response = await client.get("/metrics")
+            in_api = await client.get(f"{API}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'http_requests_total{method="POST",route="/api/v1/auth/login",status="401"} 1.0' in text
+    assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/health"}' in text
+    assert "login_failures_total 1.0" in text
+    assert 'rate_limit_rejections_total{limit="login"} 1.0' in text
+    assert 'db_pool_connections{state="in_use"}' in text
+    assert "password_hash_queue_depth 0.0" in text
+    assert in_api.status_code == 404
+
+
+async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 404
