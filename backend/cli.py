@@ -1,18 +1,25 @@
-"""The `backend` command: serve the API, migrate the database, create an admin."""
+"""The `backend` command: serve the API, migrate the database, manage accounts."""
 
 import asyncio
-import logging
-from typing import Annotated
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.config import get_settings
+from backend.config import Settings, get_settings
 from backend.db import create_engine, create_sessionmaker, upgrade_to_head
-from backend.models import UserCreate, UserRole
+from backend.errors import DomainError, NotFoundError
+from backend.listing import Filter, ListQuery
+from backend.models import User, UserCreate, UserRole, UserUpdate
+from backend.observability import configure_logging
 from backend.security import PasswordHasher
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Users and auth API. Settings come from the environment or a .env file "
@@ -20,6 +27,49 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+users_app = typer.Typer(
+    help="Manage accounts directly in the configured database (no token needed).",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+def _with_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
+    """Run `work` in a session on the configured database, migrating it first when
+    AUTO_MIGRATE is on; a DomainError (the API's 404s and 409s) exits 1 with its text."""
+    settings = get_settings()
+
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            if settings.AUTO_MIGRATE:
+                await upgrade_to_head(settings)
+            async with create_sessionmaker(engine)() as session:
+                return await work(session, settings)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except DomainError as error:
+        typer.echo(error.detail, err=True)
+        raise typer.Exit(code=1) from error
+
+
+def _user_create(**fields: Any) -> UserCreate:
+    """The API's own validation; a refusal exits 2 (a usage error), one line per field."""
+    try:
+        return UserCreate(**fields)
+    except ValidationError as error:
+        for item in error.errors():
+            message = str(item["msg"]).removeprefix("Value error, ")
+            typer.echo(f"{'.'.join(map(str, item['loc']))}: {message}", err=True)
+        raise typer.Exit(code=2) from error
+
+
+def _hasher(settings: Settings) -> PasswordHasher:
+    # One command hashes one password: no queue to bound.
+    return PasswordHasher(rounds=settings.BCRYPT_ROUNDS, concurrency=1, queue_limit=0)
 
 
 @app.command()
@@ -35,29 +85,38 @@ def serve(
         raise typer.BadParameter(
             "several workers need PostgreSQL, not SQLite", param_hint="--workers"
         )
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(
-        "backend.main:app",
-        host=host,
-        port=port,
-        workers=workers,
-        reload=reload,
-        proxy_headers=False,
-    )
+    configure_logging(settings)
+
+    def exit_cleanly(_signal: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (for at most
+    # SHUTDOWN_GRACE_SECONDS), runs the lifespan shutdown, then raises the signal again
+    # for the previous handler: this one, so that a graceful stop exits 0, not 143.
+    previous_handler = signal.signal(signal.SIGTERM, exit_cleanly)
+    try:
+        uvicorn.run(
+            "backend.main:app",
+            host=host,
+            port=port,
+            workers=workers,
+            reload=reload,
+            # Client addresses come from TRUSTED_PROXIES (backend/ratelimit.py) only.
+            proxy_headers=False,
+            timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,
+            # Our logging: one configuration, and one line per request of our own.
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 @app.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
 
-    async def run() -> None:
-        engine = create_engine(get_settings())
-        try:
-            await upgrade_to_head(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
+    asyncio.run(upgrade_to_head(get_settings()))
     typer.echo("Database is at the newest migration.")
 
 
@@ -77,28 +136,126 @@ def create_admin(
     name: Annotated[str, typer.Option(help="Display name.")] = "Admin",
 ) -> None:
     """Create an admin account, unless that email already exists (never changes a password)."""
-    try:
-        data = UserCreate(email=email, password=password, name=name, role=UserRole.ADMIN)
-    except ValidationError as error:
-        for item in error.errors():
-            message = str(item["msg"]).removeprefix("Value error, ")
-            typer.echo(f"{'.'.join(map(str, item['loc']))}: {message}", err=True)
-        raise typer.Exit(code=2) from error
-    settings = get_settings()
+    data = _user_create(email=email, password=password, name=name, role=UserRole.ADMIN)
 
-    async def run() -> bool:
-        engine = create_engine(settings)
-        hasher = PasswordHasher(rounds=settings.BCRYPT_ROUNDS, concurrency=1, queue_limit=0)
-        try:
-            if settings.AUTO_MIGRATE:
-                await upgrade_to_head(engine)
-            async with create_sessionmaker(engine)() as session:
-                return await crud.ensure_user(session, data=data, hasher=hasher)
-        finally:
-            await engine.dispose()
+    async def create(session: AsyncSession, settings: Settings) -> bool:
+        return await crud.ensure_user(session, data=data, hasher=_hasher(settings))
 
-    if asyncio.run(run()):
+    if _with_session(create):
         typer.echo(f"Created admin {data.email}.")
     else:
         typer.echo(f"A user with email {data.email} already exists; nothing changed.", err=True)
         raise typer.Exit(code=1)
+
+
+@users_app.command("list")
+def list_users(
+    role: Annotated[UserRole | None, typer.Option(help="Only this role.")] = None,
+    q: Annotated[
+        str | None, typer.Option(help="Case-insensitive part of the email or name.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
+) -> None:
+    """List accounts, oldest first: id, email, name, role, active, created (UTC)."""
+    filters = (Filter("role", "eq", role),) if role else ()
+    query = ListQuery(
+        dialect="native", limit=limit, sort=(("id", False),), filters=filters, search=q or None
+    )
+
+    async def fetch(session: AsyncSession, _settings: Settings) -> tuple[Sequence[User], int]:
+        return await crud.list_users(session, query=query)
+
+    users, total = _with_session(fetch)
+    if not users:
+        typer.echo("No users match.")
+        return
+    rows = [("ID", "EMAIL", "NAME", "ROLE", "ACTIVE", "CREATED")]
+    rows += [
+        (
+            str(user.id),
+            user.email,
+            user.name,
+            user.role.value,
+            "yes" if user.is_active else "no",
+            user.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        for user in users
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
+    if total > len(users):
+        # On stderr, so that a pipe gets only the table.
+        typer.echo(f"{len(users)} of {total} users shown; raise --limit for more.", err=True)
+
+
+@users_app.command("create")
+def create_user(
+    email: Annotated[str, typer.Option(help="The new account's email.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="USER_PASSWORD",
+            help="At least 8 characters with an uppercase letter (or set USER_PASSWORD).",
+        ),
+    ],
+    role: Annotated[UserRole, typer.Option(help="The account's role.")] = UserRole.USER,
+) -> None:
+    """Create an account; an email already in use exits 1, changing nothing."""
+    data = _user_create(email=email, name=name, password=password, role=role)
+
+    async def create(session: AsyncSession, settings: Settings) -> User:
+        hashed_password = await _hasher(settings).hash(data.password)
+        return await crud.create_user(session, data=data, hashed_password=hashed_password)
+
+    user = _with_session(create)
+    typer.echo(f"Created {user.role.value} {user.email} (id {user.id}).")
+
+
+def _update_by_email(email: str, changes: UserUpdate, state: str, *, revokes: bool) -> None:
+    """Apply changes to the user with this email through crud.update_user, which keeps
+    the last active admin and, on a role change or deactivation, revokes their tokens."""
+
+    async def update(session: AsyncSession, _settings: Settings) -> tuple[str, bool]:
+        user = await crud.get_user_by_email(session, email=email)
+        if user is None:
+            raise NotFoundError(f"No user with email {email}.")
+        sent = changes.model_dump(exclude_unset=True)
+        if all(getattr(user, field) == value for field, value in sent.items()):
+            return user.email, False
+        await crud.update_user(session, user=user, changes=changes)
+        return user.email, True
+
+    stored_email, changed = _with_session(update)
+    if not changed:
+        typer.echo(f"{stored_email} is already {state}; nothing changed.")
+    elif revokes:
+        typer.echo(f"{stored_email} is now {state}; every token it held is revoked.")
+    else:
+        typer.echo(f"{stored_email} is now {state}.")
+
+
+@users_app.command("set-role")
+def set_role(
+    email: Annotated[str, typer.Argument(help="The account's email.")],
+    role: Annotated[UserRole, typer.Argument(help="The new role.")],
+) -> None:
+    """Change an account's role (the last active admin cannot be demoted)."""
+    _update_by_email(email, UserUpdate(role=role), role.value, revokes=True)
+
+
+@users_app.command()
+def deactivate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Deactivate an account: it can no longer log in, and its tokens stop working."""
+    _update_by_email(email, UserUpdate(is_active=False), "inactive", revokes=True)
+
+
+@users_app.command()
+def activate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Let a deactivated account log in again."""
+    _update_by_email(email, UserUpdate(is_active=True), "active", revokes=False)

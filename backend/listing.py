@@ -171,6 +171,11 @@ def _parse_native(params: QueryParams, ctx: _Context) -> ListQuery:
             value = _typed("created_at", params[name], name, ctx)
             filters.append(Filter("created_at", operator, value))  # type: ignore[arg-type]
     filters += _equality_filters(params, NATIVE_KEYS | {"sort", "q"}, ctx)
+    if "per_page" not in params:
+        # id=1&id=2&... is how json-server clients fetch the records a page refers to:
+        # answer all of them (up to the maximum), not the first default-sized page.
+        wanted = max((len(f.value) for f in filters if f.operator == "in"), default=0)
+        per_page = max(per_page, min(wanted, MAX_PER_PAGE))
     return ListQuery(
         dialect="native",
         offset=(page - 1) * per_page,

@@ -3,7 +3,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
@@ -26,8 +26,11 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 def test_help_explains_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "migrate", "create-admin"):
+    for command in ("serve", "migrate", "create-admin", "users"):
         assert command in result.output
+    users_help = runner.invoke(app, ["users", "--help"])
+    for command in ("list", "create", "set-role", "deactivate", "activate"):
+        assert command in users_help.output
     serve_help = runner.invoke(app, ["serve", "--help"])
     assert "--workers" in serve_help.output
     assert "docs at" in serve_help.output
@@ -63,3 +66,128 @@ def test_serve_refuses_several_workers_on_sqlite(sqlite_env: Path) -> None:
     result = runner.invoke(app, ["serve", "--workers", "2"])
     assert result.exit_code == 2
     assert "several workers need PostgreSQL" in result.output
+
+
+def create_user(email: str, name: str, role: str = "user") -> Result:
+    args = ["users", "create", "--email", email, "--name", name, "--role", role]
+    return runner.invoke(app, args, env={"USER_PASSWORD": "User-Password-1"})
+
+
+def account(database: Path, email: str) -> tuple[str, int, int]:
+    """(role, is_active, token_version) as stored."""
+    row = (
+        sqlite3.connect(database)
+        .execute("SELECT role, is_active, token_version FROM users WHERE email = ?", (email,))
+        .fetchone()
+    )
+    assert row is not None, email
+    return row[0], row[1], row[2]
+
+
+def test_users_create_validates_like_the_api(
+    sqlite_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = create_user("Grace@Example.com", "Grace Hopper")
+    assert created.exit_code == 0, created.output
+    assert "Created user grace@example.com (id 1)." in created.output
+    stored = sqlite3.connect(sqlite_env).execute("SELECT hashed_password FROM users").fetchone()
+    assert stored[0].startswith("$2b$04$")  # hashed with BCRYPT_ROUNDS, never stored as typed
+
+    taken = create_user("GRACE@example.com", "Another Grace")
+    assert taken.exit_code == 1
+    assert "A user with this email already exists." in taken.stderr
+    assert sqlite3.connect(sqlite_env).execute("SELECT count(*) FROM users").fetchone()[0] == 1
+
+    weak = runner.invoke(
+        app,
+        ["users", "create", "--email", "weak@example.com", "--name", "Weak"],
+        env={"USER_PASSWORD": "all-lower-case"},
+    )
+    assert weak.exit_code == 2
+    assert "password: must contain at least one uppercase letter" in weak.stderr
+
+    monkeypatch.delenv("USER_PASSWORD", raising=False)
+    prompted = runner.invoke(
+        app,
+        ["users", "create", "--email", "ada@example.com", "--name", "Ada", "--role", "admin"],
+        input="Typed-Password-1\nTyped-Password-1\n",
+    )
+    assert prompted.exit_code == 0, prompted.output
+    assert "Repeat for confirmation" in prompted.output
+    assert account(sqlite_env, "ada@example.com")[0] == "admin"
+
+
+def test_users_list_filters_and_limits(sqlite_env: Path) -> None:
+    empty = runner.invoke(app, ["users", "list"])  # on a new file: migrated, then empty
+    assert empty.exit_code == 0, empty.output
+    assert "No users match." in empty.output
+    for email, name, role in (
+        ("ada@example.com", "Ada Lovelace", "admin"),
+        ("grace@example.com", "Grace Hopper", "user"),
+        ("linus@example.com", "Linus", "user"),
+    ):
+        assert create_user(email, name, role).exit_code == 0
+
+    everyone = runner.invoke(app, ["users", "list"])
+    assert everyone.exit_code == 0, everyone.output
+    header, *rows = everyone.stdout.splitlines()
+    assert header.split() == ["ID", "EMAIL", "NAME", "ROLE", "ACTIVE", "CREATED"]
+    assert [row.split()[:2] for row in rows] == [
+        ["1", "ada@example.com"],
+        ["2", "grace@example.com"],
+        ["3", "linus@example.com"],
+    ]
+    assert "Ada Lovelace  admin  yes" in rows[0]
+    # The columns line up under their headings.
+    assert {row.index(row.split()[1]) for row in rows} == {header.index("EMAIL")}
+    assert {row.index("2026-") for row in rows} == {header.index("CREATED")}
+
+    users = runner.invoke(app, ["users", "list", "--role", "user"]).stdout
+    assert "grace@example.com" in users
+    assert "linus@example.com" in users
+    assert "ada@example.com" not in users
+    searched = runner.invoke(app, ["users", "list", "--q", "HOP"]).stdout
+    assert [line.split()[:2] for line in searched.splitlines()[1:]] == [["2", "grace@example.com"]]
+
+    limited = runner.invoke(app, ["users", "list", "--limit", "2"])
+    assert limited.exit_code == 0
+    assert len(limited.stdout.splitlines()) == 3
+    assert "2 of 3 users shown; raise --limit for more." in limited.stderr
+
+    assert runner.invoke(app, ["users", "list", "--role", "owner"]).exit_code == 2
+    assert runner.invoke(app, ["users", "list", "--limit", "0"]).exit_code == 2
+
+
+def test_users_set_role_and_deactivate_keep_the_api_rules(sqlite_env: Path) -> None:
+    assert create_user("ada@example.com", "Ada", "admin").exit_code == 0
+    assert create_user("grace@example.com", "Grace").exit_code == 0
+
+    promoted = runner.invoke(app, ["users", "set-role", "grace@example.com", "admin"])
+    assert promoted.exit_code == 0, promoted.output
+    assert "grace@example.com is now admin; every token it held is revoked." in promoted.output
+    assert account(sqlite_env, "grace@example.com") == ("admin", 1, 1)
+    again = runner.invoke(app, ["users", "set-role", "GRACE@example.com", "admin"])
+    assert again.exit_code == 0
+    assert "grace@example.com is already admin; nothing changed." in again.output
+    assert account(sqlite_env, "grace@example.com") == ("admin", 1, 1)
+
+    assert runner.invoke(app, ["users", "set-role", "ada@example.com", "user"]).exit_code == 0
+    last_admin = "The last active admin cannot be demoted, deactivated or deleted."
+    for command in (["set-role", "grace@example.com", "user"], ["deactivate", "grace@example.com"]):
+        refused = runner.invoke(app, ["users", *command])
+        assert refused.exit_code == 1
+        assert last_admin in refused.stderr
+    assert account(sqlite_env, "grace@example.com") == ("admin", 1, 1)
+
+    deactivated = runner.invoke(app, ["users", "deactivate", "ada@example.com"])
+    assert deactivated.exit_code == 0, deactivated.output
+    assert "ada@example.com is now inactive; every token it held is revoked." in deactivated.output
+    assert account(sqlite_env, "ada@example.com") == ("user", 0, 2)
+    activated = runner.invoke(app, ["users", "activate", "ada@example.com"])
+    assert activated.exit_code == 0
+    assert "ada@example.com is now active." in activated.output
+    assert account(sqlite_env, "ada@example.com") == ("user", 1, 2)  # nothing to revoke
+
+    unknown = runner.invoke(app, ["users", "deactivate", "nobody@example.com"])
+    assert unknown.exit_code == 1
+    assert "No user with email nobody@example.com." in unknown.stderr

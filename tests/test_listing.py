@@ -176,6 +176,24 @@ async def test_json_server_and_refine_conventions(
     assert names(await get(client, admin_headers, "q=dave&_start=0&_end=10")) == ["Dave"]
 
 
+async def test_get_many_by_ids_returns_every_id_asked_for(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    ids = []
+    for number in range(13):
+        response = await client.post(
+            f"{API}/users",
+            json={"email": f"m{number}@example.com", "name": "M", "password": "Password-123"},
+            headers=admin_headers,
+        )
+        ids.append(response.json()["id"])
+    response = await get(client, admin_headers, "&".join(f"id={user_id}" for user_id in ids))
+    assert sorted(user["id"] for user in response.json()) == ids
+    assert response.headers["x-total-count"] == "13"
+    paged = await get(client, admin_headers, "per_page=5&" + "&".join(f"id={i}" for i in ids))
+    assert len(paged.json()) == 5
+
+
 async def test_react_admin_simple_rest_conventions(
     client: httpx.AsyncClient, admin_headers: dict[str, str], people: list[dict[str, Any]]
 ) -> None:
