@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from sqlalchemy import JSON, DateTime, Dialect, Enum, String, TypeDecorator
+from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 # Set before any table is defined, so SQLite and PostgreSQL migrations name alike.
@@ -164,6 +164,13 @@ class UserBase(SQLModel):
 
 class User(UserBase, table=True):
     __tablename__ = "users"
+    # (sort key, id) pairs: list pages walk them in order, ties broken by id, and find a
+    # deep page's ids without reading the table (see crud._page). PostgreSQL also has
+    # trigram indexes on lower(email) and lower(name) for `q`, in the migrations only.
+    __table_args__ = (
+        Index("ix_users_created_at_id", "created_at", "id"),
+        Index("ix_users_name_id", "name", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     hashed_password: str = Field(sa_type=String(255))
@@ -171,7 +178,7 @@ class User(UserBase, table=True):
     token_version: int = 0
     # Bumped by every change; the ETag, so that If-Match can refuse a stale edit.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

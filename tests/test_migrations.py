@@ -5,7 +5,7 @@ from sqlalchemy import Connection, inspect
 from sqlmodel import SQLModel
 
 from backend.config import Settings
-from backend.db import alembic_config, create_engine
+from backend.db import alembic_config, create_engine, include_in_autogenerate
 
 
 def _table_names(connection: Connection) -> set[str]:
@@ -19,7 +19,10 @@ def _downgrade_upgrade_and_diff(connection: Connection) -> tuple[set[str], set[s
     after_downgrade = _table_names(connection)
     command.upgrade(config, "head")
     after_upgrade = _table_names(connection)
-    diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    context = MigrationContext.configure(
+        connection, opts={"include_object": include_in_autogenerate}
+    )
+    diff = compare_metadata(context, SQLModel.metadata)
     return after_downgrade, after_upgrade, diff
 
 

@@ -1,4 +1,4 @@
-"""user version, created_at index, audit events
+"""user version, audit events
 
 Revision ID: f131358b1c3b
 Revises: 3165816a10bb
@@ -55,12 +55,10 @@ def upgrade() -> None:
 
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("version", sa.Integer(), server_default="1", nullable=False))
-        batch_op.create_index(batch_op.f("ix_users_created_at"), ["created_at"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_users_created_at"))
         batch_op.drop_column("version")
 
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
