@@ -31,13 +31,10 @@ function done(summary, latency, requests)
    end
    local errors = summary.errors
    io.write(string.format(
-      'BENCH_RESULT {"requests": %d, "duration_us": %d, "bytes": %d, '
-         .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f, '
+      'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
          .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
          .. '"counters": {%s}}\n',
-      summary.requests, summary.duration, summary.bytes,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99),
-      latency.max, latency.mean,
+      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
       errors.connect, errors.read, errors.write, errors.status, errors.timeout,
       table.concat(counters, ", ")))
 end

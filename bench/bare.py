@@ -1,0 +1,397 @@
+"""The bare reference server: the app's work with no framework, ORM or validation layer.
+
+A raw ASGI callable for uvicorn (`uvicorn bench.bare:app`), configured from the same
+environment variables as the app. Per request it does what the app does: decode the
+HS256 access token, load the caller's row by id and check is_active and token_version,
+run the same SELECTs (whole rows, like the ORM; the list also counts all users) on one
+pooled asyncpg connection, and answer with the same JSON and the same headers (request
+id, security headers, ETag, X-Total-Count, Content-Range, Link), which the harness
+checks against the app before it measures. Login verifies bcrypt in
+at most HASH_CONCURRENCY threads, shedding load with 503 past HASH_QUEUE_LIMIT waiting
+checks, and records the refresh token (hash of its jti, family) as the app does; refresh
+retires the presented token with the same conditional UPDATE and records the new one.
+Not copied: rate limiting (the bench turns it off) and the refresh reuse grace window
+(a reused token here always revokes its family).
+"""
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import bcrypt
+import jwt
+import orjson
+
+Header = tuple[bytes, bytes]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+API = "/api/v1"
+USERS = f"{API}/users"
+MAX_BODY_BYTES = 64 * 1024
+MAX_PER_PAGE = 100
+MAX_PAGE = 1_000_000
+MAX_ID = 2**31 - 1
+PASSWORD_MAX_BYTES = 72
+
+ALL_COLUMNS = (
+    "id, email, name, hashed_password, role, is_active, token_version, version, created_at,"
+    " updated_at"
+)
+BY_ID = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1"
+BY_EMAIL = f"SELECT {ALL_COLUMNS} FROM users WHERE email = $1"
+PAGE = f"SELECT {ALL_COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2"
+COUNT = "SELECT count(*) FROM users"
+PRUNE_EXPIRED = "DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2"
+RECORD = (
+    "INSERT INTO refresh_tokens (jti_hash, family_id, user_id, created_at, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5)"
+)
+RECORD_BY_JTI = (
+    "SELECT id, jti_hash, family_id, user_id, created_at, expires_at, used_at, revoked_at"
+    " FROM refresh_tokens WHERE jti_hash = $1"
+)
+RETIRE = (
+    "UPDATE refresh_tokens SET used_at = $2"
+    " WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL"
+)
+REVOKE_FAMILY = (
+    "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL"
+)
+PUBLIC_FIELDS = ("email", "name", "role", "is_active", "id", "created_at", "updated_at")
+# What the app's ResponseHeadersMiddleware adds to every response (plus a request id).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+NO_STORE = [(b"cache-control", b"no-store")]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, detail: str, headers: list[Header] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or []
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def public(row: asyncpg.Record) -> dict[str, Any]:
+    return {name: row[name] for name in PUBLIC_FIELDS}
+
+
+def dumps(content: Any) -> bytes:
+    # OPT_UTC_Z: pydantic writes UTC datetimes with "Z", not "+00:00".
+    return orjson.dumps(content, option=orjson.OPT_UTC_Z)
+
+
+class BareApp:
+    def __init__(self) -> None:
+        self.secret = os.environ["SECRET_KEY"]
+        self.database_url = os.environ["DATABASE_URL"]
+        self.pool_size = _env_int("DB_POOL_SIZE", 10)
+        self.max_overflow = _env_int("DB_MAX_OVERFLOW", 10)
+        self.access_seconds = _env_int("ACCESS_TOKEN_EXPIRE_MINUTES", 30) * 60
+        self.refresh_seconds = _env_int("REFRESH_TOKEN_EXPIRE_DAYS", 14) * 86400
+        self.hash_concurrency = _env_int("HASH_CONCURRENCY", max(1, (os.cpu_count() or 1) // 2))
+        self.hash_queue_limit = _env_int("HASH_QUEUE_LIMIT", 32)
+        self.bcrypt_rounds = _env_int("BCRYPT_ROUNDS", 12)
+        self.hashes_in_flight = 0
+        self.dummy_hash = b""
+        self._pool: asyncpg.Pool | None = None
+        self._hash_threads: ThreadPoolExecutor | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "used before lifespan start-up"
+        return self._pool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        headers = [(b"x-request-id", uuid.uuid4().hex.encode()), *SECURITY_HEADERS]
+        if scope["path"].startswith(f"{API}/"):
+            headers += NO_STORE
+        try:
+            status, content, route_headers = await self.route(scope, receive)
+            headers += [*route_headers, (b"content-type", b"application/json")]
+        except HTTPError as error:
+            status = error.status
+            content = {
+                "type": "about:blank",
+                "title": HTTPStatus(status).phrase,
+                "status": status,
+                "detail": error.detail,
+            }
+            headers += [(b"content-type", b"application/problem+json"), *error.headers]
+        body = dumps(content)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # min_size opens the connections up front; the app's SQLAlchemy pool opens
+                # them on demand, which the harness's warm-up runs take care of.
+                self._pool = await asyncpg.create_pool(
+                    self.database_url,
+                    min_size=self.pool_size,
+                    max_size=self.pool_size + self.max_overflow,
+                )
+                self._hash_threads = ThreadPoolExecutor(self.hash_concurrency)
+                self.dummy_hash = bcrypt.hashpw(
+                    b"dummy password", bcrypt.gensalt(self.bcrypt_rounds)
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.pool.close()
+                if self._hash_threads is not None:
+                    self._hash_threads.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def route(self, scope: Scope, receive: Receive) -> tuple[int, Any, list[Header]]:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if path == "/health" and method == "GET":
+            return 200, {"status": "ok"}, []
+        if path.startswith(USERS) and method == "GET":
+            return 200, *await self.users(scope, path.removeprefix(USERS))
+        if path == f"{API}/auth/login" and method == "POST":
+            return 200, await self.login(scope, await read_body(receive)), []
+        if path == f"{API}/auth/refresh" and method == "POST":
+            return 200, await self.refresh(await read_body(receive)), []
+        raise HTTPError(404, f"No route matches {path}.")
+
+    async def users(self, scope: Scope, rest: str) -> tuple[Any, list[Header]]:
+        token = bearer_token(scope)
+        async with self.pool.acquire() as connection:
+            caller, _ = await self.authenticate(connection, token, "access")
+            if rest in ("", "/"):
+                page, per_page = page_params(scope["query_string"])
+                offset = (page - 1) * per_page
+                rows = await connection.fetch(PAGE, per_page, offset)
+                total = await connection.fetchval(COUNT)
+                headers = list_headers(scope, offset, per_page, len(rows), total)
+                return [public(row) for row in rows], headers
+            if rest == "/me":
+                return public(caller), []
+            user_id = int_in_range(rest.removeprefix("/"), MAX_ID)
+            row = await connection.fetchrow(BY_ID, user_id)
+        if row is None:
+            raise HTTPError(404, f"User {user_id} does not exist.")
+        return public(row), [(b"etag", f'"{row["version"]}"'.encode())]
+
+    async def authenticate(
+        self, connection: asyncpg.Connection, token: str, token_type: str
+    ) -> tuple[asyncpg.Record, dict[str, Any]]:
+        """The token's user row and claims, or the app's 401/403."""
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub", "jti"]},
+            )
+            user_id, version = int(claims["sub"]), int(claims["ver"])
+        except (jwt.InvalidTokenError, KeyError, TypeError, ValueError) as error:
+            raise unauthorized("The token is invalid or has expired.") from error
+        if claims.get("type") != token_type:
+            raise unauthorized(f"A token of type '{token_type}' is required here.")
+        row = await connection.fetchrow(BY_ID, user_id)
+        if row is not None and not row["is_active"]:
+            raise HTTPError(403, "This account is deactivated.")
+        if row is None or row["token_version"] != version:
+            raise unauthorized("The token is invalid or has been revoked.")
+        return row, claims
+
+    async def login(self, scope: Scope, body: bytes) -> dict[str, Any]:
+        email, password = login_credentials(scope, body)
+        async with self.pool.acquire() as connection:
+            row = await connection.fetchrow(BY_EMAIL, email.lower())
+        stored = row["hashed_password"].encode() if row is not None else self.dummy_hash
+        secret = password.encode()
+        if len(secret) > PASSWORD_MAX_BYTES:
+            secret, stored = secret[:PASSWORD_MAX_BYTES], self.dummy_hash
+        if self.hashes_in_flight >= self.hash_concurrency + self.hash_queue_limit:
+            raise HTTPError(
+                503,
+                "Too many password checks in progress; retry shortly.",
+                [(b"retry-after", b"1")],
+            )
+        self.hashes_in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            matched = await loop.run_in_executor(self._hash_threads, bcrypt.checkpw, secret, stored)
+        finally:
+            self.hashes_in_flight -= 1
+        if row is None or stored is self.dummy_hash or not matched:
+            raise unauthorized("Incorrect email or password.")
+        if not row["is_active"]:
+            raise HTTPError(403, "This account is deactivated.")
+        async with self.pool.acquire() as connection, connection.transaction():
+            return await self.issue_tokens(connection, row, uuid.uuid4().hex)
+
+    async def refresh(self, body: bytes) -> dict[str, Any]:
+        try:
+            token = orjson.loads(body)["refresh_token"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raise HTTPError(422, "Invalid input: refresh_token.") from error
+        if not isinstance(token, str):
+            raise HTTPError(422, "Invalid input: refresh_token.")
+        async with self.pool.acquire() as connection:
+            async with connection.transaction():
+                row, claims = await self.authenticate(connection, token, "refresh")
+                record = await connection.fetchrow(RECORD_BY_JTI, token_id_hash(claims["jti"]))
+                if record is None or (record["user_id"], record["family_id"]) != (
+                    row["id"],
+                    claims.get("fam"),
+                ):
+                    raise unauthorized("The refresh token is unknown or has been revoked.")
+                now = datetime.now(UTC)
+                # The same conditional UPDATE as the app: only one refresh can retire it.
+                if await connection.execute(RETIRE, record["id"], now) == "UPDATE 1":
+                    return await self.issue_tokens(connection, row, record["family_id"])
+                await connection.execute(REVOKE_FAMILY, record["family_id"], now)
+            # Raised after the commit, so the revocation stays.
+            raise unauthorized("Refresh token reuse detected: this session has been revoked.")
+
+    async def issue_tokens(
+        self, connection: asyncpg.Connection, row: asyncpg.Record, family: str
+    ) -> dict[str, Any]:
+        """A new pair, the refresh token recorded, this user's expired records pruned."""
+        now = int(time.time())
+        refresh_jti = uuid.uuid4().hex
+        refresh_expires = now + self.refresh_seconds
+        await connection.execute(PRUNE_EXPIRED, row["id"], datetime.now(UTC))
+        await connection.execute(
+            RECORD,
+            token_id_hash(refresh_jti),
+            family,
+            row["id"],
+            datetime.fromtimestamp(now, UTC),
+            datetime.fromtimestamp(refresh_expires, UTC),
+        )
+        refresh_claims = {"jti": refresh_jti, "exp": refresh_expires, "fam": family}
+        return {
+            "access_token": self.token(row, "access", now, {"exp": now + self.access_seconds}),
+            "refresh_token": self.token(row, "refresh", now, refresh_claims),
+            "token_type": "bearer",
+            "expires_in": self.access_seconds,
+            "user": public(row),
+        }
+
+    def token(self, row: asyncpg.Record, token_type: str, now: int, claims: dict[str, Any]) -> str:
+        payload = {
+            "sub": str(row["id"]),
+            "type": token_type,
+            "jti": uuid.uuid4().hex,
+            "ver": row["token_version"],
+            "iat": now,
+            **claims,
+        }
+        return jwt.encode(payload, self.secret, algorithm="HS256")
+
+
+def token_id_hash(jti: str) -> str:
+    return hashlib.sha256(jti.encode()).hexdigest()
+
+
+def unauthorized(detail: str) -> HTTPError:
+    return HTTPError(401, detail, [(b"www-authenticate", b"Bearer")])
+
+
+def bearer_token(scope: Scope) -> str:
+    headers: list[Header] = scope["headers"]
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token
+    raise unauthorized("Not authenticated: send an access token as 'Bearer <token>'.")
+
+
+def int_in_range(text: str, maximum: int) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise HTTPError(422, f"Invalid input: {text!r} is not an integer in 1..{maximum}.")
+    return int(text)
+
+
+def page_params(query_string: bytes) -> tuple[int, int]:
+    query = dict(parse_qsl(query_string.decode("latin-1")))
+    page = int_in_range(query.get("page", "1"), MAX_PAGE)
+    per_page = int_in_range(query.get("per_page", "10"), MAX_PER_PAGE)
+    return page, per_page
+
+
+def list_headers(scope: Scope, offset: int, limit: int, count: int, total: int) -> list[Header]:
+    """The app's X-Total-Count, Content-Range and Link (first, last, prev, next)."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode()
+    url = f"http://{host}{scope['path']}"
+    targets = {"first": 0, "last": max(0, (total - 1) // limit * limit) if total else 0}
+    if offset > 0:
+        targets["prev"] = max(0, offset - limit)
+    if offset + limit < total:
+        targets["next"] = offset + limit
+    links = ", ".join(
+        f'<{url}?{urlencode({"page": target // limit + 1, "per_page": limit})}>; rel="{rel}"'
+        for rel, target in targets.items()
+    )
+    content_range = f"users {offset}-{offset + count - 1}/{total}" if count else f"users */{total}"
+    return [
+        (b"x-total-count", str(total).encode()),
+        (b"content-range", content_range.encode()),
+        (b"link", links.encode()),
+    ]
+
+
+async def read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPError(413, "The request body is too large.")
+        if not message.get("more_body", False):
+            return body
+
+
+def login_credentials(scope: Scope, body: bytes) -> tuple[str, str]:
+    content_type = b""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.split(b";")[0].strip().lower()
+    try:
+        if content_type == b"application/json":
+            data = orjson.loads(body)
+            email, password = data["email"], data["password"]
+        else:
+            form = dict(parse_qsl(body.decode()))
+            email, password = form["username"], form["password"]
+    except (orjson.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise HTTPError(422, "Invalid input: email, password.") from error
+    if not isinstance(email, str) or not isinstance(password, str) or not password:
+        raise HTTPError(422, "Invalid input: email, password.")
+    return email, password
+
+
+app = BareApp()

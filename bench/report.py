@@ -1,0 +1,339 @@
+"""The results file (Markdown) and its chart (PNG, matplotlib's Agg backend)."""
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in CI; must precede pyplot's import
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from bench.profiling import Profile, markdown
+from bench.scenarios import READS, Memory, Options, Runs, Storm
+from bench.wrk import WrkResult
+
+P99_TARGET_MS = 100
+STORM_SHARE_TARGET = 0.40
+STORM_P99_TARGET_MS = 200
+IDLE_RSS_TARGET_MB = 80
+RSS_GROWTH_TARGET = 0.10
+APP_COLOUR, BARE_COLOUR = "#1f77b4", "#bbbbbb"
+LABELS = {endpoint.key: endpoint.label for endpoint in READS} | {
+    "login": "POST /auth/login",
+    "refresh": "POST /auth/refresh",
+}
+
+
+@dataclass
+class Results:
+    title: str
+    command: str
+    machine: list[tuple[str, str]]
+    setup: str
+    options: Options
+    verify_seconds: float
+    memory: Memory
+    reads: Runs
+    logins: dict[str, list[WrkResult]]
+    refresh: dict[str, list[WrkResult]] | None
+    storm: Storm
+    reads_two_workers: Runs
+    two_worker_setup: str
+    profile: Profile | None = None
+    notes: list[str] = field(default_factory=list)
+    elapsed_seconds: float = 0.0
+
+
+def rps(runs: list[WrkResult]) -> float:
+    return statistics.fmean(run.rps for run in runs)
+
+
+def p50(runs: list[WrkResult]) -> float:
+    return statistics.median(run.p50_ms for run in runs)
+
+
+def p99(runs: list[WrkResult]) -> float:
+    """The worst run's p99: a target on p99 should hold in every run."""
+    return max(run.p99_ms for run in runs)
+
+
+def failed(runs: list[WrkResult]) -> int:
+    return sum(run.failed for run in runs)
+
+
+def megabytes(kib: int) -> float:
+    return kib * 1024 / 1e6
+
+
+def refused_share(runs: list[WrkResult]) -> float:
+    answered = sum(run.requests for run in runs)
+    return sum(run.counters.get("status_503", 0) for run in runs) / answered if answered else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def targets(results: Results) -> list[str]:
+    rows = ["| target | measured | |", "| --- | --- | --- |"]
+    for endpoint in READS:
+        if endpoint.target_ratio is None:
+            continue
+        runs = results.reads[endpoint.key]
+        ratio = rps(runs["app"]) / rps(runs["bare"])
+        target = f"{endpoint.label} >= {endpoint.target_ratio:.2f}x bare"
+        rows.append(f"| {target} | {ratio:.2f}x | {verdict(ratio >= endpoint.target_ratio)} |")
+    worst = max(READS, key=lambda endpoint: p99(results.reads[endpoint.key]["app"]))
+    worst_p99 = p99(results.reads[worst.key]["app"])
+    rows.append(
+        f"| app read p99 <= {P99_TARGET_MS} ms (1 worker) | worst {worst_p99:.1f} ms "
+        f"({worst.label}) | {verdict(worst_p99 <= P99_TARGET_MS)} |"
+    )
+    share = rps(results.storm.stormy) / rps(results.storm.quiet)
+    rows.append(
+        f"| login storm keeps >= {STORM_SHARE_TARGET:.0%} of quiet GET /users/{{id}} | "
+        f"{share:.0%} | {verdict(share >= STORM_SHARE_TARGET)} |"
+    )
+    storm_p99 = p99(results.storm.stormy)
+    rows.append(
+        f"| GET /users/{{id}} p99 during the storm < {STORM_P99_TARGET_MS} ms | "
+        f"{storm_p99:.1f} ms | {verdict(storm_p99 < STORM_P99_TARGET_MS)} |"
+    )
+    idle = megabytes(results.memory.idle_kib)
+    rows.append(
+        f"| idle RSS <= {IDLE_RSS_TARGET_MB} MB | {idle:.1f} MB | "
+        f"{verdict(idle <= IDLE_RSS_TARGET_MB)} |"
+    )
+    (first_requests, first_kib), (last_requests, last_kib) = (
+        results.memory.checkpoints[0],
+        results.memory.checkpoints[-1],
+    )
+    growth = last_kib / first_kib - 1
+    rows.append(
+        f"| RSS after {last_requests:,} requests within {RSS_GROWTH_TARGET:.0%} of RSS after "
+        f"{first_requests:,} | {growth:+.1%} | {verdict(abs(growth) <= RSS_GROWTH_TARGET)} |"
+    )
+    return rows
+
+
+def runs_table(runs: Runs, *, show_refused: bool = False) -> list[str]:
+    header = "| endpoint | server | req/s per run | req/s | p50 ms | p99 ms | failed |"
+    header += " 503 share |" if show_refused else ""
+    header += " app/bare |"
+    columns = header.count("|") - 1
+    rows = [header, "| --- | --- |" + " ---: |" * (columns - 2)]
+    for key, per_server in runs.items():
+        ratio = rps(per_server["app"]) / rps(per_server["bare"]) if "bare" in per_server else None
+        for name, server_runs in per_server.items():
+            per_run = ", ".join(f"{run.rps:.0f}" for run in server_runs)
+            row = f"| {LABELS[key]} | {name} | {per_run} | {rps(server_runs):.1f} |"
+            row += f" {p50(server_runs):.2f} | {p99(server_runs):.2f} | {failed(server_runs)} |"
+            if show_refused:
+                row += f" {refused_share(server_runs):.1%} |"
+            row += f" {ratio:.2f}x |" if name == "app" and ratio is not None else " |"
+            rows.append(row)
+    return rows
+
+
+def write(results: Results, markdown_path: Path) -> Path:
+    """Write the Markdown results and the chart beside it; returns the chart's path."""
+    chart_path = markdown_path.with_suffix(".png")
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(render(results, chart_path.name))
+    chart(results, chart_path)
+    return chart_path
+
+
+def render(results: Results, chart_name: str) -> str:
+    options = results.options
+    lines = [f"# {results.title}", ""]
+    lines += [f"Command: `{results.command}`", ""]
+    lines += [f"- {name}: {value}" for name, value in results.machine]
+    lines += ["", results.setup, "", f"![chart]({chart_name})", "", "## Targets", ""]
+    lines += targets(results)
+    lines += [
+        "",
+        "## Reads, 1 worker",
+        "",
+        f"{options.connections} connections. req/s is the mean of the runs, p50 the median of "
+        "their p50s, p99 the worst run's p99; failed counts socket errors, timeouts and "
+        "answers >= 400.",
+        "",
+    ]
+    lines += runs_table(results.reads)
+    lines += ["", "## Login and refresh", ""]
+    lines += [
+        f"Login: {options.login_connections} connections, OAuth2 form, random seeded users, "
+        f"BCRYPT_ROUNDS={options.bcrypt_rounds}. Refresh: {options.refresh_connections} "
+        "connections, each following its own token chain (bench/lua/refresh.lua).",
+        "",
+    ]
+    auth_runs: Runs = {"login": results.logins}
+    if results.refresh is not None:
+        auth_runs["refresh"] = results.refresh
+    lines += runs_table(auth_runs, show_refused=True)
+    if results.refresh is not None:
+        relogins = {
+            name: sum(run.counters.get("relogins", 0) for run in runs)
+            for name, runs in results.refresh.items()
+        }
+        lines += ["", f"Refresh chains that broke and logged in again: {relogins}."]
+    lines += storm_section(results)
+    lines += memory_section(results.memory)
+    lines += ["", "## 2 workers", "", results.two_worker_setup, ""]
+    lines += two_workers_table(results)
+    if results.profile is not None:
+        lines += ["", "## Profile: GET /users/{id}", "", markdown(results.profile)]
+    if results.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in results.notes]
+    lines += ["", f"Elapsed: {results.elapsed_seconds:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def storm_section(results: Results) -> list[str]:
+    options, storm = results.options, results.storm
+    bound = options.hash_concurrency / results.verify_seconds
+    logins = storm.logins
+    share = rps(storm.stormy) / rps(storm.quiet)
+    return [
+        "",
+        "## Login storm",
+        "",
+        f"GET /users/{{id}} at {options.connections} connections alone, then while a second "
+        f"wrk logs in with {options.login_connections} connections (both wrk on the load "
+        f"core), {options.runs} times. HASH_CONCURRENCY={options.hash_concurrency}, "
+        f"HASH_QUEUE_LIMIT={options.hash_queue_limit}.",
+        "",
+        "| load | req/s per run | req/s | p50 ms | p99 ms | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        storm_row("GET /users/{id}, quiet", storm.quiet),
+        storm_row("GET /users/{id}, during logins", storm.stormy),
+        storm_row("POST /auth/login, during reads", logins),
+        "",
+        f"Reads kept {share:.0%} of their quiet throughput. Logins: {rps(logins):.2f}/s, "
+        f"{refused_share(logins):.1%} refused with 503. Theoretical bound: HASH_CONCURRENCY / "
+        f"one verify's CPU time = {options.hash_concurrency} / "
+        f"{results.verify_seconds * 1000:.0f} ms = {bound:.2f} logins/s (verify measured in "
+        f"this run: pwdlib bcrypt, rounds {options.bcrypt_rounds}, median CPU time of "
+        f"{options.verify_samples}); reached {rps(logins) / bound:.0%} of it.",
+    ]
+
+
+def storm_row(label: str, runs: list[WrkResult]) -> str:
+    per_run = ", ".join(f"{run.rps:.1f}" for run in runs)
+    return (
+        f"| {label} | {per_run} | {rps(runs):.1f} | {p50(runs):.2f} | {p99(runs):.2f} | "
+        f"{failed(runs)} |"
+    )
+
+
+def memory_section(memory: Memory) -> list[str]:
+    lines = [
+        "",
+        "## Memory",
+        "",
+        "VmRSS of the app's one worker (/proc/PID/status), under mixed read traffic "
+        "(list, by id, me, health in turn). Counts include the one login.",
+        "",
+        "| point | requests served | VmRSS MB |",
+        "| --- | ---: | ---: |",
+        f"| idle after start-up | 0 | {megabytes(memory.idle_kib):.1f} |",
+    ]
+    for requests, kib in memory.checkpoints:
+        lines.append(f"| checkpoint | {requests:,} | {megabytes(kib):.1f} |")
+    return lines
+
+
+def two_workers_table(results: Results) -> list[str]:
+    rows = [
+        "| endpoint | app req/s | bare req/s | app/bare | app p99 ms | app 1 worker req/s "
+        "| app 2w/1w |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for endpoint in READS:
+        two = results.reads_two_workers[endpoint.key]
+        one = results.reads[endpoint.key]["app"]
+        rows.append(
+            f"| {endpoint.label} | {rps(two['app']):.1f} | {rps(two['bare']):.1f} | "
+            f"{rps(two['app']) / rps(two['bare']):.2f}x | {p99(two['app']):.2f} | "
+            f"{rps(one):.1f} | {rps(two['app']) / rps(one):.2f}x |"
+        )
+    return rows
+
+
+def chart(results: Results, path: Path) -> None:
+    figure, axes = plt.subplots(2, 3, figsize=(16, 9), layout="constrained")
+    figure.suptitle(results.title)
+
+    throughput = axes[0][0]
+    app_bare_bars(throughput, results.reads, rps, "%.0f")
+    throughput.set_yscale("log")  # /health is an order of magnitude above the rest
+    throughput.set_title("Reads, 1 worker: req/s (log scale; app/bare under each)")
+
+    latency = axes[0][1]
+    app_bare_bars(latency, results.reads, p99, "%.1f")
+    latency.axhline(P99_TARGET_MS, color="red", linestyle="--", linewidth=1)
+    latency.set_title(f"Reads, 1 worker: worst p99 ms (target {P99_TARGET_MS} ms dashed)")
+
+    two = axes[0][2]
+    app_bare_bars(two, results.reads_two_workers, rps, "%.0f")
+    two.set_yscale("log")
+    two.set_title("Reads, 2 workers: req/s (log scale; app/bare under each)")
+
+    auth_runs: Runs = {"login": results.logins}
+    if results.refresh is not None:
+        auth_runs["refresh"] = results.refresh
+    auth = axes[1][0]
+    app_bare_bars(auth, auth_runs, rps, "%.1f")
+    auth.set_yscale("log")  # logins are bcrypt-bound, two orders below refreshes
+    auth.set_title(
+        "Auth: req/s (log scale)" + ("" if results.refresh is not None else ", no refresh yet")
+    )
+
+    storm = axes[1][1]
+    phases = {"quiet": results.storm.quiet, "during logins": results.storm.stormy}
+    bars = storm.bar(list(phases), [rps(runs) for runs in phases.values()], color=APP_COLOUR)
+    storm.bar_label(
+        bars,
+        labels=[f"{rps(runs):.0f} req/s\np99 {p99(runs):.0f} ms" for runs in phases.values()],
+        fontsize=8,
+    )
+    storm.set_ylim(top=max(rps(runs) for runs in phases.values()) * 1.25)
+    storm.set_title(
+        f"Login storm: app GET /users/{{id}} ({rps(results.storm.logins):.1f} logins/s)"
+    )
+
+    memory = axes[1][2]
+    points = {"idle": results.memory.idle_kib}
+    points |= {f"{requests:,} requests": kib for requests, kib in results.memory.checkpoints}
+    bars = memory.bar(list(points), [megabytes(kib) for kib in points.values()], color=APP_COLOUR)
+    memory.bar_label(bars, fmt="%.1f", fontsize=8)
+    memory.axhline(IDLE_RSS_TARGET_MB, color="red", linestyle="--", linewidth=1)
+    memory.set_title(f"App worker VmRSS, MB (idle target {IDLE_RSS_TARGET_MB} MB dashed)")
+
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def app_bare_bars(
+    axis: Axes, runs: Runs, value: Callable[[list[WrkResult]], float], fmt: str
+) -> None:
+    """Side-by-side app and bare bars per scenario, the throughput ratio in the labels."""
+    width = 0.38
+    positions = range(len(runs))
+    for offset, name, colour in ((-width / 2, "app", APP_COLOUR), (width / 2, "bare", BARE_COLOUR)):
+        values = [value(per_server[name]) for per_server in runs.values()]
+        bars = axis.bar([p + offset for p in positions], values, width, label=name, color=colour)
+        axis.bar_label(bars, fmt=fmt, fontsize=7)
+    labels = [
+        # "GET\n/users/{id}\n0.15x": one line each keeps neighbouring labels apart.
+        f"{LABELS[key].replace(' ', chr(10), 1)}\n"
+        f"{rps(per_server['app']) / rps(per_server['bare']):.2f}x"
+        for key, per_server in runs.items()
+    ]
+    axis.set_xticks(list(positions), labels, fontsize=8)
+    axis.legend(fontsize=8)

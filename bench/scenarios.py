@@ -1,0 +1,268 @@
+"""The measured scenarios. Each returns plain results; bench/report.py turns them into text."""
+
+import math
+import statistics
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pwdlib import PasswordHash
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from bench.database import ADMIN_EMAIL, USER_PASSWORD
+from bench.servers import Server, login, request, rss_kib
+from bench.wrk import Job, Wrk, WrkResult, collect
+
+# At most this many wrk bursts to reach one memory checkpoint, so the loop is bounded.
+MAX_MEMORY_BURSTS = 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    key: str
+    label: str
+    path: str
+    script: str
+    # The app's throughput target as a share of the bare server's, where there is one.
+    target_ratio: float | None = None
+
+
+READS = (
+    Endpoint(
+        "list", "GET /users?per_page=10", "/api/v1/users?page=1&per_page=10", "static.lua", 0.38
+    ),
+    Endpoint("by_id", "GET /users/{id}", "/api/v1/users/", "user_by_id.lua", 0.30),
+    Endpoint("me", "GET /users/me", "/api/v1/users/me", "static.lua"),
+    Endpoint("health", "GET /health", "/health", "static.lua"),
+)
+BY_ID = READS[1]
+# The four read endpoints in turn: the memory phase's traffic.
+MIXED = Endpoint("mixed", "mixed reads", "", "mixed.lua")
+
+
+@dataclass(frozen=True)
+class Options:
+    users: int
+    seconds: int
+    warmup: int
+    runs: int
+    connections: int
+    login_connections: int
+    refresh_connections: int
+    bcrypt_rounds: int
+    hash_concurrency: int
+    hash_queue_limit: int
+    db_pool_size: int
+    db_max_overflow: int
+    memory_checkpoints: tuple[int, ...]
+    verify_samples: int
+    profile_seconds: int
+
+
+@dataclass
+class Load:
+    """What every scenario needs: wrk, the options, the users and a token to read with."""
+
+    wrk: Wrk
+    options: Options
+    work_dir: Path
+    token: str = ""
+
+    def read_job(self, server: Server, endpoint: Endpoint, seconds: int) -> Job:
+        return Job(
+            url=server.url + endpoint.path,
+            script=endpoint.script,
+            seconds=seconds,
+            connections=self.options.connections,
+            headers=(f"Authorization: Bearer {self.token}",),
+            args=(str(self.options.users),),
+        )
+
+    def login_job(self, server: Server, seconds: int) -> Job:
+        return Job(
+            url=server.url,
+            script="login.lua",
+            seconds=seconds,
+            connections=self.options.login_connections,
+            args=(str(self.options.users), urllib.parse.quote(USER_PASSWORD, safe="")),
+        )
+
+
+# Results per endpoint key, then per server name, one WrkResult per run.
+Runs = dict[str, dict[str, list[WrkResult]]]
+
+
+def measure_verify_seconds(hashed_password: str, rounds: int, samples: int) -> float:
+    """CPU time of one bcrypt verify (median), in this process, as the app's hasher does it."""
+    context = PasswordHash((BcryptHasher(rounds=rounds),))
+    times = []
+    for _ in range(samples):
+        started = time.thread_time()
+        if not context.verify(USER_PASSWORD, hashed_password):
+            raise RuntimeError("the seeded hash does not verify the seeded password")
+        times.append(time.thread_time() - started)
+    return statistics.median(times)
+
+
+@dataclass
+class Memory:
+    idle_kib: int
+    # (requests served so far, VmRSS in KiB) at each checkpoint.
+    checkpoints: list[tuple[int, int]] = field(default_factory=list)
+
+
+def memory(load: Load, app: Server) -> Memory:
+    """VmRSS of the fresh worker idle, then after the first N requests of read traffic.
+
+    The one login after the idle reading (counted as a request) gives load.token, which
+    every later read uses. wrk runs for whole seconds, so each checkpoint is approached in
+    bursts that stay under it at the rate seen so far, then passed with a 1 s burst, and
+    is reported with the count it was read at (at most about a second of traffic over).
+    """
+    (pid,) = app.worker_pids()
+    time.sleep(1)  # let start-up garbage settle before calling it idle
+    result = Memory(idle_kib=rss_kib(pid))
+    load.token = str(login(app, ADMIN_EMAIL, USER_PASSWORD)["access_token"])
+    served, rate = 1, 0.0
+    for checkpoint in load.options.memory_checkpoints:
+        for _ in range(MAX_MEMORY_BURSTS):
+            if served >= checkpoint:
+                break
+            seconds = max(1, math.floor((checkpoint - served) / rate)) if rate else 1
+            run = load.wrk.run(load.read_job(app, MIXED, seconds))
+            if run.failed:
+                raise RuntimeError(f"the memory load had failed requests: {run.errors}")
+            served += run.requests
+            rate = run.rps
+        result.checkpoints.append((served, rss_kib(pid)))
+    return result
+
+
+# Headers that carry content (random request ids and dates are left out).
+COMPARED_HEADERS = ("etag", "x-total-count", "content-range", "link", "cache-control")
+
+
+def check_same_answers(app: Server, bare: Server, token: str) -> None:
+    """The bare server must answer exactly like the app, or the ratios mean nothing."""
+    for path in (READS[0].path, f"{BY_ID.path}2", READS[2].path, READS[3].path):
+        answers = []
+        for server in (app, bare):
+            status, body, headers = request("GET", server.url + path, token=token)
+            # Link holds absolute URLs, and the two servers listen on different ports.
+            compared = {
+                name: headers[name].replace(server.url, "")
+                for name in COMPARED_HEADERS
+                if name in headers
+            }
+            answers.append((status, body, compared))
+        if answers[0] != answers[1]:
+            raise RuntimeError(f"app and bare differ on {path}:\n{answers[0]}\n{answers[1]}")
+    app_login, bare_login = (login(server, ADMIN_EMAIL, USER_PASSWORD) for server in (app, bare))
+    if app_login.keys() != bare_login.keys() or app_login["user"] != bare_login["user"]:
+        raise RuntimeError(f"app and bare logins differ:\n{app_login}\n{bare_login}")
+
+
+def reads(load: Load, servers: dict[str, Server], endpoints: tuple[Endpoint, ...]) -> Runs:
+    """Per endpoint: warm each server up, then runs alternating app, bare, app, bare..."""
+    options = load.options
+    results: Runs = {}
+    for endpoint in endpoints:
+        per_server: dict[str, list[WrkResult]] = {name: [] for name in servers}
+        for server in servers.values():
+            load.wrk.run(load.read_job(server, endpoint, options.warmup))
+        for _ in range(options.runs):
+            for name, server in servers.items():
+                run = load.wrk.run(load.read_job(server, endpoint, options.seconds))
+                per_server[name].append(run)
+                print(f"  {endpoint.label:24} {name:5} {describe(run)}", flush=True)
+        results[endpoint.key] = per_server
+    return results
+
+
+def logins(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResult]]:
+    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
+    for _ in range(load.options.runs):
+        for name, server in servers.items():
+            run = load.wrk.run(load.login_job(server, load.options.seconds))
+            results[name].append(run)
+            print(f"  {'POST /auth/login':24} {name:5} {describe(run)}", flush=True)
+    return results
+
+
+def refresh_available(app: Server) -> bool:
+    tokens = login(app, ADMIN_EMAIL, USER_PASSWORD)
+    status, _, _ = request(
+        "POST",
+        f"{app.url}/api/v1/auth/refresh",
+        json_body={"refresh_token": tokens["refresh_token"]},
+    )
+    return status != 404
+
+
+def refreshes(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResult]]:
+    """Refresh chains, one per connection, each starting from a token issued just before."""
+    connections = load.options.refresh_connections
+    tokens_file = load.work_dir / "refresh-tokens.txt"
+    fallback_login = (
+        f"username={urllib.parse.quote(ADMIN_EMAIL, safe='')}"
+        f"&password={urllib.parse.quote(USER_PASSWORD, safe='')}"
+    )
+    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
+    for _ in range(load.options.runs):
+        for name, server in servers.items():
+            # Fresh tokens every run: the previous run retired the ones it used.
+            tokens = [
+                str(login(server, f"user{number}@bench.example", USER_PASSWORD)["refresh_token"])
+                for number in range(1, connections + 1)
+            ]
+            tokens_file.write_text("\n".join(tokens) + "\n")
+            job = Job(
+                url=server.url,
+                script="refresh.lua",
+                seconds=load.options.seconds,
+                connections=connections,
+                threads=connections,  # one connection per thread: see bench/lua/refresh.lua
+                args=(str(tokens_file), fallback_login),
+            )
+            run = load.wrk.run(job)
+            results[name].append(run)
+            print(f"  {'POST /auth/refresh':24} {name:5} {describe(run)}", flush=True)
+    return results
+
+
+@dataclass
+class Storm:
+    quiet: list[WrkResult] = field(default_factory=list)
+    stormy: list[WrkResult] = field(default_factory=list)
+    logins: list[WrkResult] = field(default_factory=list)
+
+
+def login_storm(load: Load, app: Server) -> Storm:
+    """GET /users/{id} alone, then again while 4 connections log in, `runs` times."""
+    options = load.options
+    storm = Storm()
+    for _ in range(options.runs):
+        quiet = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
+        # The logins start first and end last, so the whole read window is under storm.
+        login_job = load.login_job(app, options.seconds + 2)
+        with load.wrk.background(login_job) as login_process:
+            time.sleep(1)
+            stormy = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
+            logged_in = collect(login_process, login_job)
+        storm.quiet.append(quiet)
+        storm.stormy.append(stormy)
+        storm.logins.append(logged_in)
+        print(f"  {'storm: quiet reads':24} app   {describe(quiet)}", flush=True)
+        print(f"  {'storm: reads':24} app   {describe(stormy)}", flush=True)
+        print(f"  {'storm: logins':24} app   {describe(logged_in)}", flush=True)
+    return storm
+
+
+def describe(run: WrkResult) -> str:
+    text = f"{run.rps:9.1f} req/s  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
+    if run.failed:
+        text += f"  failed {run.errors}"
+    if run.counters:
+        text += f"  {run.counters}"
+    return text
