@@ -14,11 +14,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import StrictBool, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, StrictBool, TypeAdapter, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +33,17 @@ DEFAULT_PER_PAGE = 10
 MAX_PAGE = 1_000_000
 MAX_OFFSET = MAX_PAGE * MAX_PER_PAGE
 
+
+def _iso_8601_only(value: Any) -> Any:
+    # pydantic would also read numbers as Unix times: 0.5 is not a date a client means.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+DateTime = TypeAdapter(Annotated[datetime, BeforeValidator(_iso_8601_only)])
 # JSON filters (simple-rest) carry real booleans; query strings carry "true"/"false".
 STRICT_JSON_BOOL: TypeAdapter[bool] = TypeAdapter(StrictBool)
 MAX_SEARCH_CHARS = 200
@@ -57,8 +68,8 @@ USERS = Resource(
         "name": TypeAdapter(str),
         "role": TypeAdapter(UserRole),
         "is_active": TypeAdapter(bool),
-        "created_at": TypeAdapter(datetime),
-        "updated_at": TypeAdapter(datetime),
+        "created_at": DateTime,
+        "updated_at": DateTime,
     },
     text_fields=("email", "name"),
     searchable=True,
@@ -67,7 +78,7 @@ AUDIT_EVENTS = Resource(
     name="audit",
     fields={
         "id": TypeAdapter(int),
-        "created_at": TypeAdapter(datetime),
+        "created_at": DateTime,
         "actor_id": TypeAdapter(int),
         "target_id": TypeAdapter(int),
         "action": TypeAdapter(AuditAction),
@@ -165,6 +176,8 @@ def _parse_native(params: QueryParams, ctx: _Context) -> ListQuery:
     sort: list[tuple[str, bool]] = []
     for item in _comma_list(params.get("sort", "")):
         sort.append((_sortable(item.lstrip("-"), "sort", ctx), item.startswith("-")))
+    if "sort" in params and not sort:
+        ctx.add("sort", "must name at least one field, e.g. sort=-created_at")
     filters = []
     for name, operator in (("created_after", "gt"), ("created_before", "lt")):
         if name in params:

@@ -235,10 +235,12 @@ async def test_react_admin_simple_rest_conventions(
         ({"is_active": "maybe"}, "is_active", "boolean"),
         ({"id": "abc"}, "id", "integer"),
         ({"id": str(2**40)}, "id", "out of range"),
-        ({"created_after": "yesterday"}, "created_after", "datetime"),
+        ({"created_after": "yesterday"}, "created_after", "ISO 8601"),
+        ({"created_before": "0.5"}, "created_before", "ISO 8601"),
         ({"q": "a\x00b"}, "q", "NUL"),
         ({"q": "x" * 201}, "q", "at most 200"),
         ({"page": "0"}, "page", "integer from 1"),
+        ({"sort": ""}, "sort", "at least one field"),
         ({"per_page": "101"}, "per_page", "integer from 1 to 100"),
     ],
 )
