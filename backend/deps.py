@@ -1,4 +1,8 @@
-"""Annotated dependencies shared by the routers."""
+"""Annotated dependencies shared by the routers.
+
+Every dependency is `async def`, even those that do not await: FastAPI runs a plain
+`def` dependency in a worker thread, a thread hand-off per request for nothing.
+"""
 
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
@@ -21,12 +25,12 @@ from backend.security import ACCESS, PasswordHasher, decode_token
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_password_hasher(request: Request) -> PasswordHasher:
+async def get_password_hasher(request: Request) -> PasswordHasher:
     hasher: PasswordHasher = request.app.state.password_hasher
     return hasher
 
@@ -36,17 +40,17 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.rate_limiter
     return limiter
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_client_ip(request: Request) -> str:
+async def get_client_ip(request: Request) -> str:
     return client_ip(request, request.app.state.settings.TRUSTED_PROXIES)
 
 
@@ -137,7 +141,7 @@ async def get_target_user(
 TargetUser = Annotated[User, Depends(get_target_user)]
 
 
-def get_expected_versions(
+async def get_expected_versions(
     if_match: Annotated[str | None, Header(description="ETags of the version you read")] = None,
 ) -> frozenset[int] | None:
     """The versions an If-Match header allows, or None to allow any.

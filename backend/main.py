@@ -61,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _ensure_first_admin(app)
         yield
     finally:
+        app.state.password_hasher.close()
         await engine.dispose()
 
 

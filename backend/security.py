@@ -1,13 +1,18 @@
 """Password hashing off the event loop, and JWTs."""
 
+import asyncio
+import contextlib
 import hashlib
+import os
+import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
+from typing import Any, TypeVar
 
-import anyio
 import jwt
-from anyio.to_thread import run_sync
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 from pydantic import ValidationError
@@ -20,19 +25,29 @@ JWT_ALGORITHM = "HS256"
 ACCESS = "access"
 REFRESH = "refresh"
 HASH_QUEUE_RETRY_AFTER_SECONDS = 1
+LOWEST_PRIORITY = 19  # nice value
+
+T = TypeVar("T")
 
 
 class PasswordHasher:
-    """bcrypt in worker threads, at most `concurrency` at once, shedding load past a queue.
+    """bcrypt in its own low-priority threads, at most `concurrency` at once, refusing
+    work (503) once `queue_limit` more are waiting.
 
-    A bcrypt verify costs hundreds of milliseconds of CPU; run on the event loop it
-    would stall every other request, and unbounded in threads it would starve them.
+    A bcrypt verify costs hundreds of milliseconds of CPU. On the event loop it would
+    stall every other request; in ordinary threads it would take half the core from the
+    event loop. At the lowest CPU priority, hashes use what the event loop leaves, so
+    reads stay fast during a burst of logins and the logins queue instead.
     """
 
     def __init__(self, *, rounds: int, concurrency: int, queue_limit: int) -> None:
         self._context = PasswordHash((BcryptHasher(rounds=rounds),))
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._concurrency = concurrency
         self._queue_limit = queue_limit
+        self._in_flight = 0
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="bcrypt", initializer=_lowest_priority
+        )
 
     @cached_property
     def _dummy_hash(self) -> str:
@@ -40,26 +55,32 @@ class PasswordHasher:
 
     @property
     def queue_depth(self) -> int:
-        return self._limiter.statistics().tasks_waiting
-
-    def _check_queue(self) -> None:
-        if self._limiter.available_tokens < 1 and self.queue_depth >= self._queue_limit:
-            raise ServiceUnavailableError(
-                "Too many password checks in progress; retry shortly.",
-                retry_after_seconds=HASH_QUEUE_RETRY_AFTER_SECONDS,
-            )
+        return max(0, self._in_flight - self._concurrency)
 
     async def hash(self, password: str) -> str:
-        self._check_queue()
-        return await run_sync(self._context.hash, password, limiter=self._limiter)
+        return await self._run(self._context.hash, password)
 
     async def verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
         """Check a password; with no hash (unknown user) spend the same time and fail.
 
         Returns whether it matched and, when the rounds setting changed, a new hash.
         """
-        self._check_queue()
-        return await run_sync(self._verify, password, hashed_password, limiter=self._limiter)
+        return await self._run(self._verify, password, hashed_password)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        if self._in_flight >= self._concurrency + self._queue_limit:
+            raise ServiceUnavailableError(
+                "Too many password checks in progress; retry shortly.",
+                retry_after_seconds=HASH_QUEUE_RETRY_AFTER_SECONDS,
+            )
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        finally:
+            self._in_flight -= 1
 
     def _verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
         too_long = len(password.encode()) > PASSWORD_MAX_BYTES
@@ -68,6 +89,12 @@ class PasswordHasher:
             self._context.verify(password.encode()[:PASSWORD_MAX_BYTES], self._dummy_hash)
             return False, None
         return self._context.verify_and_update(password, hashed_password)
+
+
+def _lowest_priority() -> None:
+    # Linux schedules threads one by one: nice 19 applies to this thread only.
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere: the normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
 
 
 def hash_token_id(jti: str) -> str:

@@ -1,11 +1,13 @@
 """Forged, expired and mistyped tokens are all 401; the hasher sheds load with 503."""
 
+import asyncio
 import base64
 import json
+import os
+import threading
 import time
 from typing import Any
 
-import anyio
 import httpx
 import jwt
 import pytest
@@ -60,29 +62,39 @@ async def test_non_bearer_authorization_is_401(client: httpx.AsyncClient) -> Non
 
 async def test_hasher_refuses_work_past_its_queue_limit() -> None:
     hasher = PasswordHasher(rounds=4, concurrency=1, queue_limit=1)
-    release = anyio.Event()
-    outcomes: list[str] = []
+    release = threading.Event()
 
-    async def hold_the_only_slot() -> None:
-        async with hasher._limiter:  # what a long bcrypt run looks like from outside
-            await release.wait()
+    def long_bcrypt_run() -> str:
+        release.wait(timeout=10)
+        return "done"
 
-    async def hash_once() -> None:
-        await hasher.hash("Password-123")
-        outcomes.append("hashed")
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(hold_the_only_slot)
-        await anyio.sleep(0.01)
-        tasks.start_soon(hash_once)  # waits: the queue now holds one
-        await anyio.sleep(0.01)
+    try:
+        running = asyncio.create_task(hasher._run(long_bcrypt_run))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(hasher.hash("Password-123"))  # queued behind it
+        await asyncio.sleep(0.05)
         assert hasher.queue_depth == 1
         with pytest.raises(ServiceUnavailableError) as refused:
             await hasher.hash("Password-123")  # the queue is full: refused at once
         assert refused.value.headers["Retry-After"] == "1"
-        outcomes.append("refused")
         release.set()
-    assert outcomes == ["refused", "hashed"]
+        assert await running == "done"
+        assert (await waiting).startswith("$2b$04$")
+        assert hasher.queue_depth == 0
+    finally:
+        release.set()
+        hasher.close()
+
+
+def test_hash_threads_run_at_the_lowest_priority() -> None:
+    hasher = PasswordHasher(rounds=4, concurrency=1, queue_limit=1)
+    try:
+        niceness = asyncio.run(
+            hasher._run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        )
+    finally:
+        hasher.close()
+    assert niceness == 19
 
 
 @pytest.mark.parametrize("password", ["Password-1", "x" * 73])
