@@ -2,6 +2,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
 from backend.deps import (
@@ -35,6 +36,7 @@ from backend.models import (
     UserUpdate,
     UserUpdateMe,
 )
+from backend.security import PasswordHasher
 
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
@@ -152,17 +154,7 @@ async def update_user(
 ) -> User:
     """Change the fields sent (admin only); role, deactivation and password changes
     revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412."""
-    hashed_password = await hasher.hash(body.password) if body.password else None
-    updated = await crud.update_user(
-        session,
-        user=user,
-        changes=body,
-        hashed_password=hashed_password,
-        actor_id=admin.id,
-        expected_versions=expected_versions,
-    )
-    response.headers["ETag"] = etag(updated)
-    return updated
+    return await _save(session, user, body, hasher, admin, expected_versions, response)
 
 
 @router.put(
@@ -183,11 +175,24 @@ async def replace_user(
     """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
     `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
     _check_read_only_fields(body, user)
-    hashed_password = await hasher.hash(body.password) if body.password else None
+    return await _save(session, user, body.changes(), hasher, admin, expected_versions, response)
+
+
+async def _save(
+    session: AsyncSession,
+    user: User,
+    changes: UserUpdate,
+    hasher: PasswordHasher,
+    admin: User,
+    expected_versions: frozenset[int] | None,
+    response: Response,
+) -> User:
+    """What PATCH and PUT share: hash a new password, update, answer with the new ETag."""
+    hashed_password = await hasher.hash(changes.password) if changes.password else None
     updated = await crud.update_user(
         session,
         user=user,
-        changes=body.changes(),
+        changes=changes,
         hashed_password=hashed_password,
         actor_id=admin.id,
         expected_versions=expected_versions,
