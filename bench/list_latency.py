@@ -39,7 +39,7 @@ QUERIES = {
 }
 
 
-def provision_and_seed(users: int) -> str:
+def provision_and_seed(users: int, database: str = DATABASE) -> str:
     found = cluster()
     if found.status != "online":
         subprocess.run(["pg_ctlcluster", "15", "main", "start"], check=True)
@@ -48,12 +48,12 @@ def provision_and_seed(users: int) -> str:
         SELECT 'CREATE ROLE {ROLE} LOGIN' WHERE NOT EXISTS
             (SELECT FROM pg_roles WHERE rolname = '{ROLE}') \\gexec
         ALTER ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}';
-        DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE);
-        CREATE DATABASE {DATABASE} OWNER {ROLE};
+        DROP DATABASE IF EXISTS {database} WITH (FORCE);
+        CREATE DATABASE {database} OWNER {ROLE};
         """,
         found.port,
     )
-    url = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{found.port}/{DATABASE}"
+    url = f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{found.port}/{database}"
     migrate({**os.environ, "DATABASE_URL": url, "STAGE": "local"}, REPO)
     asyncio.run(_seed(url, users, password_hash(rounds=4)))
     return url

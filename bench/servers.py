@@ -63,7 +63,14 @@ class Server:
 
 
 def start_server(
-    name: str, target: str, *, env: dict[str, str], cores: str, workers: int, work_dir: Path
+    name: str,
+    target: str,
+    *,
+    env: dict[str, str],
+    cores: str,
+    workers: int,
+    work_dir: Path,
+    app_dir: Path = REPO,
 ) -> Server:
     """Start uvicorn with the same flags for app and bare; return once /health answers.
 
@@ -74,7 +81,8 @@ def start_server(
     port = free_port()
     log = work_dir / f"{name}-{workers}w.log"
     command = ["taskset", "-c", cores, sys.executable, "-m", "uvicorn", target]
-    command += ["--app-dir", str(REPO), "--host", "127.0.0.1", "--port", str(port)]
+    # app_dir first on sys.path: another checkout's code (bench/compare.py) wins over ours.
+    command += ["--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--loop", "uvloop", "--http", "httptools"]
     command += ["--no-access-log", "--log-level", "warning"]
     with log.open("wb") as log_file:

@@ -1,0 +1,113 @@
+"""Paired comparison of the app at a base revision and in the working tree.
+
+    uv run --group bench python -m bench.compare BASE_REV [--seconds 10] [--rounds 3]
+
+The rule for a change that makes the code harder to read: it must buy at least 10% in a
+paired, alternating comparison. This checks BASE_REV out into a git worktree, serves
+both versions (one uvicorn worker each, pinned to core 0) on one freshly seeded
+database, and drives each read endpoint with wrk on core 1 in turn, base, change, base,
+change..., so that drift on this noisy machine hits both alike. It prints requests/s per
+round and the change's median ratio to the base.
+"""
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench.database import ADMIN_EMAIL, USER_PASSWORD
+from bench.list_latency import provision_and_seed
+from bench.scenarios import READS, Endpoint
+from bench.servers import REPO, Server, login, start_server
+from bench.wrk import Job, Wrk, ensure_wrk
+
+WORK_DIR = REPO / "bench" / ".work"
+WARMUP_SECONDS = 3
+
+
+def checkout(revision: str) -> Path:
+    path = WORK_DIR / f"base-{revision.replace('/', '_')}"
+    if path.exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, check=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO, check=True
+    )
+    return path
+
+
+def job_for(
+    server: Server, endpoint: Endpoint, token: str, args: argparse.Namespace, seconds: int
+) -> Job:
+    return Job(
+        url=server.url + endpoint.path,
+        script=endpoint.script,
+        seconds=seconds,
+        connections=args.connections,
+        headers=(f"Authorization: Bearer {token}",),
+        args=(str(args.users),),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the git revision to compare against, e.g. HEAD~1")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    base_dir = checkout(args.base)
+    url = provision_and_seed(args.users, database="bench_compare")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "STAGE": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "RATE_LIMIT_ENABLED": "false",
+        "AUTO_MIGRATE": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    wrk = Wrk(binary=ensure_wrk(), core=1)
+    servers: dict[str, Server] = {}
+    try:
+        for name, app_dir in (("base", base_dir), ("change", REPO)):
+            servers[name] = start_server(
+                name,
+                "backend.main:app",
+                env=env,
+                cores="0",
+                workers=1,
+                work_dir=WORK_DIR,
+                app_dir=app_dir,
+            )
+        token = login(servers["change"], ADMIN_EMAIL, USER_PASSWORD)["access_token"]
+        for endpoint in READS[:3]:
+            for server in servers.values():  # fill the pools; this run is not counted
+                wrk.run(job_for(server, endpoint, token, args, WARMUP_SECONDS))
+            rates: dict[str, list[float]] = {"base": [], "change": []}
+            for _ in range(args.rounds):
+                for name, server in servers.items():
+                    result = wrk.run(job_for(server, endpoint, token, args, args.seconds))
+                    if result.failed:
+                        raise RuntimeError(f"{name} {endpoint.label}: {result.errors}")
+                    rates[name].append(result.rps)
+            ratios = [c / b for b, c in zip(rates["base"], rates["change"], strict=True)]
+            rounds = ", ".join(f"{b:.0f}/{c:.0f}" for b, c in zip(*rates.values(), strict=True))
+            print(
+                f"{endpoint.label:24} base/change req/s per round: {rounds}; "
+                f"median change/base {statistics.median(ratios):.2f}x"
+            )
+    finally:
+        for server in servers.values():
+            server.stop()
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(base_dir)], cwd=REPO, check=False
+        )
+
+
+if __name__ == "__main__":
+    main()
