@@ -125,6 +125,8 @@ def server_env(database_url: str, options: Options) -> dict[str, str]:
         "STAGE": "production",
         "AUTO_MIGRATE": "false",  # the harness migrates once, before any server starts
         "RATE_LIMIT_ENABLED": "false",
+        # The app's own line per request is its access log: off, like uvicorn's on both.
+        "LOG_LEVEL": "WARNING",
         "BCRYPT_ROUNDS": str(options.bcrypt_rounds),
         "HASH_CONCURRENCY": str(options.hash_concurrency),
         "HASH_QUEUE_LIMIT": str(options.hash_queue_limit),
