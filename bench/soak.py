@@ -42,6 +42,10 @@ TARGET_SHARE = 0.70  # of the measured peak: busy, but with headroom, so queues 
 # Virtual clients, each on its own keep-alive connection: as many as the harness's wrk.
 CLIENTS = 32
 TIMEOUT_SECONDS = 10.0  # as the harness's wrk: a slow answer is a latency, not a drop
+# Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them. At
+# httpx's default (5 s too) the server can close one just as it is reused, and the
+# request fails with a ReadError that is the client's doing, not the app's.
+KEEPALIVE_SECONDS = 3.0
 # Cheap enough that logins and registers stay in the mix (one verify ~12 ms of CPU
 # here, against ~200 ms at the app's default 12); bench/README.md, "Soak", says why.
 BCRYPT_ROUNDS = 8
@@ -318,7 +322,11 @@ class Outcome:
 
 
 async def drive(url: str, worker_pid: int, plan: Plan, admin_token: str) -> Outcome:
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(
+        max_connections=CLIENTS,
+        max_keepalive_connections=CLIENTS,
+        keepalive_expiry=KEEPALIVE_SECONDS,
+    )
     async with httpx.AsyncClient(
         base_url=f"{url}/api/v1", limits=limits, timeout=TIMEOUT_SECONDS
     ) as http:
@@ -437,7 +445,8 @@ def report(
         f"(`{APP}`) as 1 uvicorn worker (uvloop, httptools, access log off) pinned to the "
         "first core; the load generator (this script: asyncio, httpx, HTTP/1.1 keep-alive) "
         f"pinned to the second; PostgreSQL not pinned. {CLIENTS} virtual clients on a pool "
-        f"of {CLIENTS} connections, timeout {TIMEOUT_SECONDS:.0f} s, each sending one "
+        f"of {CLIENTS} connections (idle ones closed after {KEEPALIVE_SECONDS:.0f} s), timeout "
+        f"{TIMEOUT_SECONDS:.0f} s, each sending one "
         f"request at a time with its own newest tokens. BCRYPT_ROUNDS={BCRYPT_ROUNDS}, "
         "RATE_LIMIT_ENABLED=false, the app's defaults otherwise (HASH_CONCURRENCY=1 on 2 "
         "cores, HASH_QUEUE_LIMIT=32, DB pool 10+10).",
