@@ -96,7 +96,8 @@ def serve(
     previous_handler = signal.signal(signal.SIGTERM, exit_cleanly)
     try:
         uvicorn.run(
-            "backend.main:app",
+            "backend.main:served_app",
+            factory=True,
             host=host,
             port=port,
             workers=workers,
@@ -158,9 +159,7 @@ def list_users(
 ) -> None:
     """List accounts, oldest first: id, email, name, role, active, created (UTC)."""
     filters = (Filter("role", "eq", role),) if role else ()
-    query = ListQuery(
-        dialect="native", limit=limit, sort=(("id", False),), filters=filters, search=q or None
-    )
+    query = ListQuery(limit=limit, sort=(("id", False),), filters=filters, search=q or None)
 
     async def fetch(session: AsyncSession, _settings: Settings) -> tuple[Sequence[User], int]:
         return await crud.list_users(session, query=query)
@@ -210,8 +209,7 @@ def create_user(
     data = _user_create(email=email, name=name, password=password, role=role)
 
     async def create(session: AsyncSession, settings: Settings) -> User:
-        hashed_password = await _hasher(settings).hash(data.password)
-        return await crud.create_user(session, data=data, hashed_password=hashed_password)
+        return await crud.create_user(session, data=data, hasher=_hasher(settings), audit=True)
 
     user = _with_session(create)
     typer.echo(f"Created {user.role.value} {user.email} (id {user.id}).")
@@ -221,14 +219,14 @@ def _update_by_email(email: str, changes: UserUpdate, state: str, *, revokes: bo
     """Apply changes to the user with this email through crud.update_user, which keeps
     the last active admin and, on a role change or deactivation, revokes their tokens."""
 
-    async def update(session: AsyncSession, _settings: Settings) -> tuple[str, bool]:
+    async def update(session: AsyncSession, settings: Settings) -> tuple[str, bool]:
         user = await crud.get_user_by_email(session, email=email)
         if user is None:
             raise NotFoundError(f"No user with email {email}.")
         sent = changes.model_dump(exclude_unset=True)
         if all(getattr(user, field) == value for field, value in sent.items()):
             return user.email, False
-        await crud.update_user(session, user=user, changes=changes)
+        await crud.update_user(session, user=user, changes=changes, hasher=_hasher(settings))
         return user.email, True
 
     stored_email, changed = _with_session(update)

@@ -13,8 +13,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
 from backend.errors import (
+    BadRequestError,
     ConflictError,
     EmailTakenError,
+    ForbiddenError,
     PreconditionFailedError,
     UnauthorizedError,
     UserGoneError,
@@ -128,18 +130,20 @@ async def create_user(
     session: AsyncSession,
     *,
     data: UserCreate | RegisterRequest,
-    hashed_password: str,
+    hasher: PasswordHasher,
+    audit: bool,
     actor_id: int | None = None,
 ) -> User:
     """Insert a user; the unique index, not a prior look-up, decides duplicates.
 
-    An account created by someone else (an admin, the CLI) is recorded in the audit
-    trail; a registration is the user's own doing and is not.
+    With `audit`, the creation is recorded in the audit trail as `actor_id`'s doing (an
+    admin, or None for the CLI); a registration is the user's own and is not recorded.
     """
+    hashed_password = await hasher.hash(data.password)
     user = User.model_validate(data, update={"hashed_password": hashed_password})
     session.add(user)
     async with _email_must_be_free(session):
-        if isinstance(data, UserCreate):
+        if audit:
             await session.flush()  # the new id, for the audit event
             details = {"email": user.email, "role": str(user.role)}
             session.add(
@@ -156,29 +160,29 @@ async def update_user(
     *,
     user: User,
     changes: UserUpdate,
-    hashed_password: str | None = None,
+    hasher: PasswordHasher,
     actor_id: int | None = None,
     expected_versions: Collection[int] | None = None,
 ) -> User:
     """Apply the fields sent, in one UPDATE of just those columns (no read-modify-write),
     and record the change in the audit trail in the same transaction.
 
-    With expected_versions (from If-Match), a row changed since then is left alone and
-    PreconditionFailedError raised.
+    With expected_versions (the versions the caller read), a row changed since then is
+    left alone and PreconditionFailedError raised.
     """
     values = {
         name: value
         for name, value in changes.model_dump(exclude_unset=True, exclude={"password"}).items()
         if getattr(user, name) != value
     }
-    if hashed_password is not None:
-        values["hashed_password"] = hashed_password
+    if changes.password is not None:
+        values["hashed_password"] = await hasher.hash(changes.password)
     role_changed = "role" in values
     deactivated = values.get("is_active") is False
     if (role_changed or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
     # A role change, a deactivation or a new password refuses every token issued so far.
-    revoke = role_changed or deactivated or hashed_password is not None
+    revoke = role_changed or deactivated or "hashed_password" in values
     statement = (
         update(User)
         .where(col(User.id) == user.id)
@@ -281,6 +285,33 @@ async def authenticate(
     return user
 
 
+async def change_password(
+    session: AsyncSession,
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    hasher: PasswordHasher,
+) -> User:
+    """Set a new password once the current one is proven; every token of the user ends."""
+    matched, _ = await hasher.verify(current_password, user.hashed_password)
+    if not matched:
+        raise BadRequestError("The current password is incorrect.")
+    changes = UserUpdate(password=new_password)
+    return await update_user(session, user=user, changes=changes, hasher=hasher, actor_id=user.id)
+
+
+async def get_token_user(session: AsyncSession, *, claims: TokenClaims) -> User:
+    """The user a verified token speaks for, if the token is still honoured."""
+    user = await get_user(session, user_id=claims.sub)
+    if user is not None and not user.is_active:
+        raise ForbiddenError("This account is deactivated.")
+    # One message for a deleted user and a revoked token: neither may say more.
+    if user is None or user.token_version != claims.ver:
+        raise UnauthorizedError("The token is invalid or has been revoked.")
+    return user
+
+
 async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> None:
     # Locking every active admin row (in id order, so no deadlock) serialises two
     # admins demoting each other: the second sees the first's change and is refused.
@@ -315,7 +346,7 @@ async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: Passwo
     if await get_user_by_email(session, email=data.email) is not None:
         return False
     try:
-        await create_user(session, data=data, hashed_password=await hasher.hash(data.password))
+        await create_user(session, data=data, hasher=hasher, audit=True)
     except EmailTakenError:  # another worker created it meanwhile
         return False
     return True
@@ -411,7 +442,10 @@ async def revoke_family(session: AsyncSession, *, family_id: str) -> None:
 
 async def revoke_all_tokens(session: AsyncSession, *, user: User) -> None:
     """Refuse every token the user holds from the next request on (logout everywhere)."""
-    user.token_version += 1
-    session.add(user)
+    await session.exec(
+        update(User)
+        .where(col(User.id) == user.id)
+        .values(token_version=col(User.token_version) + 1)
+    )
     await session.exec(delete(RefreshToken).where(col(RefreshToken.user_id) == user.id))
     await session.commit()

@@ -4,9 +4,15 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asyncpg import (  # type: ignore[import-untyped]
+    InsufficientResourcesError,
+    OperatorInterventionError,
+    PostgresConnectionError,
+)
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,13 +21,42 @@ from backend.config import Settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
-from backend.errors import database_unavailable
 
 logger = logging.getLogger(__name__)
 
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 # The client gives up this long after the server's statement_timeout should have fired.
 COMMAND_TIMEOUT_MARGIN_SECONDS = 1.0
+
+# What a database outage raises (tests/test_outage.py stops and starts a real PostgreSQL
+# under load): each means "retry shortly", never a fault in the request, so 503.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,  # SQLAlchemy's category for a lost or refused connection
+    InterfaceError,
+    PoolTimeoutError,  # no pooled connection within DB_POOL_TIMEOUT_SECONDS
+    # Connection refused or reset; TimeoutError (asyncio's too) is one: asyncpg's connect
+    # timeout and command_timeout.
+    OSError,
+)
+# asyncpg errors that SQLAlchemy wraps in a plain DBAPIError, by SQLSTATE class.
+DRIVER_UNAVAILABLE: tuple[type[Exception], ...] = (
+    PostgresConnectionError,  # 08: the connection died mid-request (ConnectionDoesNotExistError)
+    # 57: the server is shutting down or starting up (AdminShutdownError,
+    # CannotConnectNowError), or DB_STATEMENT_TIMEOUT_SECONDS ran out (QueryCanceledError).
+    OperatorInterventionError,
+    InsufficientResourcesError,  # 53: too many connections, disk full, out of memory
+)
+
+
+def database_unavailable(exc: Exception) -> bool:
+    """Whether an exception means the database is down or overloaded, not a bug."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:  # SQLAlchemy saw the connection drop
+            return True
+        return exc.orig is not None and isinstance(exc.driver_exception, DRIVER_UNAVAILABLE)
+    return False
 
 
 def async_url(database_url: str) -> URL:

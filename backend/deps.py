@@ -14,76 +14,47 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from backend.models import LoginRequest, TokenClaims, User, UserRole
-from backend.observability import Metrics
-from backend.ratelimit import RateLimiter, client_ip
-from backend.security import ACCESS, PasswordHasher, decode_token
+from backend.models import LoginRequest, User, UserRole
+from backend.ratelimit import client_ip
+from backend.security import ACCESS, decode_token
+from backend.services import Services, services_of
 
 # The token URL shown in the docs is rewritten to the configured prefix in main.py.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+async def get_services(request: Request) -> Services:
+    return services_of(request.scope)
 
 
-async def get_password_hasher(request: Request) -> PasswordHasher:
-    hasher: PasswordHasher = request.app.state.password_hasher
-    return hasher
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessionmaker() as session:
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    async with services.sessionmaker() as session:
         yield session
 
 
-async def get_rate_limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.rate_limiter
-    return limiter
+async def get_client_ip(request: Request, services: ServicesDep) -> str:
+    return client_ip(request, services.settings.TRUSTED_PROXIES)
 
 
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
-async def get_client_ip(request: Request) -> str:
-    return client_ip(request, request.app.state.settings.TRUSTED_PROXIES)
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-PasswordHasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 ClientIP = Annotated[str, Depends(get_client_ip)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def get_current_user(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
-    claims = decode_token(token, ACCESS, settings)
-    user = await get_token_user(session, claims)
+    claims = decode_token(token, ACCESS, services.settings)
+    user = await crud.get_token_user(session, claims=claims)
     request.scope["state"]["user_id"] = user.id  # for the request's log line
-    return user
-
-
-async def get_token_user(session: AsyncSession, claims: TokenClaims) -> User:
-    """The user a verified token speaks for, if the token is still honoured."""
-    user = await crud.get_user(session, user_id=claims.sub)
-    if user is not None and not user.is_active:
-        raise ForbiddenError("This account is deactivated.")
-    # One message for a deleted user and a revoked token: neither may say more.
-    if user is None or user.token_version != claims.ver:
-        raise UnauthorizedError("The token is invalid or has been revoked.")
     return user
 
 
@@ -160,7 +131,3 @@ async def get_expected_versions(
 
 
 ExpectedVersions = Annotated[frozenset[int] | None, Depends(get_expected_versions)]
-
-
-def etag(user: User) -> str:
-    return f'"{user.version}"'

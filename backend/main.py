@@ -1,17 +1,16 @@
 """The app factory: lifespan, middleware, error handlers, routers."""
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from backend import crud
 from backend.config import Settings, get_settings
-from backend.db import create_engine, create_sessionmaker, upgrade_to_head
+from backend.db import upgrade_to_head
 from backend.docs import install_docs
-from backend.errors import PROBLEM_JSON, install_error_handlers
 from backend.middleware import (
     BodySizeLimitMiddleware,
     ProblemCORSMiddleware,
@@ -25,9 +24,9 @@ from backend.observability import (
     configure_logging,
     install_metrics_endpoint,
 )
-from backend.ratelimit import RateLimiter
+from backend.problems import PROBLEM_JSON, install_error_handlers
 from backend.routers import audit, auth, health, users
-from backend.security import PasswordHasher
+from backend.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -42,31 +41,26 @@ TAGS = [
 ]
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.rate_limiter = RateLimiter(settings, app.state.metrics)
-    app.state.password_hasher = PasswordHasher(
-        rounds=settings.BCRYPT_ROUNDS,
-        concurrency=settings.HASH_CONCURRENCY,
-        queue_limit=settings.HASH_QUEUE_LIMIT,
-    )
-    app.state.metrics.watch(engine, app.state.password_hasher)
-    try:
-        if settings.AUTO_MIGRATE:
-            await upgrade_to_head(settings)
-        await _ensure_first_admin(app)
-        yield
-    finally:
-        app.state.password_hasher.close()
-        await engine.dispose()
+def _lifespan(
+    settings: Settings, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.start(settings, metrics)
+        app.state.services = services
+        try:
+            if settings.AUTO_MIGRATE:
+                await upgrade_to_head(settings)
+            await _ensure_first_admin(services)
+            yield
+        finally:
+            await services.close()
+
+    return lifespan
 
 
-async def _ensure_first_admin(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+async def _ensure_first_admin(services: Services) -> None:
+    settings = services.settings
     if not (settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD):
         return
     admin = UserCreate(
@@ -75,8 +69,8 @@ async def _ensure_first_admin(app: FastAPI) -> None:
         name="Admin",
         role=UserRole.ADMIN,
     )
-    async with app.state.sessionmaker() as session:
-        created = await crud.ensure_user(session, data=admin, hasher=app.state.password_hasher)
+    async with services.sessionmaker() as session:
+        created = await crud.ensure_user(session, data=admin, hasher=services.password_hasher)
     if created:
         logger.info("created the first admin %s", admin.email)
     else:
@@ -84,7 +78,10 @@ async def _ensure_first_admin(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; settings from the environment unless given. Nothing runs until served."""
     settings = settings or get_settings()
+    # Always counted (cheap); exposed, and requests timed, only with METRICS_ENABLED.
+    metrics = Metrics()
     app = FastAPI(
         title=settings.PROJECT_NAME,
         description="Users and JWT authentication. Errors are RFC 9457 problem+json.",
@@ -93,13 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
         docs_url=None,
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, metrics),
         redirect_slashes=False,
         generate_unique_id_function=lambda route: route.name,
     )
-    app.state.settings = settings
-    # Always counted (cheap); exposed, and requests timed, only with METRICS_ENABLED.
-    app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
@@ -107,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_docs(app, settings)
     if settings.METRICS_ENABLED:
-        install_metrics_endpoint(app, app.state.metrics)
+        install_metrics_endpoint(app, metrics)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s too.
@@ -132,9 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)
-    app.add_middleware(
-        RequestLogMiddleware, metrics=app.state.metrics if settings.METRICS_ENABLED else None
-    )
+    app.add_middleware(RequestLogMiddleware, metrics=metrics if settings.METRICS_ENABLED else None)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -158,8 +150,9 @@ def _adapt_openapi(schema: dict[str, Any], prefix: str) -> None:
                     content[PROBLEM_JSON] = content.pop("application/json")
 
 
-def _served_app() -> FastAPI:
-    """The app uvicorn imports (backend.main:app), with logging set up for serving."""
+def served_app() -> FastAPI:
+    """The app as served (`uvicorn --factory backend.main:served_app`, or `backend serve`):
+    settings from the environment, logging set up for a server."""
     settings = get_settings()
     configure_logging(settings)
     if settings.secret_key_generated:
@@ -168,6 +161,3 @@ def _served_app() -> FastAPI:
             "working when it restarts and are not shared between workers."
         )
     return create_app(settings)
-
-
-app = _served_app()

@@ -9,7 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.errors import problem_response
+from backend.problems import problem_response
 
 REQUEST_ID_HEADER = "x-request-id"
 SECURITY_HEADERS = {

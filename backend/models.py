@@ -138,6 +138,10 @@ Name = Annotated[
 ]
 
 
+EXAMPLE_EMAIL = "ada@example.com"
+EXAMPLE_PASSWORD = "Correct-Horse-9"  # noqa: S105  (documentation example)
+
+
 class UserRole(StrEnum):
     ADMIN = "admin"
     USER = "user"
@@ -180,51 +184,6 @@ class User(UserBase, table=True):
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-
-
-class AuditAction(StrEnum):
-    CREATE = "user.create"
-    UPDATE = "user.update"
-    ROLE_CHANGE = "user.role_change"
-    DEACTIVATE = "user.deactivate"
-    ACTIVATE = "user.activate"
-    DELETE = "user.delete"
-
-
-class AuditEventBase(SQLModel):
-    # No foreign keys: the trail outlives the accounts it mentions.
-    actor_id: int | None = Field(default=None, index=True)
-    action: AuditAction = Field(
-        sa_type=Enum(
-            AuditAction,
-            name="action",
-            native_enum=False,
-            create_constraint=True,
-            length=32,
-            values_callable=lambda actions: [action.value for action in actions],
-        ),
-        index=True,
-    )
-    target_id: int | None = Field(default=None, index=True)
-    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
-
-
-class AuditEvent(AuditEventBase, table=True):
-    """One change to an account, written in the transaction that made it."""
-
-    __tablename__ = "audit_events"
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
-
-
-class AuditEventPublic(AuditEventBase):
-    id: int
-    created_at: datetime
-
-
-EXAMPLE_EMAIL = "ada@example.com"
-EXAMPLE_PASSWORD = "Correct-Horse-9"  # noqa: S105  (documentation example)
 
 
 class UserCreate(UserBase):
@@ -309,22 +268,6 @@ class UserUpdateMe(SQLModel):
     )
 
 
-class RefreshToken(SQLModel, table=True):
-    """One issued refresh token. Only a hash of its jti is stored, never the token."""
-
-    __tablename__ = "refresh_tokens"
-
-    id: int | None = Field(default=None, primary_key=True)
-    jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
-    # All tokens rotated from one login share a family; reuse of a used one revokes it.
-    family_id: str = Field(sa_type=String(32), index=True)
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    expires_at: datetime = Field(sa_type=UTCDateTime)
-    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
 class UserPublic(UserBase):
     # Output only: what the database holds was validated on the way in, and
     # re-validating every email of every page costs ~50 us a user.
@@ -356,10 +299,6 @@ class LoginRequest(SQLModel):
     )
 
 
-class RefreshRequest(SQLModel):
-    refresh_token: str = Field(min_length=1, max_length=4096)
-
-
 class PasswordChange(SQLModel):
     current_password: str = Field(min_length=1, max_length=1024)
     new_password: Password
@@ -371,12 +310,32 @@ class PasswordChange(SQLModel):
     )
 
 
+class RefreshRequest(SQLModel):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
 class LoginResponse(SQLModel):
     access_token: str
     refresh_token: str
     token_type: str = "bearer"  # noqa: S105  (the OAuth2 token type, not a secret)
     expires_in: int = Field(description="Seconds until the access token expires")
     user: UserPublic
+
+
+class RefreshToken(SQLModel, table=True):
+    """One issued refresh token. Only a hash of its jti is stored, never the token."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
+    # All tokens rotated from one login share a family; reuse of a used one revokes it.
+    family_id: str = Field(sa_type=String(32), index=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class TokenClaims(BaseModel):
@@ -391,3 +350,44 @@ class TokenClaims(BaseModel):
     exp: int
     iat: int
     fam: str | None = None
+
+
+class AuditAction(StrEnum):
+    CREATE = "user.create"
+    UPDATE = "user.update"
+    ROLE_CHANGE = "user.role_change"
+    DEACTIVATE = "user.deactivate"
+    ACTIVATE = "user.activate"
+    DELETE = "user.delete"
+
+
+class AuditEventBase(SQLModel):
+    # No foreign keys: the trail outlives the accounts it mentions.
+    actor_id: int | None = Field(default=None, index=True)
+    action: AuditAction = Field(
+        sa_type=Enum(
+            AuditAction,
+            name="action",
+            native_enum=False,
+            create_constraint=True,
+            length=32,
+            values_callable=lambda actions: [action.value for action in actions],
+        ),
+        index=True,
+    )
+    target_id: int | None = Field(default=None, index=True)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class AuditEvent(AuditEventBase, table=True):
+    """One change to an account, written in the transaction that made it."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class AuditEventPublic(AuditEventBase):
+    id: int
+    created_at: datetime

@@ -88,7 +88,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
-        async with application.state.engine.begin() as connection:
+        async with application.state.services.engine.begin() as connection:
             for table in reversed(SQLModel.metadata.sorted_tables):
                 await connection.execute(table.delete())
 

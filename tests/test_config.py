@@ -9,6 +9,9 @@ from backend.config import Settings, load_settings
 from backend.db import async_url
 from tests.conftest import REPO_ROOT
 
+# What uvicorn does with `--factory backend.main:served_app`.
+SERVE_APP = "from backend.main import served_app; served_app()"
+
 
 def settings_from(**values: Any) -> Settings:
     return Settings(_env_file=None, **values)
@@ -18,7 +21,7 @@ def test_production_without_secret_key_exits_with_one_line() -> None:
     env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
     env.update(STAGE="production", DATABASE_URL="postgresql://u:p@127.0.0.1/db")
     result = subprocess.run(
-        [sys.executable, "-c", "import backend.main"],
+        [sys.executable, "-c", SERVE_APP],
         cwd=REPO_ROOT / "tests",  # no .env there
         env=env,
         capture_output=True,
@@ -46,7 +49,7 @@ def test_local_generates_a_key_and_the_served_app_warns() -> None:
     assert not settings_from(STAGE="local", SECRET_KEY="k" * 32).secret_key_generated
     env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
     result = subprocess.run(
-        [sys.executable, "-c", "import backend.main"],
+        [sys.executable, "-c", SERVE_APP],
         cwd=REPO_ROOT / "tests",  # no .env there
         env={**env, "STAGE": "local", "DATABASE_URL": "sqlite:///:memory:"},
         capture_output=True,
@@ -111,3 +114,20 @@ def test_env_file_is_read(tmp_path: os.PathLike[str]) -> None:
 )
 def test_plain_urls_get_async_drivers(plain: str, expected: str) -> None:
     assert str(async_url(plain)) == expected
+
+
+def test_importing_the_app_module_reads_no_settings() -> None:
+    # A configuration that the factory refuses: the import alone must not notice it.
+    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+    env.update(STAGE="production", DATABASE_URL="postgresql://u:p@127.0.0.1/db")
+    result = subprocess.run(
+        [sys.executable, "-c", "import backend.main"],
+        cwd=REPO_ROOT / "tests",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

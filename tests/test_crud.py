@@ -4,6 +4,8 @@ import asyncio
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from backend import crud
 from backend.errors import ConflictError
@@ -12,7 +14,8 @@ from tests.conftest import ADMIN_EMAIL
 
 
 async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI) -> None:
-    sessionmaker = app.state.sessionmaker
+    services = app.state.services
+    sessionmaker = services.sessionmaker
     async with sessionmaker() as setup:
         second = await crud.create_user(
             setup,
@@ -22,26 +25,34 @@ async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI
                 password="Second-Pass-1",
                 role=UserRole.ADMIN,
             ),
-            hashed_password="not-a-login",
+            hasher=services.password_hasher,
+            audit=True,
         )
         first = await crud.get_user_by_email(setup, email=ADMIN_EMAIL)
     assert first is not None
 
     async with sessionmaker() as one, sessionmaker() as two:
-        first_in_one = await one.get(User, first.id)
         second_in_two = await two.get(User, second.id)
-        assert first_in_one is not None
         assert second_in_two is not None
-        # Transaction one has checked that another admin exists and holds its locks...
-        await crud._ensure_another_active_admin(one, user=first_in_one)
+        # Transaction one takes the locks a demotion takes (the active admins' rows on
+        # PostgreSQL; SQLite ignores FOR UPDATE, and the UPDATE takes its write lock)
+        # and demotes the first admin...
+        active_admins = select(User.id).where(
+            User.role == UserRole.ADMIN, col(User.is_active).is_(True)
+        )
+        await one.exec(active_admins.with_for_update())
+        await one.exec(update(User).where(col(User.id) == first.id).values(role=UserRole.USER))
         demote_second = asyncio.create_task(
-            crud.update_user(two, user=second_in_two, changes=UserUpdate(role=UserRole.USER))
+            crud.update_user(
+                two,
+                user=second_in_two,
+                changes=UserUpdate(role=UserRole.USER),
+                hasher=services.password_hasher,
+            )
         )
         await asyncio.sleep(0.3)
         assert not demote_second.done(), "the second demotion did not wait for the first"
-        # ...then demotes the first admin and commits; the second must now be refused.
-        first_in_one.role = UserRole.USER
-        one.add(first_in_one)
+        # ...and commits: the second must now see no other active admin and be refused.
         await one.commit()
         with pytest.raises(ConflictError):
             await demote_second

@@ -71,7 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
     }
     log_path = workdir / "server.log"
-    command = [sys.executable, "-m", "uvicorn", "backend.main:app"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port)],

@@ -136,7 +136,7 @@ async def test_limit_holds_across_two_instances_sharing_redis(settings: Settings
     email = f"redis-{os.getpid()}-{id(first_app)}@example.com"  # a fresh key every run
     async with running(first_app) as first, running(second_app) as second:
         try:
-            await first_app.state.rate_limiter.storage.reset()
+            await first_app.state.services.rate_limiter.storage.reset()
         except Exception as error:
             if os.environ.get("CI"):
                 raise

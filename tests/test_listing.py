@@ -7,7 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
+from sqlmodel import SQLModel
 
+from backend.listing import Resource
+from backend.models import AuditEvent, AuditEventPublic, User, UserPublic
+from backend.routers.audit import AUDIT_EVENTS
+from backend.routers.users import USERS
 from tests.conftest import API
 
 PEOPLE = [
@@ -304,3 +310,17 @@ async def test_put_is_admin_only_and_404s(
     assert forbidden.status_code == 403
     missing = await client.put(f"{API}/users/99999", json=me, headers=admin_headers)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("resource", "table", "public"),
+    [(USERS, User, UserPublic), (AUDIT_EVENTS, AuditEvent, AuditEventPublic)],
+)
+def test_list_fields_are_public_columns_of_their_model(
+    resource: Resource, table: type[SQLModel], public: type[BaseModel]
+) -> None:
+    columns = set(table.__table__.columns.keys())  # type: ignore[attr-defined]
+    # Every field a list filters or sorts on is a column that the API also shows.
+    assert set(resource.fields) <= columns & set(public.model_fields)
+    assert set(resource.text_fields) <= set(resource.fields)
+    assert set(resource.repeatable) <= set(resource.fields)

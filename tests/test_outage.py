@@ -28,9 +28,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.db import Session, create_engine
+from backend.db import Session, create_engine, database_unavailable
 from backend.deps import SessionDep
-from backend.errors import database_unavailable
 from backend.main import create_app
 from backend.models import User
 from tests.conftest import API, USER_PASSWORD, make_settings
@@ -311,7 +310,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     unavailable = Counter(
         record.getMessage()
         for record in caplog.records
-        if record.name in {"backend.errors", "backend.db"}
+        if record.name in {"backend.problems", "backend.db"}
     )
     unexpected = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     by_phase: dict[str, Counter[str]] = {}

@@ -33,7 +33,7 @@ async def test_refresh_rotates_the_pair(client: httpx.AsyncClient) -> None:
 async def test_reuse_after_the_grace_window_revokes_the_family(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    app.state.settings.REFRESH_REUSE_GRACE_SECONDS = 0
+    app.state.services.settings.REFRESH_REUSE_GRACE_SECONDS = 0
     other_session = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     stolen = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     rotated = (await refresh(client, stolen["refresh_token"])).json()
@@ -168,7 +168,7 @@ async def test_refresh_tokens_are_stored_hashed_and_pruned_lazily(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     tokens = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         records = (await session.exec(select(RefreshToken))).all()
         assert len(records) == 1
         assert len(records[0].jti_hash) == 64
@@ -182,7 +182,7 @@ async def test_refresh_tokens_are_stored_hashed_and_pruned_lazily(
         session.add(expired)
         await session.commit()
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         hashes = {record.jti_hash for record in (await session.exec(select(RefreshToken))).all()}
     assert "0" * 64 not in hashes
     assert len(hashes) == 2

@@ -76,7 +76,7 @@ async def test_hasher_refuses_work_past_its_queue_limit() -> None:
         assert hasher.queue_depth == 1
         with pytest.raises(ServiceUnavailableError) as refused:
             await hasher.hash("Password-123")  # the queue is full: refused at once
-        assert refused.value.headers["Retry-After"] == "1"
+        assert refused.value.retry_after_seconds == 1
         release.set()
         assert await running == "done"
         assert (await waiting).startswith("$2b$04$")

@@ -239,7 +239,7 @@ async def test_deactivated_user_with_a_current_token_gets_403(
     body = await register()
     # Flip the flag behind the API's back: the token stays valid, the account does not.
     app = client._transport.app  # type: ignore[attr-defined]
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         user = await crud.get_user(session, user_id=body["user"]["id"])
         assert user is not None
         user.is_active = False

@@ -1,18 +1,32 @@
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter
 
 from backend import crud
 from backend.deps import AdminUser, SessionDep
-from backend.errors import problem_responses
 from backend.listing import (
-    AUDIT_EVENTS,
     LIST_HEADERS,
+    ISODateTime,
+    Resource,
     list_parameters,
     parse_list_query,
     set_list_headers,
 )
-from backend.models import AuditEvent, AuditEventPublic
+from backend.models import AuditAction, AuditEvent, AuditEventPublic
+from backend.problems import problem_responses
+
+AUDIT_EVENTS = Resource(
+    name="audit",
+    fields={
+        "id": TypeAdapter(int),
+        "created_at": ISODateTime,
+        "actor_id": TypeAdapter(int),
+        "target_id": TypeAdapter(int),
+        "action": TypeAdapter(AuditAction),
+    },
+    repeatable=("id", "actor_id", "target_id", "action"),
+)
 
 router = APIRouter(prefix="/audit", tags=["audit"], responses=problem_responses(401, 403, 422))
 

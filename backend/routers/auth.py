@@ -3,19 +3,10 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from backend import crud
-from backend.deps import (
-    ClientIP,
-    CurrentUser,
-    LoginCredentials,
-    MetricsDep,
-    PasswordHasherDep,
-    RateLimiterDep,
-    SessionDep,
-    SettingsDep,
-    get_token_user,
-)
-from backend.errors import ForbiddenError, UnauthorizedError, problem_responses
+from backend.deps import ClientIP, CurrentUser, LoginCredentials, ServicesDep, SessionDep
+from backend.errors import ForbiddenError, UnauthorizedError
 from backend.models import LoginRequest, LoginResponse, RefreshRequest, RegisterRequest
+from backend.problems import problem_responses
 from backend.security import REFRESH, decode_token
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
@@ -37,20 +28,15 @@ LOGIN_FORM_SCHEMA: dict[str, Any] = {
     responses=problem_responses(403, 409),
 )
 async def register(
-    body: RegisterRequest,
-    session: SessionDep,
-    settings: SettingsDep,
-    hasher: PasswordHasherDep,
-    limiter: RateLimiterDep,
-    ip: ClientIP,
+    body: RegisterRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
 ) -> LoginResponse:
     """Create an account and log it in."""
-    if not settings.REGISTRATION_ENABLED:
+    if not services.settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
+    limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    hashed_password = await hasher.hash(body.password)
-    user = await crud.create_user(session, data=body, hashed_password=hashed_password)
-    return await crud.issue_tokens(session, user=user, settings=settings)
+    user = await crud.create_user(session, data=body, hasher=services.password_hasher, audit=False)
+    return await crud.issue_tokens(session, user=user, settings=services.settings)
 
 
 @router.post(
@@ -69,26 +55,24 @@ async def register(
     },
 )
 async def login(
-    credentials: LoginCredentials,
-    session: SessionDep,
-    settings: SettingsDep,
-    hasher: PasswordHasherDep,
-    limiter: RateLimiterDep,
-    ip: ClientIP,
-    metrics: MetricsDep,
+    credentials: LoginCredentials, session: SessionDep, services: ServicesDep, ip: ClientIP
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
+    limiter = services.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
     await limiter.hit(limiter.login, "login", ip, credentials.email)
     user = await crud.authenticate(
-        session, email=credentials.email, password=credentials.password, hasher=hasher
+        session,
+        email=credentials.email,
+        password=credentials.password,
+        hasher=services.password_hasher,
     )
     if user is None:
-        metrics.login_failures.inc()
+        services.metrics.login_failures.inc()
         raise UnauthorizedError("Incorrect email or password.")
     if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
-    return await crud.issue_tokens(session, user=user, settings=settings)
+    return await crud.issue_tokens(session, user=user, settings=services.settings)
 
 
 @router.post(
@@ -98,17 +82,15 @@ async def login(
     responses=problem_responses(401, 403),
 )
 async def refresh(
-    body: RefreshRequest,
-    session: SessionDep,
-    settings: SettingsDep,
-    limiter: RateLimiterDep,
-    ip: ClientIP,
+    body: RefreshRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
     a used one again revokes its whole session."""
+    settings = services.settings
+    limiter = services.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
     claims = decode_token(body.refresh_token, REFRESH, settings)
-    user = await get_token_user(session, claims)
+    user = await crud.get_token_user(session, claims=claims)
     record = await crud.get_refresh_token(session, claims=claims)
     if record is None:
         raise UnauthorizedError("The refresh token is unknown or has been revoked.")
@@ -127,9 +109,9 @@ async def refresh(
     response_class=Response,
     responses=problem_responses(401),
 )
-async def logout(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> None:
+async def logout(body: RefreshRequest, session: SessionDep, services: ServicesDep) -> None:
     """End the session the refresh token belongs to (other devices stay logged in)."""
-    claims = decode_token(body.refresh_token, REFRESH, settings)
+    claims = decode_token(body.refresh_token, REFRESH, services.settings)
     record = await crud.get_refresh_token(session, claims=claims)
     if record is None:
         raise UnauthorizedError("The refresh token is unknown or has been revoked.")

@@ -1,10 +1,11 @@
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.errors import ServiceUnavailableError, problem_responses
-from backend.ratelimit import RateLimiter
+from backend.deps import ServicesDep
+from backend.errors import ServiceUnavailableError
+from backend.problems import problem_responses
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -28,14 +29,14 @@ async def live() -> HealthStatus:
 @router.get(
     "/ready", name="health-ready", response_model=HealthStatus, responses=problem_responses(503)
 )
-async def ready(request: Request) -> HealthStatus:
+async def ready(services: ServicesDep) -> HealthStatus:
     """The database answers: safe to route traffic here.
 
     With REDIS_URL set, `checks.redis` is `ok`, or `degraded` when Redis does not answer
     (rate limits then fail open); that alone never makes this 503.
     """
     try:
-        async with request.app.state.engine.connect() as connection:
+        async with services.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError) as error:
         raise ServiceUnavailableError(
@@ -43,7 +44,7 @@ async def ready(request: Request) -> HealthStatus:
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
         ) from error
     checks = {"database": "ok"}
-    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter = services.rate_limiter
     if limiter.shared:
         available = await limiter.storage_available(REDIS_CHECK_TIMEOUT_SECONDS)
         checks["redis"] = "ok" if available else "degraded"

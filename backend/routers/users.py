@@ -2,7 +2,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlmodel.ext.asyncio.session import AsyncSession
+from pydantic import TypeAdapter
 
 from backend import crud
 from backend.deps import (
@@ -10,18 +10,15 @@ from backend.deps import (
     ClientIP,
     CurrentUser,
     ExpectedVersions,
-    PasswordHasherDep,
-    RateLimiterDep,
+    ServicesDep,
     SessionDep,
-    SettingsDep,
     TargetUser,
-    etag,
 )
-from backend.errors import BadRequestError, ConflictError, problem_responses
+from backend.errors import ConflictError
 from backend.listing import (
     LIST_HEADERS,
-    USERS,
-    USERS_LIST_DESCRIPTION,
+    ISODateTime,
+    Resource,
     list_parameters,
     parse_list_query,
     set_list_headers,
@@ -33,14 +30,46 @@ from backend.models import (
     UserCreate,
     UserPublic,
     UserReplace,
+    UserRole,
     UserUpdate,
     UserUpdateMe,
 )
-from backend.security import PasswordHasher
+from backend.problems import problem_responses
 
+USERS = Resource(
+    name="users",
+    fields={
+        "id": TypeAdapter(int),
+        "email": TypeAdapter(str),
+        "name": TypeAdapter(str),
+        "role": TypeAdapter(UserRole),
+        "is_active": TypeAdapter(bool),
+        "created_at": ISODateTime,
+        "updated_at": ISODateTime,
+    },
+    text_fields=("email", "name"),
+    searchable=True,
+)
+USERS_LIST_DESCRIPTION = f"""A page of users, with the total in `X-Total-Count`, a `Content-Range`
+(`users 0-9/42`) and a `Link` header (first, prev, next, last).
+
+Besides the parameters below, the stock data providers of react-admin and Refine work
+unchanged, one convention per request:
+
+- json-server / Refine: `_start`, `_end` (exclusive), `_sort`, `_order` (comma lists),
+  `field=value`, `field_like`, `field_ne`, `field_gte`, `field_lte`, `q`;
+- react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
+  `filter={{"q":"bob","role":"user","id":[1,2]}}`.
+
+Filterable fields: {", ".join(USERS.fields)}. Without paging parameters, the dashboard
+conventions return up to 100 records."""
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
+
+
+def etag(user: User) -> str:
+    return f'"{user.version}"'
 
 
 @router.get(
@@ -73,12 +102,11 @@ async def create_user(
     response: Response,
     session: SessionDep,
     admin: AdminUser,
-    hasher: PasswordHasherDep,
+    services: ServicesDep,
 ) -> User:
     """Create a user (admin only)."""
-    hashed_password = await hasher.hash(body.password)
     user = await crud.create_user(
-        session, data=body, hashed_password=hashed_password, actor_id=admin.id
+        session, data=body, hasher=services.password_hasher, audit=True, actor_id=admin.id
     )
     response.headers["ETag"] = etag(user)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
@@ -92,10 +120,14 @@ async def read_me(user: CurrentUser) -> User:
 
 
 @router.patch("/me", name="users-update-me", response_model=UserPublic)
-async def update_me(body: UserUpdateMe, user: CurrentUser, session: SessionDep) -> User:
+async def update_me(
+    body: UserUpdateMe, user: CurrentUser, session: SessionDep, services: ServicesDep
+) -> User:
     """Change your own name."""
     changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
-    return await crud.update_user(session, user=user, changes=changes, actor_id=user.id)
+    return await crud.update_user(
+        session, user=user, changes=changes, hasher=services.password_hasher, actor_id=user.id
+    )
 
 
 @router.post(
@@ -108,21 +140,20 @@ async def change_password(
     body: PasswordChange,
     user: CurrentUser,
     session: SessionDep,
-    settings: SettingsDep,
-    hasher: PasswordHasherDep,
-    limiter: RateLimiterDep,
+    services: ServicesDep,
     ip: ClientIP,
 ) -> LoginResponse:
     """Change your password. Every other session ends; this call returns a fresh pair."""
+    limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    matched, _ = await hasher.verify(body.current_password, user.hashed_password)
-    if not matched:
-        raise BadRequestError("The current password is incorrect.")
-    hashed_password = await hasher.hash(body.new_password)
-    updated = await crud.update_user(
-        session, user=user, changes=UserUpdate(), hashed_password=hashed_password, actor_id=user.id
+    updated = await crud.change_password(
+        session,
+        user=user,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        hasher=services.password_hasher,
     )
-    return await crud.issue_tokens(session, user=updated, settings=settings)
+    return await crud.issue_tokens(session, user=updated, settings=services.settings)
 
 
 @router.get(
@@ -148,13 +179,22 @@ async def update_user(
     user: TargetUser,
     session: SessionDep,
     admin: AdminUser,
-    hasher: PasswordHasherDep,
+    services: ServicesDep,
     expected_versions: ExpectedVersions,
     response: Response,
 ) -> User:
     """Change the fields sent (admin only); role, deactivation and password changes
     revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412."""
-    return await _save(session, user, body, hasher, admin, expected_versions, response)
+    updated = await crud.update_user(
+        session,
+        user=user,
+        changes=body,
+        hasher=services.password_hasher,
+        actor_id=admin.id,
+        expected_versions=expected_versions,
+    )
+    response.headers["ETag"] = etag(updated)
+    return updated
 
 
 @router.put(
@@ -168,32 +208,18 @@ async def replace_user(
     user: TargetUser,
     session: SessionDep,
     admin: AdminUser,
-    hasher: PasswordHasherDep,
+    services: ServicesDep,
     expected_versions: ExpectedVersions,
     response: Response,
 ) -> User:
     """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
     `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
     _check_read_only_fields(body, user)
-    return await _save(session, user, body.changes(), hasher, admin, expected_versions, response)
-
-
-async def _save(
-    session: AsyncSession,
-    user: User,
-    changes: UserUpdate,
-    hasher: PasswordHasher,
-    admin: User,
-    expected_versions: frozenset[int] | None,
-    response: Response,
-) -> User:
-    """What PATCH and PUT share: hash a new password, update, answer with the new ETag."""
-    hashed_password = await hasher.hash(changes.password) if changes.password else None
     updated = await crud.update_user(
         session,
         user=user,
-        changes=changes,
-        hashed_password=hashed_password,
+        changes=body.changes(),
+        hasher=services.password_hasher,
         actor_id=admin.id,
         expected_versions=expected_versions,
     )

@@ -1,0 +1,189 @@
+"""One error format for every error: RFC 9457 problem+json, and the handlers that
+render domain errors, validation errors, HTTP errors and database outages in it."""
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from backend.db import DATABASE_UNAVAILABLE, database_unavailable
+from backend.errors import DomainError, RetryLaterError, UnauthorizedError
+from backend.services import services_of
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+DB_RETRY_AFTER_SECONDS = 2
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    # The same sentence: react-admin and Refine show an error body's `message`.
+    message: str
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    errors: Sequence[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> JSONResponse:
+    problem = Problem(
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        message=detail,
+        request_id=request_id,
+        errors=list(errors) if errors is not None else None,
+    )
+    return JSONResponse(
+        problem.model_dump(exclude_none=True),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_JSON,
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error statuses, all with the Problem schema."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }
+
+
+def request_id_of(request: Request) -> str | None:
+    request_id: str | None = request.scope.get("state", {}).get("request_id")
+    return request_id
+
+
+def _field_name(location: Sequence[Any]) -> str:
+    # ("body", "email") -> "email"; a body that is not JSON at all -> "body".
+    parts = [str(part) for part in location[1:]] if len(location) > 1 else []
+    return ".".join(parts) or str(location[0] if location else "body")
+
+
+def _validation_message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return "Request body is not valid JSON."
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _domain_error_headers(exc: DomainError) -> dict[str, str]:
+    if isinstance(exc, UnauthorizedError):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RetryLaterError):
+        return {"Retry-After": str(exc.retry_after_seconds)}
+    return {}
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        exc.status_code,
+        exc.detail,
+        headers=_domain_error_headers(exc),
+        request_id=request_id_of(request),
+    )
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).description
+    if status == HTTPStatus.NOT_FOUND and detail == "Not Found":
+        detail = f"No route matches {request.url.path}."
+    headers = dict(exc.headers or {})
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+        # Starlette names only the first matching route's methods; each route has one.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(status, detail, headers=headers, request_id=request_id_of(request))
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Ask the router which methods would match this path; routes nest in FastAPI.
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldError(field=_field_name(error["loc"]), message=_validation_message(error))
+        for error in exc.errors()
+    ]
+    fields = ", ".join(dict.fromkeys(error.field for error in errors))
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        f"Invalid input: {fields}.",
+        errors=errors,
+        request_id=request_id_of(request),
+    )
+
+
+async def _handle_database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return await _handle_unexpected_error(request, exc)
+    cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    services_of(request.scope).metrics.database_unavailable.inc()
+    logger.warning("database unavailable: %s", cause.__class__.__name__)
+    return problem_response(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "The database is unavailable or busy; retry shortly.",
+        headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+        request_id=request_id_of(request),
+    )
+
+
+async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    request_id = request_id_of(request)
+    response = problem_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "An unexpected error occurred. Quote the request id when reporting it.",
+        request_id=request_id,
+    )
+    # This handler runs outside the request-id middleware, so it sets the header itself.
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _handle_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    # Every database error is looked at; those meaning an outage are 503, the rest 500.
+    database_errors: tuple[type[Exception], ...] = (DBAPIError, *DATABASE_UNAVAILABLE)
+    for database_error in database_errors:
+        app.add_exception_handler(database_error, _handle_database_error)
+    app.add_exception_handler(Exception, _handle_unexpected_error)
