@@ -215,16 +215,9 @@ async def replace_user(
     """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
     `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
     _check_read_only_fields(body, user)
-    updated = await crud.update_user(
-        session,
-        user=user,
-        changes=body.changes(),
-        hasher=services.password_hasher,
-        actor_id=admin.id,
-        expected_versions=expected_versions,
+    return await update_user(
+        body.changes(), user, session, admin, services, expected_versions, response
     )
-    response.headers["ETag"] = etag(updated)
-    return updated
 
 
 def _check_read_only_fields(body: UserReplace, user: User) -> None:
