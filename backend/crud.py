@@ -129,29 +129,47 @@ def _condition(model: type[SQLModel], condition: Filter) -> ColumnElement[bool]:
 async def create_user(
     session: AsyncSession,
     *,
-    data: UserCreate | RegisterRequest,
+    data: UserCreate,
     hasher: PasswordHasher,
     audit: bool,
     actor_id: int | None = None,
 ) -> User:
     """Insert a user; the unique index, not a prior look-up, decides duplicates.
 
-    With `audit`, the creation is recorded in the audit trail as `actor_id`'s doing (an
-    admin, or None for the CLI); a registration is the user's own and is not recorded.
+    With `audit`, the creation is recorded in the audit trail, in the same transaction,
+    as `actor_id`'s doing (an admin, or None for the CLI).
     """
-    hashed_password = await hasher.hash(data.password)
+    user = await _insert_user(session, data=data, hasher=hasher)
+    if audit:
+        details = {"email": user.email, "role": str(user.role)}
+        session.add(
+            AuditEvent(
+                actor_id=actor_id, action=AuditAction.CREATE, target_id=user.id, details=details
+            )
+        )
+    await session.commit()
+    return user
+
+
+async def register(
+    session: AsyncSession, *, data: RegisterRequest, hasher: PasswordHasher, settings: Settings
+) -> LoginResponse:
+    """Create an account and log it in, in one transaction: a client that gets no answer
+    may retry without finding its email taken by an account it never heard of."""
+    user = await _insert_user(session, data=data, hasher=hasher)
+    return await issue_tokens(session, user=user, settings=settings)
+
+
+async def _insert_user(
+    session: AsyncSession, *, data: UserCreate | RegisterRequest, hasher: PasswordHasher
+) -> User:
+    """Add a user and flush it (its id assigned, the email's uniqueness checked); the
+    caller commits."""
+    hashed_password = await _hash(session, hasher, data.password)
     user = User.model_validate(data, update={"hashed_password": hashed_password})
     session.add(user)
     async with _email_must_be_free(session):
-        if audit:
-            await session.flush()  # the new id, for the audit event
-            details = {"email": user.email, "role": str(user.role)}
-            session.add(
-                AuditEvent(
-                    actor_id=actor_id, action=AuditAction.CREATE, target_id=user.id, details=details
-                )
-            )
-        await session.commit()
+        await session.flush()
     return user
 
 
@@ -170,13 +188,35 @@ async def update_user(
     With expected_versions (the versions the caller read), a row changed since then is
     left alone and PreconditionFailedError raised.
     """
+    updated = await _update_user(
+        session,
+        user=user,
+        changes=changes,
+        hasher=hasher,
+        actor_id=actor_id,
+        expected_versions=expected_versions,
+    )
+    await session.commit()
+    return updated
+
+
+async def _update_user(
+    session: AsyncSession,
+    *,
+    user: User,
+    changes: UserUpdate,
+    hasher: PasswordHasher,
+    actor_id: int | None,
+    expected_versions: Collection[int] | None = None,
+) -> User:
+    """update_user's UPDATE and audit events, for the caller to commit."""
     values = {
         name: value
         for name, value in changes.model_dump(exclude_unset=True, exclude={"password"}).items()
         if getattr(user, name) != value
     }
     if changes.password is not None:
-        values["hashed_password"] = await hasher.hash(changes.password)
+        values["hashed_password"] = await _hash(session, hasher, changes.password)
     role_changed = "role" in values
     deactivated = values.get("is_active") is False
     if (role_changed or deactivated) and user.role == UserRole.ADMIN:
@@ -204,7 +244,7 @@ async def update_user(
             await session.rollback()
             raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
         session.add_all(events)
-        await session.commit()
+        await session.flush()  # a duplicate email is refused here, inside the guard
     return updated
 
 
@@ -270,19 +310,23 @@ async def delete_user(
     await session.commit()
 
 
-async def authenticate(
-    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher
-) -> User | None:
-    """The user whose password this is, or None; unknown emails cost one verify too."""
+async def log_in(
+    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher, settings: Settings
+) -> LoginResponse | None:
+    """Tokens for the user whose password this is, or None; unknown emails cost one
+    verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
     user = await get_user_by_email(session, email=email)
-    matched, new_hash = await hasher.verify(password, user.hashed_password if user else None)
+    matched, new_hash = await _verify(
+        session, hasher, password, user.hashed_password if user else None
+    )
     if user is None or not matched:
         return None
-    if new_hash is not None:  # BCRYPT_ROUNDS changed since this hash was made
+    if not user.is_active:
+        raise ForbiddenError("This account is deactivated.")
+    if new_hash is not None:
         user.hashed_password = new_hash
         session.add(user)
-        await session.commit()
-    return user
+    return await issue_tokens(session, user=user, settings=settings)
 
 
 async def change_password(
@@ -292,13 +336,39 @@ async def change_password(
     current_password: str,
     new_password: str,
     hasher: PasswordHasher,
-) -> User:
-    """Set a new password once the current one is proven; every token of the user ends."""
-    matched, _ = await hasher.verify(current_password, user.hashed_password)
+    settings: Settings,
+) -> LoginResponse:
+    """Set a new password once the current one is proven: every token of the user ends,
+    and a new pair is issued in the same transaction."""
+    matched, _ = await _verify(session, hasher, current_password, user.hashed_password)
     if not matched:
         raise BadRequestError("The current password is incorrect.")
     changes = UserUpdate(password=new_password)
-    return await update_user(session, user=user, changes=changes, hasher=hasher, actor_id=user.id)
+    updated = await _update_user(
+        session, user=user, changes=changes, hasher=hasher, actor_id=user.id
+    )
+    return await issue_tokens(session, user=updated, settings=settings)
+
+
+async def _hash(session: AsyncSession, hasher: PasswordHasher, password: str) -> str:
+    await _release_connection(session)
+    return await hasher.hash(password)
+
+
+async def _verify(
+    session: AsyncSession, hasher: PasswordHasher, password: str, hashed_password: str | None
+) -> tuple[bool, str | None]:
+    await _release_connection(session)
+    return await hasher.verify(password, hashed_password)
+
+
+async def _release_connection(session: AsyncSession) -> None:
+    """End the session's read-only transaction, returning its pooled connection, before
+    seconds of waiting for a password hash: a burst of logins holding connections
+    "idle in transaction" starved every other request of the pool (issue 16: 22
+    concurrent logins held all 20). Rows already loaded stay usable (expire_on_commit
+    is off); the next statement opens a new, short transaction."""
+    await session.commit()
 
 
 async def get_token_user(session: AsyncSession, *, claims: TokenClaims) -> User:

@@ -35,8 +35,9 @@ async def register(
         raise ForbiddenError("Registration is closed on this server.")
     limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    user = await crud.create_user(session, data=body, hasher=services.password_hasher, audit=False)
-    return await crud.issue_tokens(session, user=user, settings=services.settings)
+    return await crud.register(
+        session, data=body, hasher=services.password_hasher, settings=services.settings
+    )
 
 
 @router.post(
@@ -61,18 +62,17 @@ async def login(
     limiter = services.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
     await limiter.hit(limiter.login, "login", ip, credentials.email)
-    user = await crud.authenticate(
+    tokens = await crud.log_in(
         session,
         email=credentials.email,
         password=credentials.password,
         hasher=services.password_hasher,
+        settings=services.settings,
     )
-    if user is None:
+    if tokens is None:
         services.metrics.login_failures.inc()
         raise UnauthorizedError("Incorrect email or password.")
-    if not user.is_active:
-        raise ForbiddenError("This account is deactivated.")
-    return await crud.issue_tokens(session, user=user, settings=services.settings)
+    return tokens
 
 
 @router.post(

@@ -146,14 +146,14 @@ async def change_password(
     """Change your password. Every other session ends; this call returns a fresh pair."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    updated = await crud.change_password(
+    return await crud.change_password(
         session,
         user=user,
         current_password=body.current_password,
         new_password=body.new_password,
         hasher=services.password_hasher,
+        settings=services.settings,
     )
-    return await crud.issue_tokens(session, user=updated, settings=services.settings)
 
 
 @router.get(
