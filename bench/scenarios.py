@@ -4,7 +4,9 @@ import math
 import statistics
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pwdlib import PasswordHash
@@ -26,6 +28,16 @@ class Endpoint:
     script: str
     # The app's throughput target as a share of the bare server's, where there is one.
     target_ratio: float | None = None
+
+    def job(self, server: Server, *, token: str, users: int, connections: int, seconds: int) -> Job:
+        return Job(
+            url=server.url + self.path,
+            script=self.script,
+            seconds=seconds,
+            connections=connections,
+            headers=(f"Authorization: Bearer {token}",),
+            args=(str(users),),
+        )
 
 
 READS = (
@@ -70,13 +82,12 @@ class Load:
     token: str = ""
 
     def read_job(self, server: Server, endpoint: Endpoint, seconds: int) -> Job:
-        return Job(
-            url=server.url + endpoint.path,
-            script=endpoint.script,
-            seconds=seconds,
+        return endpoint.job(
+            server,
+            token=self.token,
+            users=self.options.users,
             connections=self.options.connections,
-            headers=(f"Authorization: Bearer {self.token}",),
-            args=(str(self.options.users),),
+            seconds=seconds,
         )
 
     def login_job(self, server: Server, seconds: int) -> Job:
@@ -163,31 +174,33 @@ def check_same_answers(app: Server, bare: Server, token: str) -> None:
         raise RuntimeError(f"app and bare logins differ:\n{app_login}\n{bare_login}")
 
 
+def alternating(
+    load: Load, servers: dict[str, Server], label: str, job_for: Callable[[Server], Job]
+) -> dict[str, list[WrkResult]]:
+    """`runs` runs per server, alternating app, bare, app, bare... so drift hits both alike."""
+    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
+    for _ in range(load.options.runs):
+        for name, server in servers.items():
+            run = load.wrk.run(job_for(server))
+            results[name].append(run)
+            print(f"  {label:24} {name:5} {describe(run)}", flush=True)
+    return results
+
+
 def reads(load: Load, servers: dict[str, Server], endpoints: tuple[Endpoint, ...]) -> Runs:
-    """Per endpoint: warm each server up, then runs alternating app, bare, app, bare..."""
-    options = load.options
+    """Per endpoint: warm each server up, then the alternating runs."""
     results: Runs = {}
     for endpoint in endpoints:
-        per_server: dict[str, list[WrkResult]] = {name: [] for name in servers}
         for server in servers.values():
-            load.wrk.run(load.read_job(server, endpoint, options.warmup))
-        for _ in range(options.runs):
-            for name, server in servers.items():
-                run = load.wrk.run(load.read_job(server, endpoint, options.seconds))
-                per_server[name].append(run)
-                print(f"  {endpoint.label:24} {name:5} {describe(run)}", flush=True)
-        results[endpoint.key] = per_server
+            load.wrk.run(load.read_job(server, endpoint, load.options.warmup))
+        job_for = partial(load.read_job, endpoint=endpoint, seconds=load.options.seconds)
+        results[endpoint.key] = alternating(load, servers, endpoint.label, job_for)
     return results
 
 
 def logins(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResult]]:
-    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
-    for _ in range(load.options.runs):
-        for name, server in servers.items():
-            run = load.wrk.run(load.login_job(server, load.options.seconds))
-            results[name].append(run)
-            print(f"  {'POST /auth/login':24} {name:5} {describe(run)}", flush=True)
-    return results
+    job_for = partial(load.login_job, seconds=load.options.seconds)
+    return alternating(load, servers, "POST /auth/login", job_for)
 
 
 def refresh_available(app: Server) -> bool:
@@ -208,27 +221,24 @@ def refreshes(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResul
         f"username={urllib.parse.quote(ADMIN_EMAIL, safe='')}"
         f"&password={urllib.parse.quote(USER_PASSWORD, safe='')}"
     )
-    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
-    for _ in range(load.options.runs):
-        for name, server in servers.items():
-            # Fresh tokens every run: the previous run retired the ones it used.
-            tokens = [
-                str(login(server, f"user{number}@bench.example", USER_PASSWORD)["refresh_token"])
-                for number in range(1, connections + 1)
-            ]
-            tokens_file.write_text("\n".join(tokens) + "\n")
-            job = Job(
-                url=server.url,
-                script="refresh.lua",
-                seconds=load.options.seconds,
-                connections=connections,
-                threads=connections,  # one connection per thread: see bench/lua/refresh.lua
-                args=(str(tokens_file), fallback_login),
-            )
-            run = load.wrk.run(job)
-            results[name].append(run)
-            print(f"  {'POST /auth/refresh':24} {name:5} {describe(run)}", flush=True)
-    return results
+
+    def job_for(server: Server) -> Job:
+        # Fresh tokens every run: the previous run retired the ones it used.
+        tokens = [
+            str(login(server, f"user{number}@bench.example", USER_PASSWORD)["refresh_token"])
+            for number in range(1, connections + 1)
+        ]
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        return Job(
+            url=server.url,
+            script="refresh.lua",
+            seconds=load.options.seconds,
+            connections=connections,
+            threads=connections,  # one connection per thread: see bench/lua/refresh.lua
+            args=(str(tokens_file), fallback_login),
+        )
+
+    return alternating(load, servers, "POST /auth/refresh", job_for)
 
 
 @dataclass
