@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 from bench import database, profiling, report, scenarios
 from bench.harness import RESULTS_DIR, WORK_DIR, Cores, Run, entry_point
-from bench.scenarios import READS, Load, Options
+from bench.scenarios import READS, READS_BY_KEY, Load, Options
 from bench.servers import APP, BARE, Server, login, server_env, start_server
 from bench.wrk import Wrk, ensure_wrk
 
@@ -38,6 +38,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32, help="for reads (default 32)")
     parser.add_argument("--login-connections", type=int, default=4)
     parser.add_argument("--refresh-connections", type=int, default=8)
+    parser.add_argument(
+        "--storm-reads",
+        choices=READS_BY_KEY,
+        default="by_id",
+        help="the endpoint the login storm's readers hit (default by_id: GET /users/{id})",
+    )
+    parser.add_argument(
+        "--storm-login-connections",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="one login storm per number of login connections, e.g. 8 22 32 "
+        "(default: --login-connections)",
+    )
     parser.add_argument("--bcrypt-rounds", type=int, default=12)
     parser.add_argument(
         "--hash-concurrency",
@@ -72,6 +86,8 @@ def options_from(args: argparse.Namespace) -> Options:
         connections=args.connections,
         login_connections=args.login_connections,
         refresh_connections=args.refresh_connections,
+        storm_reads=READS_BY_KEY[args.storm_reads],
+        storm_login_connections=tuple(args.storm_login_connections or [args.login_connections]),
         bcrypt_rounds=args.bcrypt_rounds,
         hash_concurrency=args.hash_concurrency,
         hash_queue_limit=args.hash_queue_limit,

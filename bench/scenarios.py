@@ -49,6 +49,7 @@ READS = (
     Endpoint("health", "GET /health", "/health", "static.lua"),
 )
 BY_ID = READS[1]
+READS_BY_KEY = {endpoint.key: endpoint for endpoint in READS}
 # The four read endpoints in turn: the memory phase's traffic.
 MIXED = Endpoint("mixed", "mixed reads", "", "mixed.lua")
 
@@ -62,6 +63,9 @@ class Options:
     connections: int
     login_connections: int
     refresh_connections: int
+    # The login storm: its readers' endpoint, and its login connections, one storm each.
+    storm_reads: Endpoint
+    storm_login_connections: tuple[int, ...]
     bcrypt_rounds: int
     hash_concurrency: int
     hash_queue_limit: int
@@ -90,12 +94,12 @@ class Load:
             seconds=seconds,
         )
 
-    def login_job(self, server: Server, seconds: int) -> Job:
+    def login_job(self, server: Server, seconds: int, connections: int) -> Job:
         return Job(
             url=server.url,
             script="login.lua",
             seconds=seconds,
-            connections=self.options.login_connections,
+            connections=connections,
             args=(str(self.options.users), urllib.parse.quote(USER_PASSWORD, safe="")),
         )
 
@@ -199,8 +203,13 @@ def reads(load: Load, servers: dict[str, Server], endpoints: tuple[Endpoint, ...
 
 
 def logins(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResult]]:
-    job_for = partial(load.login_job, seconds=load.options.seconds)
-    return alternating(load, servers, "POST /auth/login", job_for)
+    options = load.options
+    return alternating(
+        load,
+        servers,
+        "POST /auth/login",
+        lambda server: load.login_job(server, options.seconds, options.login_connections),
+    )
 
 
 def refresh_available(app: Server) -> bool:
@@ -242,30 +251,42 @@ def refreshes(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResul
 
 
 @dataclass
-class Storm:
-    quiet: list[WrkResult] = field(default_factory=list)
-    stormy: list[WrkResult] = field(default_factory=list)
+class StormLevel:
+    login_connections: int
+    reads: list[WrkResult] = field(default_factory=list)
     logins: list[WrkResult] = field(default_factory=list)
 
 
+@dataclass
+class Storm:
+    reads: Endpoint
+    quiet: list[WrkResult] = field(default_factory=list)
+    levels: list[StormLevel] = field(default_factory=list)
+
+
 def login_storm(load: Load, app: Server) -> Storm:
-    """GET /users/{id} alone, then again while 4 connections log in, `runs` times."""
+    """The storm's reads alone, then again while each number of connections logs in; `runs` times.
+
+    The logins start first and end last, so the whole read window is under storm.
+    """
     options = load.options
-    storm = Storm()
+    storm = Storm(reads=options.storm_reads)
+    storm.levels = [StormLevel(connections) for connections in options.storm_login_connections]
     for _ in range(options.runs):
-        quiet = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
-        # The logins start first and end last, so the whole read window is under storm.
-        login_job = load.login_job(app, options.seconds + 2)
-        with load.wrk.background(login_job) as login_process:
-            time.sleep(1)
-            stormy = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
-            logged_in = collect(login_process, login_job)
+        quiet = load.wrk.run(load.read_job(app, storm.reads, options.seconds))
         storm.quiet.append(quiet)
-        storm.stormy.append(stormy)
-        storm.logins.append(logged_in)
-        print(f"  {'storm: quiet reads':24} app   {describe(quiet)}", flush=True)
-        print(f"  {'storm: reads':24} app   {describe(stormy)}", flush=True)
-        print(f"  {'storm: logins':24} app   {describe(logged_in)}", flush=True)
+        print(f"  {'storm, quiet: ' + storm.reads.label:40} app   {describe(quiet)}", flush=True)
+        for level in storm.levels:
+            login_job = load.login_job(app, options.seconds + 2, level.login_connections)
+            with load.wrk.background(login_job) as login_process:
+                time.sleep(1)
+                reads = load.wrk.run(load.read_job(app, storm.reads, options.seconds))
+                logged_in = collect(login_process, login_job)
+            level.reads.append(reads)
+            level.logins.append(logged_in)
+            for what, run in ((storm.reads.label, reads), ("POST /auth/login", logged_in)):
+                label = f"storm, {level.login_connections} logging in: {what}"
+                print(f"  {label:40} app   {describe(run)}", flush=True)
     return storm
 
 
