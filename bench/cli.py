@@ -3,41 +3,16 @@
 import argparse
 import datetime
 import os
-import platform
-import secrets
-import shlex
-import signal
-import subprocess
-import sys
-import time
 from contextlib import ExitStack
-from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
-from types import FrameType
 
 from bench import database, profiling, report, scenarios
-from bench.scenarios import READS, Load, Options
-from bench.servers import APP, BARE, REPO, Server, login, start_server
+from bench.harness import RESULTS_DIR, WORK_DIR, Cores, Run, entry_point
+from bench.scenarios import READS, READS_BY_KEY, Load, Options
+from bench.servers import APP, BARE, Server, login, server_env, start_server
 from bench.wrk import Wrk, ensure_wrk
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-# Logs, raw profiles, token files and smoke results: ignored by git (.gitignore).
-WORK_DIR = BENCH_DIR / ".work"
-PACKAGES = (
-    "fastapi", "starlette", "pydantic", "sqlalchemy", "sqlmodel", "uvicorn", "uvloop",
-    "httptools", "asyncpg", "pyjwt", "pwdlib", "bcrypt", "orjson",
-)  # fmt: skip
 # Outlives the longest run, so no access token expires mid-measurement.
 ACCESS_TOKEN_MINUTES = 240
-
-
-@dataclass(frozen=True)
-class Cores:
-    server: int
-    load: int
-    all: str
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,6 +38,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32, help="for reads (default 32)")
     parser.add_argument("--login-connections", type=int, default=4)
     parser.add_argument("--refresh-connections", type=int, default=8)
+    parser.add_argument(
+        "--storm-reads",
+        choices=READS_BY_KEY,
+        default="by_id",
+        help="the endpoint the login storm's readers hit (default by_id: GET /users/{id})",
+    )
+    parser.add_argument(
+        "--storm-login-connections",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="one login storm per number of login connections, e.g. 8 22 32 "
+        "(default: --login-connections)",
+    )
     parser.add_argument("--bcrypt-rounds", type=int, default=12)
     parser.add_argument(
         "--hash-concurrency",
@@ -97,6 +86,8 @@ def options_from(args: argparse.Namespace) -> Options:
         connections=args.connections,
         login_connections=args.login_connections,
         refresh_connections=args.refresh_connections,
+        storm_reads=READS_BY_KEY[args.storm_reads],
+        storm_login_connections=tuple(args.storm_login_connections or [args.login_connections]),
         bcrypt_rounds=args.bcrypt_rounds,
         hash_concurrency=args.hash_concurrency,
         hash_queue_limit=args.hash_queue_limit,
@@ -108,121 +99,39 @@ def options_from(args: argparse.Namespace) -> Options:
     )
 
 
-def pick_cores() -> Cores:
-    available = sorted(os.sched_getaffinity(0))
-    # On one core everything shares it; the results then say so in the set-up line.
-    load = available[1] if len(available) > 1 else available[0]
-    return Cores(server=available[0], load=load, all=",".join(map(str, available)))
+def main() -> int:
+    return entry_point(run)
 
 
-def server_env(database_url: str, options: Options) -> dict[str, str]:
-    """The app's settings, the same for the bare server (which reads the ones it needs)."""
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        # One random key per bench run, shared by every server so a token works on all.
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "STAGE": "production",
-        "AUTO_MIGRATE": "false",  # the harness migrates once, before any server starts
-        "RATE_LIMIT_ENABLED": "false",
-        # The app's own line per request is its access log: off, like uvicorn's on both.
-        "LOG_LEVEL": "WARNING",
-        "BCRYPT_ROUNDS": str(options.bcrypt_rounds),
-        "HASH_CONCURRENCY": str(options.hash_concurrency),
-        "HASH_QUEUE_LIMIT": str(options.hash_queue_limit),
-        "DB_POOL_SIZE": str(options.db_pool_size),
-        "DB_MAX_OVERFLOW": str(options.db_max_overflow),
-        "ACCESS_TOKEN_EXPIRE_MINUTES": str(ACCESS_TOKEN_MINUTES),
-    }
-
-
-def machine_info(wrk_binary: str, postgres_version: str) -> list[tuple[str, str]]:
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    # --all: the harness has pinned itself to one core by now, which plain nproc reports.
-    nproc = subprocess.run(["nproc", "--all"], capture_output=True, text=True, check=True)
-    # Read-only git calls; --no-optional-locks keeps status from refreshing the index.
-    commit = git("rev-parse", "HEAD")
-    dirty = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-    wrk_version = subprocess.run([wrk_binary, "-v"], capture_output=True, text=True).stdout
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
-    return [
-        ("git commit", f"{commit}" + (" (with uncommitted changes)" if dirty else "")),
-        ("machine", f"nproc {nproc.stdout.strip()}, {cpu_model}, Linux {platform.release()}"),
-        ("software", f"Python {platform.python_version()}, PostgreSQL {postgres_version}, "
-                     f"{wrk_version.split(' Copyright')[0].strip()}"),
-        ("packages", versions),
-    ]  # fmt: skip
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
-def git(*args: str) -> str:
-    completed = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-    return completed.stdout.strip() if completed.returncode == 0 else "unknown"
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (CI cancelling, `kill`) unwinds like Ctrl-C, so every server is stopped."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> int:
     args = parse_args(argv)
-    stop_on_sigterm()
-    try:
-        run(args, argv)
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped, no results written", file=sys.stderr)
-        return 130
-    return 0
-
-
-def run(args: argparse.Namespace, argv: list[str]) -> None:
-    started = time.monotonic()
-    load_at_start = load_average()
     options = options_from(args)
-    cores = pick_cores()
-    # The harness itself stays off the servers' core too.
-    os.sched_setaffinity(0, {cores.load})
-    WORK_DIR.mkdir(exist_ok=True)
+    bench_run = Run("bench", argv)
+    cores = bench_run.cores
     wrk = Wrk(ensure_wrk(), cores.load)
-
-    print("preparing PostgreSQL", flush=True)
-    database_url = database.provision()
-    env = server_env(database_url, options)
-    database.migrate(env, WORK_DIR)
-    hashed_password = database.password_hash(options.bcrypt_rounds)
-    postgres_version = database.seed(database_url, options.users, hashed_password)
-    print(f"seeded {options.users} users", flush=True)
+    seeded = database.create("bench", options.users, options.bcrypt_rounds)
+    env = server_env(
+        seeded.url,
+        BCRYPT_ROUNDS=options.bcrypt_rounds,
+        HASH_CONCURRENCY=options.hash_concurrency,
+        HASH_QUEUE_LIMIT=options.hash_queue_limit,
+        DB_POOL_SIZE=options.db_pool_size,
+        DB_MAX_OVERFLOW=options.db_max_overflow,
+        ACCESS_TOKEN_EXPIRE_MINUTES=ACCESS_TOKEN_MINUTES,
+    )
     load = Load(wrk=wrk, options=options, work_dir=WORK_DIR)
-
+    wrk_version = wrk.version()
     today = datetime.date.today().isoformat()
-    command = "uv run --group bench python -m bench" + (" " + shlex.join(argv) if argv else "")
     if args.profile:
-        header = [f"Command: `{command}`", ""]
-        header += [
-            f"- {name}: {value}" for name, value in machine_info(wrk.binary, postgres_version)
-        ]
-        header.append(f"- load average (1 min) at the start: {load_at_start}")
-        profile_only(load, env, cores, RESULTS_DIR / f"{today}-profile.md", "\n".join(header))
-        return
+        profile = profile_only(load, env, cores)
+        machine = bench_run.machine(seeded.postgres_version, wrk_version)
+        title = f"Profile {today}"
+        lines = report.heading(title, bench_run.command, machine)
+        report.save(RESULTS_DIR / f"{today}-profile.md", "\n".join(lines) + "\n\n" + profile)
+        return 0
 
     verify_seconds = scenarios.measure_verify_seconds(
-        hashed_password, options.bcrypt_rounds, options.verify_samples
+        seeded.hashed_password, options.bcrypt_rounds, options.verify_samples
     )
     notes: list[str] = []
     with ExitStack() as stack:
@@ -259,12 +168,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
 
     results = report.Results(
         title=f"Benchmark {today}" + (" (smoke)" if args.smoke else ""),
-        command=command,
-        machine=[
-            *machine_info(wrk.binary, postgres_version),
-            # Anything else running shares the 2 cores: this says how busy they were.
-            ("load average (1 min)", f"{load_at_start} at the start, {load_average()} at the end"),
-        ],
+        command=bench_run.command,
+        machine=bench_run.machine(seeded.postgres_version, wrk_version),
         setup=setup_text(options, cores),
         options=options,
         verify_seconds=verify_seconds,
@@ -281,11 +186,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
         ),
         profile=profile,
         notes=notes,
+        elapsed_seconds=bench_run.elapsed_seconds,
     )
-    path = WORK_DIR / "smoke.md" if args.smoke else RESULTS_DIR / f"{today}.md"
-    results.elapsed_seconds = time.monotonic() - started
-    chart_path = report.write(results, path)
-    print(f"wrote {path} and {chart_path} in {results.elapsed_seconds:.0f} s", flush=True)
+    report.write(results, WORK_DIR / "smoke.md" if args.smoke else RESULTS_DIR / f"{today}.md")
+    return 0
 
 
 def started_server(
@@ -308,14 +212,12 @@ def setup_text(options: Options, cores: Cores) -> str:
     )
 
 
-def profile_only(load: Load, env: dict[str, str], cores: Cores, path: Path, header: str) -> None:
+def profile_only(load: Load, env: dict[str, str], cores: Cores) -> str:
+    """The app alone under GET /users/{id}, sampled with py-spy; the profile in Markdown."""
     with ExitStack() as stack:
         app = started_server(stack, "app", APP, env, str(cores.server), 1)
         load.token = str(login(app, database.ADMIN_EMAIL, database.USER_PASSWORD)["access_token"])
         print(f"profiling GET /users/{{id}} for {load.options.profile_seconds} s", flush=True)
-        profile = profiling.record(load, app, load.options.profile_seconds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    title = f"# Profile {path.stem.removesuffix('-profile')}"
-    path.write_text(f"{title}\n\n{header}\n\n{profiling.markdown(profile)}")
-    print(profiling.markdown(profile))
-    print(f"wrote {path}", flush=True)
+        profile = profiling.markdown(profiling.record(load, app, load.options.profile_seconds))
+    print(profile)
+    return profile

@@ -11,19 +11,18 @@ round and the change's median ratio to the base.
 """
 
 import argparse
-import os
-import secrets
 import statistics
 import subprocess
+from functools import partial
 from pathlib import Path
 
+from bench import database
 from bench.database import ADMIN_EMAIL, USER_PASSWORD
-from bench.list_latency import provision_and_seed
-from bench.scenarios import READS, Endpoint
-from bench.servers import REPO, Server, login, start_server
-from bench.wrk import Job, Wrk, ensure_wrk
+from bench.harness import REPO, WORK_DIR
+from bench.scenarios import READS
+from bench.servers import APP, Server, login, server_env, start_server
+from bench.wrk import Wrk, ensure_wrk
 
-WORK_DIR = REPO / "bench" / ".work"
 WARMUP_SECONDS = 3
 
 
@@ -37,19 +36,6 @@ def checkout(revision: str) -> Path:
     return path
 
 
-def job_for(
-    server: Server, endpoint: Endpoint, token: str, args: argparse.Namespace, seconds: int
-) -> Job:
-    return Job(
-        url=server.url + endpoint.path,
-        script=endpoint.script,
-        seconds=seconds,
-        connections=args.connections,
-        headers=(f"Authorization: Bearer {token}",),
-        args=(str(args.users),),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="the git revision to compare against, e.g. HEAD~1")
@@ -61,37 +47,24 @@ def main() -> None:
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     base_dir = checkout(args.base)
-    url = provision_and_seed(args.users, database="bench_compare")
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "STAGE": "production",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "RATE_LIMIT_ENABLED": "false",
-        "AUTO_MIGRATE": "false",
-        "LOG_LEVEL": "WARNING",
-    }
+    # Only reads are compared: the cheapest bcrypt cost keeps the one login quick.
+    env = server_env(database.create("bench_compare", args.users, bcrypt_rounds=4).url)
     wrk = Wrk(binary=ensure_wrk(), core=1)
     servers: dict[str, Server] = {}
     try:
         for name, app_dir in (("base", base_dir), ("change", REPO)):
             servers[name] = start_server(
-                name,
-                "backend.main:app",
-                env=env,
-                cores="0",
-                workers=1,
-                work_dir=WORK_DIR,
-                app_dir=app_dir,
+                name, APP, env=env, cores="0", workers=1, work_dir=WORK_DIR, app_dir=app_dir
             )
         token = login(servers["change"], ADMIN_EMAIL, USER_PASSWORD)["access_token"]
         for endpoint in READS[:3]:
+            job = partial(endpoint.job, token=token, users=args.users, connections=args.connections)
             for server in servers.values():  # fill the pools; this run is not counted
-                wrk.run(job_for(server, endpoint, token, args, WARMUP_SECONDS))
+                wrk.run(job(server, seconds=WARMUP_SECONDS))
             rates: dict[str, list[float]] = {"base": [], "change": []}
             for _ in range(args.rounds):
                 for name, server in servers.items():
-                    result = wrk.run(job_for(server, endpoint, token, args, args.seconds))
+                    result = wrk.run(job(server, seconds=args.seconds))
                     if result.failed:
                         raise RuntimeError(f"{name} {endpoint.label}: {result.errors}")
                     rates[name].append(result.rps)

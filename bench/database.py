@@ -1,23 +1,30 @@
-"""The bench's PostgreSQL database: the local cluster, its own role and database, seed users."""
+"""The bench's PostgreSQL: the local cluster, the bench role, new migrated and seeded databases."""
 
 import asyncio
+import random
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from bench.harness import WORK_DIR
+from bench.servers import server_env
+
 CLUSTER_VERSION = "15"
 CLUSTER_NAME = "main"
 # Dedicated names, so the bench never touches a database that tests or developers use.
 ROLE = "bench"
-DATABASE = "bench"
 PASSWORD = "bench"  # noqa: S105  (a local-only role on a loopback-only cluster)
 READY_TIMEOUT_SECONDS = 30
+COLUMNS = [
+    "id", "email", "name", "hashed_password", "role", "is_active", "token_version",
+    "created_at", "updated_at",
+]  # fmt: skip
 
 ADMIN_EMAIL = "user1@bench.example"
 # Every seeded user has this password (one bcrypt hash, computed once, shared by all rows).
@@ -53,12 +60,12 @@ def psql_as_postgres(sql: str, port: int) -> None:
     )
 
 
-def provision() -> str:
-    """Start the cluster if it is down, create the bench role and a new, empty bench database.
+def provision(database: str) -> str:
+    """Start the cluster if it is down, create the bench role and a new, empty `database`.
 
     The database is made anew each run: one migrated by another checkout (a branch with
-    a newer migration) would be at a revision this code cannot migrate from. Returns the
-    DATABASE_URL. Needs root, as in CI, for `su postgres`.
+    a newer migration) would be at a revision this code cannot migrate from. Returns its
+    URL. Needs root, as in CI, for `su postgres`.
     """
     found = cluster()
     if found.status != "online":
@@ -78,35 +85,44 @@ def provision() -> str:
         SELECT 'CREATE ROLE {ROLE} LOGIN'
         WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') \\gexec
         ALTER ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}';
-        DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE);
-        CREATE DATABASE {DATABASE} OWNER {ROLE};
+        DROP DATABASE IF EXISTS {database} WITH (FORCE);
+        CREATE DATABASE {database} OWNER {ROLE};
         """,
         found.port,
     )
-    return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{found.port}/{DATABASE}"
+    return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{found.port}/{database}"
 
 
-def migrate(env: dict[str, str], cwd: Path) -> None:
-    """Create the schema the way the project does: `backend migrate` (Alembic)."""
+@dataclass(frozen=True)
+class Seeded:
+    url: str
+    hashed_password: str
+    postgres_version: str
+
+
+def create(database: str, users: int, bcrypt_rounds: int) -> Seeded:
+    """A new database of that name, migrated, with `users` seeded users (see `seed`)."""
+    print(f"preparing PostgreSQL database {database}", flush=True)
+    url = provision(database)
     # The console script sits beside this venv's python (not resolved: that is a symlink).
     backend = Path(sys.executable).parent / "backend"
-    subprocess.run([str(backend), "migrate"], env=env, cwd=cwd, check=True)
+    # The schema the way the project makes it, run where a developer's .env is not read.
+    subprocess.run([str(backend), "migrate"], env=server_env(url), cwd=WORK_DIR, check=True)
+    hashed_password = BcryptHasher(rounds=bcrypt_rounds).hash(USER_PASSWORD)
+    postgres_version = asyncio.run(seed(url, users, hashed_password))
+    print(f"seeded {users:,} users", flush=True)
+    return Seeded(url, hashed_password, postgres_version)
 
 
-def password_hash(rounds: int) -> str:
-    return BcryptHasher(rounds=rounds).hash(USER_PASSWORD)
+async def seed(url: str, users: int, hashed_password: str) -> str:
+    """user1 is the admin, the rest plain users; returns the server's version.
 
-
-def seed(database_url: str, users: int, hashed_password: str) -> str:
-    """Fill the new database's users table: user1 is the admin, the rest plain users.
-
-    Returns the server's version, for the results file.
+    One sign-up a second, in an order unrelated to the names: "user1..." are not all the
+    oldest accounts, as in real data, so sorting by created_at is not sorting by id.
     """
-    return asyncio.run(_seed(database_url, users, hashed_password))
-
-
-async def _seed(database_url: str, users: int, hashed_password: str) -> str:
-    now = datetime.now(UTC)
+    start = datetime.now(UTC) - timedelta(seconds=users)
+    seconds = list(range(users))
+    random.Random(42).shuffle(seconds)
     records = (
         (
             number,
@@ -116,34 +132,21 @@ async def _seed(database_url: str, users: int, hashed_password: str) -> str:
             "admin" if number == 1 else "user",
             True,
             0,
-            now,
-            now,
+            start + timedelta(seconds=second),
+            start + timedelta(seconds=second),
         )
-        for number in range(1, users + 1)
+        for number, second in zip(range(1, users + 1), seconds, strict=True)
     )
-    connection = await asyncpg.connect(database_url)
+    connection = await asyncpg.connect(url)
     try:
         async with connection.transaction():
-            await connection.copy_records_to_table(
-                "users",
-                records=records,
-                columns=[
-                    "id",
-                    "email",
-                    "name",
-                    "hashed_password",
-                    "role",
-                    "is_active",
-                    "token_version",
-                    "created_at",
-                    "updated_at",
-                ],
-            )
+            await connection.copy_records_to_table("users", records=records, columns=COLUMNS)
             # The ids were given explicitly: move the sequence past them for later inserts.
             await connection.execute(
                 "SELECT setval(pg_get_serial_sequence('users', 'id'), $1)", users
             )
-        await connection.execute("ANALYZE users")
+        # VACUUM too: the visibility map a live table's autovacuum keeps, for index-only scans.
+        await connection.execute("VACUUM ANALYZE users")
         version: str = await connection.fetchval("SHOW server_version")
         return version
     finally:

@@ -8,8 +8,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.harness import REPO
 from bench.scenarios import BY_ID, Load
-from bench.servers import REPO, Server
+from bench.servers import Server
 from bench.wrk import collect
 
 SAMPLES_PER_SECOND = 100

@@ -1,7 +1,7 @@
-"""The results file (Markdown) and its chart (PNG, matplotlib's Agg backend)."""
+"""The results files (Markdown) and the harness's chart (PNG, matplotlib's Agg backend)."""
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no display in CI; must precede pyplot's import
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from bench.harness import REPO
 from bench.profiling import Profile, markdown
 from bench.scenarios import READS, Memory, Options, Runs, Storm
 from bench.wrk import WrkResult
@@ -26,6 +27,39 @@ LABELS = {endpoint.key: endpoint.label for endpoint in READS} | {
     "login": "POST /auth/login",
     "refresh": "POST /auth/refresh",
 }
+
+
+def heading(title: str, command: str, machine: list[tuple[str, str]]) -> list[str]:
+    """The top of every results file: what was run, on what, when it was how busy."""
+    return [f"# {title}", "", f"Command: `{command}`", ""] + [
+        f"- {name}: {value}" for name, value in machine
+    ]
+
+
+def table(headings: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> list[str]:
+    """A Markdown table; `align` holds an l or r per column, left by default."""
+    rule = "|" + "".join(
+        " ---: |" if side == "r" else " --- |" for side in align or "l" * len(headings)
+    )
+    return [table_row(headings), rule, *(table_row(cells) for cells in rows)]
+
+
+def table_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def save(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path.relative_to(REPO)}", flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def megabytes(kib: int) -> float:
+    return kib * 1024 / 1e6
 
 
 @dataclass
@@ -65,48 +99,55 @@ def failed(runs: list[WrkResult]) -> int:
     return sum(run.failed for run in runs)
 
 
-def megabytes(kib: int) -> float:
-    return kib * 1024 / 1e6
-
-
 def refused_share(runs: list[WrkResult]) -> float:
     answered = sum(run.requests for run in runs)
     return sum(run.counters.get("status_503", 0) for run in runs) / answered if answered else 0.0
 
 
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "**FAIL**"
-
-
 def targets(results: Results) -> list[str]:
-    rows = ["| target | measured | |", "| --- | --- | --- |"]
+    rows = []
     for endpoint in READS:
         if endpoint.target_ratio is None:
             continue
         runs = results.reads[endpoint.key]
         ratio = rps(runs["app"]) / rps(runs["bare"])
         target = f"{endpoint.label} >= {endpoint.target_ratio:.2f}x bare"
-        rows.append(f"| {target} | {ratio:.2f}x | {verdict(ratio >= endpoint.target_ratio)} |")
+        rows.append((target, f"{ratio:.2f}x", verdict(ratio >= endpoint.target_ratio)))
     worst = max(READS, key=lambda endpoint: p99(results.reads[endpoint.key]["app"]))
     worst_p99 = p99(results.reads[worst.key]["app"])
     rows.append(
-        f"| app read p99 <= {P99_TARGET_MS} ms (1 worker) | worst {worst_p99:.1f} ms "
-        f"({worst.label}) | {verdict(worst_p99 <= P99_TARGET_MS)} |"
+        (
+            f"app read p99 <= {P99_TARGET_MS} ms (1 worker)",
+            f"worst {worst_p99:.1f} ms ({worst.label})",
+            verdict(worst_p99 <= P99_TARGET_MS),
+        )
     )
-    share = rps(results.storm.stormy) / rps(results.storm.quiet)
-    rows.append(
-        f"| login storm keeps >= {STORM_SHARE_TARGET:.0%} of quiet GET /users/{{id}} | "
-        f"{share:.0%} | {verdict(share >= STORM_SHARE_TARGET)} |"
-    )
-    storm_p99 = p99(results.storm.stormy)
-    rows.append(
-        f"| GET /users/{{id}} p99 during the storm < {STORM_P99_TARGET_MS} ms | "
-        f"{storm_p99:.1f} ms | {verdict(storm_p99 < STORM_P99_TARGET_MS)} |"
-    )
+    storm = results.storm
+    for level in storm.levels:
+        share = rps(level.reads) / rps(storm.quiet)
+        storm_p99 = p99(level.reads)
+        answered = sum(run.requests for run in level.reads) > 0
+        rows += [
+            (
+                f"{level.login_connections} login connections keep >= {STORM_SHARE_TARGET:.0%} "
+                f"of quiet {storm.reads.label}",
+                f"{share:.0%}",
+                verdict(share >= STORM_SHARE_TARGET),
+            ),
+            (
+                f"{storm.reads.label} p99 during {level.login_connections} login connections "
+                f"< {STORM_P99_TARGET_MS} ms",
+                f"{storm_p99:.1f} ms" if answered else "no read answered",
+                verdict(answered and storm_p99 < STORM_P99_TARGET_MS),
+            ),
+        ]
     idle = megabytes(results.memory.idle_kib)
     rows.append(
-        f"| idle RSS <= {IDLE_RSS_TARGET_MB} MB | {idle:.1f} MB | "
-        f"{verdict(idle <= IDLE_RSS_TARGET_MB)} |"
+        (
+            f"idle RSS <= {IDLE_RSS_TARGET_MB} MB",
+            f"{idle:.1f} MB",
+            verdict(idle <= IDLE_RSS_TARGET_MB),
+        )
     )
     (first_requests, first_kib), (last_requests, last_kib) = (
         results.memory.checkpoints[0],
@@ -114,45 +155,43 @@ def targets(results: Results) -> list[str]:
     )
     growth = last_kib / first_kib - 1
     rows.append(
-        f"| RSS after {last_requests:,} requests within {RSS_GROWTH_TARGET:.0%} of RSS after "
-        f"{first_requests:,} | {growth:+.1%} | {verdict(abs(growth) <= RSS_GROWTH_TARGET)} |"
+        (
+            f"RSS after {last_requests:,} requests within {RSS_GROWTH_TARGET:.0%} of RSS after "
+            f"{first_requests:,}",
+            f"{growth:+.1%}",
+            verdict(abs(growth) <= RSS_GROWTH_TARGET),
+        )
     )
-    return rows
+    return table(("target", "measured", ""), rows)
 
 
 def runs_table(runs: Runs, *, show_refused: bool = False) -> list[str]:
-    header = "| endpoint | server | req/s per run | req/s | p50 ms | p99 ms | failed |"
-    header += " 503 share |" if show_refused else ""
-    header += " app/bare |"
-    columns = header.count("|") - 1
-    rows = [header, "| --- | --- |" + " ---: |" * (columns - 2)]
+    headings = ["endpoint", "server", "req/s per run", "req/s", "p50 ms", "p99 ms", "failed"]
+    headings += ["503 share"] if show_refused else []
+    headings += ["app/bare"]
+    rows = []
     for key, per_server in runs.items():
         ratio = rps(per_server["app"]) / rps(per_server["bare"]) if "bare" in per_server else None
         for name, server_runs in per_server.items():
-            per_run = ", ".join(f"{run.rps:.0f}" for run in server_runs)
-            row = f"| {LABELS[key]} | {name} | {per_run} | {rps(server_runs):.1f} |"
-            row += f" {p50(server_runs):.2f} | {p99(server_runs):.2f} | {failed(server_runs)} |"
-            if show_refused:
-                row += f" {refused_share(server_runs):.1%} |"
-            row += f" {ratio:.2f}x |" if name == "app" and ratio is not None else " |"
+            row = [LABELS[key], name, ", ".join(f"{run.rps:.0f}" for run in server_runs)]
+            row += [f"{rps(server_runs):.1f}", f"{p50(server_runs):.2f}"]
+            row += [f"{p99(server_runs):.2f}", failed(server_runs)]
+            row += [f"{refused_share(server_runs):.1%}"] if show_refused else []
+            row += [f"{ratio:.2f}x" if name == "app" and ratio is not None else ""]
             rows.append(row)
-    return rows
+    return table(headings, rows, "ll" + "r" * (len(headings) - 2))
 
 
-def write(results: Results, markdown_path: Path) -> Path:
-    """Write the Markdown results and the chart beside it; returns the chart's path."""
+def write(results: Results, markdown_path: Path) -> None:
+    """Write the Markdown results and the chart beside it."""
     chart_path = markdown_path.with_suffix(".png")
-    markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(render(results, chart_path.name))
     chart(results, chart_path)
-    return chart_path
+    save(markdown_path, render(results, chart_path.name))
 
 
 def render(results: Results, chart_name: str) -> str:
     options = results.options
-    lines = [f"# {results.title}", ""]
-    lines += [f"Command: `{results.command}`", ""]
-    lines += [f"- {name}: {value}" for name, value in results.machine]
+    lines = heading(results.title, results.command, results.machine)
     lines += ["", results.setup, "", f"![chart]({chart_name})", "", "## Targets", ""]
     lines += targets(results)
     lines += [
@@ -197,72 +236,85 @@ def render(results: Results, chart_name: str) -> str:
 def storm_section(results: Results) -> list[str]:
     options, storm = results.options, results.storm
     bound = options.hash_concurrency / results.verify_seconds
-    logins = storm.logins
-    share = rps(storm.stormy) / rps(storm.quiet)
-    return [
+    counts = ", ".join(str(level.login_connections) for level in storm.levels)
+    rows = [storm_row(f"{storm.reads.label}, quiet", storm.quiet)]
+    for level in storm.levels:
+        during = f"during {level.login_connections} login connections"
+        rows += [
+            storm_row(f"{storm.reads.label}, {during}", level.reads),
+            storm_row(f"POST /auth/login, {during}", level.logins),
+        ]
+    lines = [
         "",
         "## Login storm",
         "",
-        f"GET /users/{{id}} at {options.connections} connections alone, then while a second "
-        f"wrk logs in with {options.login_connections} connections (both wrk on the load "
-        f"core), {options.runs} times. HASH_CONCURRENCY={options.hash_concurrency}, "
+        f"{storm.reads.label} at {options.connections} connections alone, then while a second "
+        f"wrk logs in with each of {counts} connections (both wrk on the load core), "
+        f"{options.runs} times. HASH_CONCURRENCY={options.hash_concurrency}, "
         f"HASH_QUEUE_LIMIT={options.hash_queue_limit}.",
         "",
-        "| load | req/s per run | req/s | p50 ms | p99 ms | failed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        storm_row("GET /users/{id}, quiet", storm.quiet),
-        storm_row("GET /users/{id}, during logins", storm.stormy),
-        storm_row("POST /auth/login, during reads", logins),
+        *table(("load", "req/s per run", "req/s", "p50 ms", "p99 ms", "failed"), rows, "lrrrrr"),
         "",
-        f"Reads kept {share:.0%} of their quiet throughput. Logins: {rps(logins):.2f}/s, "
-        f"{refused_share(logins):.1%} refused with 503. Theoretical bound: HASH_CONCURRENCY / "
-        f"one verify's CPU time = {options.hash_concurrency} / "
-        f"{results.verify_seconds * 1000:.0f} ms = {bound:.2f} logins/s (verify measured in "
-        f"this run: pwdlib bcrypt, rounds {options.bcrypt_rounds}, median CPU time of "
-        f"{options.verify_samples}); reached {rps(logins) / bound:.0%} of it.",
+        f"Theoretical login bound: HASH_CONCURRENCY / one verify's CPU time = "
+        f"{options.hash_concurrency} / {results.verify_seconds * 1000:.0f} ms = {bound:.2f} "
+        f"logins/s (verify measured in this run: pwdlib bcrypt, rounds {options.bcrypt_rounds}, "
+        f"median CPU time of {options.verify_samples}).",
+        "",
+    ]
+    for level in storm.levels:
+        logins = level.logins
+        lines.append(
+            f"- {level.login_connections} login connections: reads kept "
+            f"{rps(level.reads) / rps(storm.quiet):.0%} of their quiet throughput; "
+            f"{rps(logins):.2f} logins/s, {rps(logins) / bound:.0%} of the bound, "
+            f"{refused_share(logins):.1%} refused with 503."
+        )
+    return lines
+
+
+def storm_row(label: str, runs: list[WrkResult]) -> list[object]:
+    per_run = ", ".join(f"{run.rps:.1f}" for run in runs)
+    return [
+        label,
+        per_run,
+        f"{rps(runs):.1f}",
+        f"{p50(runs):.2f}",
+        f"{p99(runs):.2f}",
+        failed(runs),
     ]
 
 
-def storm_row(label: str, runs: list[WrkResult]) -> str:
-    per_run = ", ".join(f"{run.rps:.1f}" for run in runs)
-    return (
-        f"| {label} | {per_run} | {rps(runs):.1f} | {p50(runs):.2f} | {p99(runs):.2f} | "
-        f"{failed(runs)} |"
-    )
-
-
 def memory_section(memory: Memory) -> list[str]:
-    lines = [
+    rows = [("idle after start-up", 0, f"{megabytes(memory.idle_kib):.1f}")]
+    rows += [
+        ("checkpoint", f"{requests:,}", f"{megabytes(kib):.1f}")
+        for requests, kib in memory.checkpoints
+    ]
+    return [
         "",
         "## Memory",
         "",
         "VmRSS of the app's one worker (/proc/PID/status), under mixed read traffic "
         "(list, by id, me, health in turn). Counts include the one login.",
         "",
-        "| point | requests served | VmRSS MB |",
-        "| --- | ---: | ---: |",
-        f"| idle after start-up | 0 | {megabytes(memory.idle_kib):.1f} |",
+        *table(("point", "requests served", "VmRSS MB"), rows, "lrr"),
     ]
-    for requests, kib in memory.checkpoints:
-        lines.append(f"| checkpoint | {requests:,} | {megabytes(kib):.1f} |")
-    return lines
 
 
 def two_workers_table(results: Results) -> list[str]:
-    rows = [
-        "| endpoint | app req/s | bare req/s | app/bare | app p99 ms | app 1 worker req/s "
-        "| app 2w/1w |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    headings = ("endpoint", "app req/s", "bare req/s", "app/bare", "app p99 ms")
+    headings += ("app 1 worker req/s", "app 2w/1w")
+    rows = []
     for endpoint in READS:
         two = results.reads_two_workers[endpoint.key]
-        one = results.reads[endpoint.key]["app"]
+        app, bare = rps(two["app"]), rps(two["bare"])
+        one = rps(results.reads[endpoint.key]["app"])
+        app_p99 = p99(two["app"])
         rows.append(
-            f"| {endpoint.label} | {rps(two['app']):.1f} | {rps(two['bare']):.1f} | "
-            f"{rps(two['app']) / rps(two['bare']):.2f}x | {p99(two['app']):.2f} | "
-            f"{rps(one):.1f} | {rps(two['app']) / rps(one):.2f}x |"
-        )
-    return rows
+            [endpoint.label, f"{app:.1f}", f"{bare:.1f}", f"{app / bare:.2f}x", f"{app_p99:.2f}",
+             f"{one:.1f}", f"{app / one:.2f}x"]
+        )  # fmt: skip
+    return table(headings, rows, "l" + "r" * 6)
 
 
 def chart(results: Results, path: Path) -> None:
@@ -295,7 +347,9 @@ def chart(results: Results, path: Path) -> None:
     )
 
     storm = axes[1][1]
-    phases = {"quiet": results.storm.quiet, "during logins": results.storm.stormy}
+    phases = {"quiet": results.storm.quiet} | {
+        f"{level.login_connections} logging in": level.reads for level in results.storm.levels
+    }
     bars = storm.bar(list(phases), [rps(runs) for runs in phases.values()], color=APP_COLOUR)
     storm.bar_label(
         bars,
@@ -303,9 +357,7 @@ def chart(results: Results, path: Path) -> None:
         fontsize=8,
     )
     storm.set_ylim(top=max(rps(runs) for runs in phases.values()) * 1.25)
-    storm.set_title(
-        f"Login storm: app GET /users/{{id}} ({rps(results.storm.logins):.1f} logins/s)"
-    )
+    storm.set_title(f"Login storm: app {results.storm.reads.label}, by login connections")
 
     memory = axes[1][2]
     points = {"idle": results.memory.idle_kib}

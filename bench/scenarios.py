@@ -4,7 +4,9 @@ import math
 import statistics
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pwdlib import PasswordHash
@@ -27,6 +29,16 @@ class Endpoint:
     # The app's throughput target as a share of the bare server's, where there is one.
     target_ratio: float | None = None
 
+    def job(self, server: Server, *, token: str, users: int, connections: int, seconds: int) -> Job:
+        return Job(
+            url=server.url + self.path,
+            script=self.script,
+            seconds=seconds,
+            connections=connections,
+            headers=(f"Authorization: Bearer {token}",),
+            args=(str(users),),
+        )
+
 
 READS = (
     Endpoint(
@@ -37,6 +49,7 @@ READS = (
     Endpoint("health", "GET /health", "/health", "static.lua"),
 )
 BY_ID = READS[1]
+READS_BY_KEY = {endpoint.key: endpoint for endpoint in READS}
 # The four read endpoints in turn: the memory phase's traffic.
 MIXED = Endpoint("mixed", "mixed reads", "", "mixed.lua")
 
@@ -50,6 +63,9 @@ class Options:
     connections: int
     login_connections: int
     refresh_connections: int
+    # The login storm: its readers' endpoint, and its login connections, one storm each.
+    storm_reads: Endpoint
+    storm_login_connections: tuple[int, ...]
     bcrypt_rounds: int
     hash_concurrency: int
     hash_queue_limit: int
@@ -70,21 +86,20 @@ class Load:
     token: str = ""
 
     def read_job(self, server: Server, endpoint: Endpoint, seconds: int) -> Job:
-        return Job(
-            url=server.url + endpoint.path,
-            script=endpoint.script,
-            seconds=seconds,
+        return endpoint.job(
+            server,
+            token=self.token,
+            users=self.options.users,
             connections=self.options.connections,
-            headers=(f"Authorization: Bearer {self.token}",),
-            args=(str(self.options.users),),
+            seconds=seconds,
         )
 
-    def login_job(self, server: Server, seconds: int) -> Job:
+    def login_job(self, server: Server, seconds: int, connections: int) -> Job:
         return Job(
             url=server.url,
             script="login.lua",
             seconds=seconds,
-            connections=self.options.login_connections,
+            connections=connections,
             args=(str(self.options.users), urllib.parse.quote(USER_PASSWORD, safe="")),
         )
 
@@ -163,31 +178,38 @@ def check_same_answers(app: Server, bare: Server, token: str) -> None:
         raise RuntimeError(f"app and bare logins differ:\n{app_login}\n{bare_login}")
 
 
+def alternating(
+    load: Load, servers: dict[str, Server], label: str, job_for: Callable[[Server], Job]
+) -> dict[str, list[WrkResult]]:
+    """`runs` runs per server, alternating app, bare, app, bare... so drift hits both alike."""
+    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
+    for _ in range(load.options.runs):
+        for name, server in servers.items():
+            run = load.wrk.run(job_for(server))
+            results[name].append(run)
+            print(f"  {label:24} {name:5} {describe(run)}", flush=True)
+    return results
+
+
 def reads(load: Load, servers: dict[str, Server], endpoints: tuple[Endpoint, ...]) -> Runs:
-    """Per endpoint: warm each server up, then runs alternating app, bare, app, bare..."""
-    options = load.options
+    """Per endpoint: warm each server up, then the alternating runs."""
     results: Runs = {}
     for endpoint in endpoints:
-        per_server: dict[str, list[WrkResult]] = {name: [] for name in servers}
         for server in servers.values():
-            load.wrk.run(load.read_job(server, endpoint, options.warmup))
-        for _ in range(options.runs):
-            for name, server in servers.items():
-                run = load.wrk.run(load.read_job(server, endpoint, options.seconds))
-                per_server[name].append(run)
-                print(f"  {endpoint.label:24} {name:5} {describe(run)}", flush=True)
-        results[endpoint.key] = per_server
+            load.wrk.run(load.read_job(server, endpoint, load.options.warmup))
+        job_for = partial(load.read_job, endpoint=endpoint, seconds=load.options.seconds)
+        results[endpoint.key] = alternating(load, servers, endpoint.label, job_for)
     return results
 
 
 def logins(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResult]]:
-    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
-    for _ in range(load.options.runs):
-        for name, server in servers.items():
-            run = load.wrk.run(load.login_job(server, load.options.seconds))
-            results[name].append(run)
-            print(f"  {'POST /auth/login':24} {name:5} {describe(run)}", flush=True)
-    return results
+    options = load.options
+    return alternating(
+        load,
+        servers,
+        "POST /auth/login",
+        lambda server: load.login_job(server, options.seconds, options.login_connections),
+    )
 
 
 def refresh_available(app: Server) -> bool:
@@ -208,54 +230,63 @@ def refreshes(load: Load, servers: dict[str, Server]) -> dict[str, list[WrkResul
         f"username={urllib.parse.quote(ADMIN_EMAIL, safe='')}"
         f"&password={urllib.parse.quote(USER_PASSWORD, safe='')}"
     )
-    results: dict[str, list[WrkResult]] = {name: [] for name in servers}
-    for _ in range(load.options.runs):
-        for name, server in servers.items():
-            # Fresh tokens every run: the previous run retired the ones it used.
-            tokens = [
-                str(login(server, f"user{number}@bench.example", USER_PASSWORD)["refresh_token"])
-                for number in range(1, connections + 1)
-            ]
-            tokens_file.write_text("\n".join(tokens) + "\n")
-            job = Job(
-                url=server.url,
-                script="refresh.lua",
-                seconds=load.options.seconds,
-                connections=connections,
-                threads=connections,  # one connection per thread: see bench/lua/refresh.lua
-                args=(str(tokens_file), fallback_login),
-            )
-            run = load.wrk.run(job)
-            results[name].append(run)
-            print(f"  {'POST /auth/refresh':24} {name:5} {describe(run)}", flush=True)
-    return results
+
+    def job_for(server: Server) -> Job:
+        # Fresh tokens every run: the previous run retired the ones it used.
+        tokens = [
+            str(login(server, f"user{number}@bench.example", USER_PASSWORD)["refresh_token"])
+            for number in range(1, connections + 1)
+        ]
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        return Job(
+            url=server.url,
+            script="refresh.lua",
+            seconds=load.options.seconds,
+            connections=connections,
+            threads=connections,  # one connection per thread: see bench/lua/refresh.lua
+            args=(str(tokens_file), fallback_login),
+        )
+
+    return alternating(load, servers, "POST /auth/refresh", job_for)
+
+
+@dataclass
+class StormLevel:
+    login_connections: int
+    reads: list[WrkResult] = field(default_factory=list)
+    logins: list[WrkResult] = field(default_factory=list)
 
 
 @dataclass
 class Storm:
+    reads: Endpoint
     quiet: list[WrkResult] = field(default_factory=list)
-    stormy: list[WrkResult] = field(default_factory=list)
-    logins: list[WrkResult] = field(default_factory=list)
+    levels: list[StormLevel] = field(default_factory=list)
 
 
 def login_storm(load: Load, app: Server) -> Storm:
-    """GET /users/{id} alone, then again while 4 connections log in, `runs` times."""
+    """The storm's reads alone, then again while each number of connections logs in; `runs` times.
+
+    The logins start first and end last, so the whole read window is under storm.
+    """
     options = load.options
-    storm = Storm()
+    storm = Storm(reads=options.storm_reads)
+    storm.levels = [StormLevel(connections) for connections in options.storm_login_connections]
     for _ in range(options.runs):
-        quiet = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
-        # The logins start first and end last, so the whole read window is under storm.
-        login_job = load.login_job(app, options.seconds + 2)
-        with load.wrk.background(login_job) as login_process:
-            time.sleep(1)
-            stormy = load.wrk.run(load.read_job(app, BY_ID, options.seconds))
-            logged_in = collect(login_process, login_job)
+        quiet = load.wrk.run(load.read_job(app, storm.reads, options.seconds))
         storm.quiet.append(quiet)
-        storm.stormy.append(stormy)
-        storm.logins.append(logged_in)
-        print(f"  {'storm: quiet reads':24} app   {describe(quiet)}", flush=True)
-        print(f"  {'storm: reads':24} app   {describe(stormy)}", flush=True)
-        print(f"  {'storm: logins':24} app   {describe(logged_in)}", flush=True)
+        print(f"  {'storm, quiet: ' + storm.reads.label:40} app   {describe(quiet)}", flush=True)
+        for level in storm.levels:
+            login_job = load.login_job(app, options.seconds + 2, level.login_connections)
+            with load.wrk.background(login_job) as login_process:
+                time.sleep(1)
+                reads = load.wrk.run(load.read_job(app, storm.reads, options.seconds))
+                logged_in = collect(login_process, login_job)
+            level.reads.append(reads)
+            level.logins.append(logged_in)
+            for what, run in ((storm.reads.label, reads), ("POST /auth/login", logged_in)):
+                label = f"storm, {level.login_connections} logging in: {what}"
+                print(f"  {label:40} app   {describe(run)}", flush=True)
     return storm
 
 

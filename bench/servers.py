@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,12 +15,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.harness import REPO
+
 APP = "backend.main:app"
 BARE = "bench.bare:app"
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10
 HTTP_TIMEOUT_SECONDS = 30
+
+
+def server_env(database_url: str, **settings: object) -> dict[str, str]:
+    """The app's settings, which the bare server reads too: production, no rate limit.
+
+    `settings` add to them or override them, e.g. BCRYPT_ROUNDS=8.
+    """
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        # Random per call: a bench run calls this once, so a token works on all its servers.
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "STAGE": "production",
+        "AUTO_MIGRATE": "false",  # the database is migrated once, before any server starts
+        "RATE_LIMIT_ENABLED": "false",
+        # The app's own line per request is its access log: off, like uvicorn's.
+        "LOG_LEVEL": "WARNING",
+        **{name: str(value) for name, value in settings.items()},
+    }
 
 
 def free_port() -> int:

@@ -15,13 +15,7 @@ import argparse
 import asyncio
 import itertools
 import math
-import os
-import platform
 import random
-import secrets
-import shlex
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,10 +26,10 @@ import httpx
 import orjson
 
 from bench import database
-from bench.cli import RESULTS_DIR, WORK_DIR, git, load_average, pick_cores, stop_on_sigterm
 from bench.database import ADMIN_EMAIL, USER_PASSWORD
-from bench.report import RSS_GROWTH_TARGET, megabytes, verdict
-from bench.servers import APP, REPO, login, rss_kib, start_server
+from bench.harness import RESULTS_DIR, WORK_DIR, Run, entry_point
+from bench.report import RSS_GROWTH_TARGET, heading, megabytes, save, table, verdict
+from bench.servers import APP, login, rss_kib, server_env, start_server
 
 DATABASE = "bench_soak"  # not `bench`: the main harness drops and recreates that one
 TARGET_SHARE = 0.70  # of the measured peak: busy, but with headroom, so queues stay short
@@ -370,43 +364,6 @@ async def drive(url: str, worker_pid: int, plan: Plan, admin_token: str) -> Outc
         )
 
 
-def provision_database() -> str:
-    """A new, empty bench_soak database, made as the harness makes its own; its URL."""
-    found = database.cluster()
-    if found.status != "online":
-        subprocess.run(
-            ["pg_ctlcluster", database.CLUSTER_VERSION, database.CLUSTER_NAME, "start"],
-            check=True,
-        )
-    database.psql_as_postgres(
-        f"""
-        SELECT 'CREATE ROLE {database.ROLE} LOGIN' WHERE NOT EXISTS
-            (SELECT FROM pg_roles WHERE rolname = '{database.ROLE}') \\gexec
-        ALTER ROLE {database.ROLE} LOGIN PASSWORD '{database.PASSWORD}';
-        DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE);
-        CREATE DATABASE {DATABASE} OWNER {database.ROLE};
-        """,
-        found.port,
-    )
-    return f"postgresql://{database.ROLE}:{database.PASSWORD}@127.0.0.1:{found.port}/{DATABASE}"
-
-
-def server_env(database_url: str, plan: Plan) -> dict[str, str]:
-    total_seconds = plan.warmup_seconds + plan.peak_seconds + plan.soak_seconds
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "STAGE": "production",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "RATE_LIMIT_ENABLED": "false",
-        "AUTO_MIGRATE": "false",
-        "BCRYPT_ROUNDS": str(BCRYPT_ROUNDS),
-        "LOG_LEVEL": "WARNING",
-        # The admin's one access token must outlive the run (clients refresh theirs).
-        "ACCESS_TOKEN_EXPIRE_MINUTES": str(math.ceil(total_seconds / 60) + 30),
-    }
-
-
 def percentile_ms(values: list[float], share: float) -> float:
     """Nearest-rank percentile in milliseconds; NaN when nothing was recorded."""
     if not values:
@@ -421,9 +378,7 @@ def rss_growth(outcome: Outcome) -> float:
     return rss[-1] / rss[0] - 1
 
 
-def report(
-    outcome: Outcome, plan: Plan, command: str, machine: list[tuple[str, str]], elapsed: float
-) -> str:
+def report(outcome: Outcome, plan: Plan, soak_run: Run, postgres_version: str) -> str:
     soak, peak = outcome.soak, outcome.peak
     unit = "5 s" if plan.ci else "minute"
     errors = sum(soak.errors.values()) + sum(peak.errors.values())
@@ -434,19 +389,48 @@ def report(
         f"{growth:+.1%} ({megabytes(rss[0]):.1f} MB at the end of the first {unit}, "
         f"{megabytes(rss[-1]):.1f} MB at the end)"
     )
+    verdicts = [
+        ("errors, peak and soak (must be 0)", errors, verdict(errors == 0)),
+        (
+            f"RSS growth after the first {unit} (< {RSS_GROWTH_TARGET:.0%})",
+            rss_text,
+            "reported, not judged: too short" if plan.ci else verdict(growth < RSS_GROWTH_TARGET),
+        ),
+        (
+            "achieved rate",
+            f"{achieved:.1f} req/s of {outcome.target_rate:.1f} targeted "
+            f"({achieved / outcome.target_rate:.1%})",
+            "",
+        ),
+    ]
+    intervals = [("start", "", "", "", "", "", "", f"{megabytes(outcome.rss_before_kib):.1f}")]
+    for index, latencies in enumerate(soak.latencies):
+        seconds = min(soak.interval_seconds, plan.soak_seconds - index * soak.interval_seconds)
+        intervals.append(
+            (index + 1, f"{len(latencies):,}", f"{len(latencies) / seconds:.1f}",
+             soak.interval_errors[index], f"{percentile_ms(latencies, 0.50):.1f}",
+             f"{percentile_ms(latencies, 0.99):.1f}", f"{soak.max_lag[index] * 1000:.0f}",
+             f"{megabytes(rss[index]):.1f}" if index < len(rss) else "")
+        )  # fmt: skip
+    operations = []
+    for operation in MIX:
+        values = soak.by_operation.get(operation, [])
+        operations.append(
+            (operation, f"{len(values):,}", f"{len(values) / max(soak.requests, 1):.1%}",
+             f"{percentile_ms(values, 0.50):.1f}", f"{percentile_ms(values, 0.99):.1f}",
+             soak.operation_errors[operation])
+        )  # fmt: skip
+    machine = soak_run.machine(postgres_version, f"httpx {httpx.__version__}")
+    title = f"Soak {date.today().isoformat()}" + (" (CI version)" if plan.ci else "")
     lines = [
-        f"# Soak {date.today().isoformat()}" + (" (CI version)" if plan.ci else ""),
-        "",
-        f"Command: `{command}`",
-        "",
-        *(f"- {name}: {value}" for name, value in machine),
+        *heading(title, soak_run.command, machine),
         "",
         f"Set-up: {plan.users:,} seeded users in the database `{DATABASE}`. The app "
-        f"(`{APP}`) as 1 uvicorn worker (uvloop, httptools, access log off) pinned to the "
-        "first core; the load generator (this script: asyncio, httpx, HTTP/1.1 keep-alive) "
-        f"pinned to the second; PostgreSQL not pinned. {CLIENTS} virtual clients on a pool "
-        f"of {CLIENTS} connections (idle ones closed after {KEEPALIVE_SECONDS:.0f} s), timeout "
-        f"{TIMEOUT_SECONDS:.0f} s, each sending one "
+        f"(`{APP}`) as 1 uvicorn worker (uvloop, httptools, access log off) pinned to core "
+        f"{soak_run.cores.server}; the load generator (this script: asyncio, httpx, HTTP/1.1 "
+        f"keep-alive) pinned to core {soak_run.cores.load}; PostgreSQL not pinned. {CLIENTS} "
+        f"virtual clients on a pool of {CLIENTS} connections (idle ones closed after "
+        f"{KEEPALIVE_SECONDS:.0f} s), timeout {TIMEOUT_SECONDS:.0f} s, each sending one "
         f"request at a time with its own newest tokens. BCRYPT_ROUNDS={BCRYPT_ROUNDS}, "
         "RATE_LIMIT_ENABLED=false, the app's defaults otherwise (HASH_CONCURRENCY=1 on 2 "
         "cores, HASH_QUEUE_LIMIT=32, DB pool 10+10).",
@@ -464,14 +448,7 @@ def report(
         "",
         "## Verdicts",
         "",
-        "| check | measured | |",
-        "| --- | --- | --- |",
-        f"| errors, peak and soak (must be 0) | {errors} | {verdict(errors == 0)} |",
-        f"| RSS growth after the first {unit} (< {RSS_GROWTH_TARGET:.0%}) | {rss_text} | "
-        + ("reported, not judged: too short" if plan.ci else verdict(growth < RSS_GROWTH_TARGET))
-        + " |",
-        f"| achieved rate | {achieved:.1f} req/s of {outcome.target_rate:.1f} targeted "
-        f"({achieved / outcome.target_rate:.1%}) | |",
+        *table(("check", "measured", ""), verdicts),
         "",
         "## Peak",
         "",
@@ -490,45 +467,36 @@ def report(
         "delayed request started against its schedule. RSS: VmRSS of the app worker at "
         "the end of the interval.",
         "",
-        f"| {unit} | requests | req/s | errors | p50 ms | p99 ms | max lag ms | RSS MB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| start | | | | | | | {megabytes(outcome.rss_before_kib):.1f} |",
-    ]
-    for index, latencies in enumerate(soak.latencies):
-        seconds = min(soak.interval_seconds, plan.soak_seconds - index * soak.interval_seconds)
-        rss_cell = f"{megabytes(rss[index]):.1f}" if index < len(rss) else ""
-        lines.append(
-            f"| {index + 1} | {len(latencies):,} | {len(latencies) / seconds:.1f} | "
-            f"{soak.interval_errors[index]} | {percentile_ms(latencies, 0.50):.1f} | "
-            f"{percentile_ms(latencies, 0.99):.1f} | {soak.max_lag[index] * 1000:.0f} | "
-            f"{rss_cell} |"
-        )
-    lines += [
+        *table(
+            (unit, "requests", "req/s", "errors", "p50 ms", "p99 ms", "max lag ms", "RSS MB"),
+            intervals,
+            "r" * 8,
+        ),
         "",
         "## By operation, whole soak",
         "",
-        "| operation | requests | share | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *table(
+            ("operation", "requests", "share", "p50 ms", "p99 ms", "errors"), operations, "lrrrrr"
+        ),
     ]
-    for operation in MIX:
-        values = soak.by_operation.get(operation, [])
-        lines.append(
-            f"| {operation} | {len(values):,} | {len(values) / max(soak.requests, 1):.1%} | "
-            f"{percentile_ms(values, 0.50):.1f} | {percentile_ms(values, 0.99):.1f} | "
-            f"{soak.operation_errors[operation]} |"
-        )
     if errors:
-        lines += ["", "## Errors", "", "| phase | request -> answer | count | first answer |"]
-        lines.append("| --- | --- | ---: | --- |")
-        for phase, tally in (("peak", peak), ("soak", soak)):
-            for kind, count in tally.errors.most_common():
-                answer = tally.first_answers[kind].replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {phase} | {kind} | {count} | `{answer}` |")
-    lines += ["", f"Elapsed: {elapsed:.0f} s in all (database set-up included)."]
+        error_rows = [
+            (
+                phase,
+                kind,
+                count,
+                "`" + tally.first_answers[kind].replace("|", "\\|").replace("\n", " ") + "`",
+            )
+            for phase, tally in (("peak", peak), ("soak", soak))
+            for kind, count in tally.errors.most_common()
+        ]
+        lines += ["", "## Errors", ""]
+        lines += table(("phase", "request -> answer", "count", "first answer"), error_rows, "llrl")
+    lines += ["", f"Elapsed: {soak_run.elapsed_seconds:.0f} s in all (database set-up included)."]
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> Plan:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
         description="Soak the app with a paced mixed workload (bench/README.md, Soak).",
@@ -548,93 +516,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--users must be at least 2: the admin and someone to edit")
     if (args.seconds if args.seconds is not None else args.minutes) < 1:
         parser.error("the soak must last at least 1 second or minute")
-    return args
-
-
-def plan_from(args: argparse.Namespace) -> Plan:
     if args.seconds is not None:
-        return Plan(
-            ci=True,
-            users=args.users,
-            soak_seconds=args.seconds,
-            interval_seconds=5,
-            warmup_seconds=1,
-            peak_seconds=3,
-        )
-    return Plan(
-        ci=False,
-        users=args.users,
-        soak_seconds=args.minutes * 60,
-        interval_seconds=60,
-        warmup_seconds=2,
-        peak_seconds=15,
-    )
+        return Plan(ci=True, users=args.users, soak_seconds=args.seconds, interval_seconds=5,
+                    warmup_seconds=1, peak_seconds=3)  # fmt: skip
+    return Plan(ci=False, users=args.users, soak_seconds=args.minutes * 60, interval_seconds=60,
+                warmup_seconds=2, peak_seconds=15)  # fmt: skip
 
 
 def run(argv: list[str]) -> int:
-    started = time.monotonic()
-    load_at_start = load_average()
-    plan = plan_from(parse_args(argv))
-    cores = pick_cores()
-    # The generator stays off the app's core, as wrk does in the harness.
-    os.sched_setaffinity(0, {cores.load})
-    WORK_DIR.mkdir(exist_ok=True)
-
-    print(f"preparing PostgreSQL database {DATABASE}", flush=True)
-    database_url = provision_database()
-    env = server_env(database_url, plan)
-    database.migrate(env, WORK_DIR)
-    hashed_password = database.password_hash(BCRYPT_ROUNDS)
-    postgres_version = database.seed(database_url, plan.users, hashed_password)
-    server = start_server(
-        "soak-app",
-        APP,
-        env=env,
-        cores=str(cores.server),
-        workers=1,
-        work_dir=WORK_DIR,
+    plan = parse_args(argv)
+    soak_run = Run("bench.soak", argv)
+    seeded = database.create(DATABASE, plan.users, BCRYPT_ROUNDS)
+    total_seconds = plan.warmup_seconds + plan.peak_seconds + plan.soak_seconds
+    env = server_env(
+        seeded.url,
+        BCRYPT_ROUNDS=BCRYPT_ROUNDS,
+        # The admin's one access token must outlive the run (clients refresh theirs).
+        ACCESS_TOKEN_EXPIRE_MINUTES=math.ceil(total_seconds / 60) + 30,
     )
+    cores = str(soak_run.cores.server)
+    server = start_server("soak-app", APP, env=env, cores=cores, workers=1, work_dir=WORK_DIR)
     try:
         admin_token = str(login(server, ADMIN_EMAIL, USER_PASSWORD)["access_token"])
         outcome = asyncio.run(drive(server.url, server.worker_pids()[0], plan, admin_token))
     finally:
         server.stop()
 
-    # Read-only git calls; --no-optional-locks keeps status from refreshing the index.
-    dirty = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-    machine = [
-        ("git commit", git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else "")),
-        ("machine", f"nproc {os.cpu_count()}, Linux {platform.release()}, app on core "
-                    f"{cores.server}, generator on core {cores.load}"),
-        ("software", f"Python {platform.python_version()}, PostgreSQL {postgres_version}, "
-                     f"httpx {httpx.__version__}"),
-        ("load average (1 min)", f"{load_at_start} at the start, {load_average()} at the end"),
-    ]  # fmt: skip
-    command = "uv run --group bench python -m bench.soak" + (" " + shlex.join(argv) if argv else "")
-    text = report(outcome, plan, command, machine, time.monotonic() - started)
-    path = (
-        WORK_DIR / "soak-smoke.md"
-        if plan.ci
-        else RESULTS_DIR / f"soak-{date.today().isoformat()}.md"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    text = report(outcome, plan, soak_run, seeded.postgres_version)
     print(text)
-    print(f"wrote {path.relative_to(REPO)}", flush=True)
-
+    today = date.today().isoformat()
+    save(WORK_DIR / "soak-smoke.md" if plan.ci else RESULTS_DIR / f"soak-{today}.md", text)
     errors = sum(outcome.soak.errors.values()) + sum(outcome.peak.errors.values())
     grew = not plan.ci and rss_growth(outcome) >= RSS_GROWTH_TARGET
     return 1 if errors or grew else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_sigterm()
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        print("interrupted: server stopped, no results written", file=sys.stderr)
-        return 130
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry_point(run))

@@ -72,6 +72,10 @@ class Wrk:
     binary: str
     core: int
 
+    def version(self) -> str:
+        printed = subprocess.run([self.binary, "-v"], capture_output=True, text=True).stdout
+        return printed.split(" Copyright")[0].strip()
+
     def command(self, job: Job) -> list[str]:
         if not job.url.startswith("http://127.0.0.1:"):
             raise ValueError(f"wrk only ever targets this machine, not {job.url}")
