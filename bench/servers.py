@@ -17,7 +17,8 @@ from typing import Any
 
 from bench.harness import REPO
 
-APP = "backend.main:app"
+# uvicorn arguments naming each server: the app is built by its factory.
+APP = "--factory backend.main:served_app"
 BARE = "bench.bare:app"
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10
@@ -101,11 +102,13 @@ def start_server(
     """
     port = free_port()
     log = work_dir / f"{name}-{workers}w.log"
-    command = ["taskset", "-c", cores, sys.executable, "-m", "uvicorn", target]
+    command = ["taskset", "-c", cores, sys.executable, "-m", "uvicorn", *target.split()]
     # app_dir first on sys.path: another checkout's code (bench/compare.py) wins over ours.
     command += ["--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--loop", "uvloop", "--http", "httptools"]
     command += ["--no-access-log", "--log-level", "warning"]
+    # Client addresses are the app's to work out (TRUSTED_PROXIES), never uvicorn's.
+    command += ["--no-proxy-headers"]
     with log.open("wb") as log_file:
         process = subprocess.Popen(
             command,
