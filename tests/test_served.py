@@ -1,7 +1,8 @@
 """The app as a server process, started both documented ways: `backend serve`, and plain
 `uvicorn --factory backend.main:served_app` with none of its flags (the careless way:
-uvicorn's access log and proxy headers on). Either way the logs hold no secret and the client
-cannot pick its rate-limit key with X-Forwarded-For."""
+uvicorn's access log and proxy headers on). Either way the logs hold no secret, the client
+cannot pick its rate-limit key with X-Forwarded-For, and a database that cannot be used
+stops start-up with one line."""
 
 import json
 import os
@@ -67,6 +68,9 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         pytest.fail(f"the server was not healthy after {START_SECONDS} s:\n{self.output()}")
+
+    def exit_code(self) -> int:
+        return self.process.wait(timeout=START_SECONDS)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -137,3 +141,26 @@ def test_rotating_x_forwarded_for_does_not_escape_the_limit(server: ServerProces
             for number in range(12)
         ]
     assert statuses == [401] * 10 + [429] * 2
+
+
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_an_unreachable_database_stops_start_up_with_one_line(how: str, tmp_path: Path) -> None:
+    unused_port = free_port()
+    server = ServerProcess(
+        how,
+        tmp_path,
+        DATABASE_URL=f"postgresql://user:Db-Secret-1@127.0.0.1:{unused_port}/app",
+        AUTO_MIGRATE="true",
+    )
+    try:
+        exit_code = server.exit_code()
+    finally:
+        server.stop()
+    output = server.output()
+    assert exit_code != 0, output
+    failures = [line for line in output.splitlines() if "DATABASE_URL" in line]
+    assert len(failures) == 1, output
+    assert f"cannot use the database at 127.0.0.1:{unused_port}/app" in failures[0]
+    assert "Traceback" not in output
+    assert "Db-Secret-1" not in output
+    assert len(output.splitlines()) <= 5, output
