@@ -201,7 +201,15 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, class_=Session, expire_on_commit=False)
 
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+def _find_alembic_dir() -> Path:
+    """The migrations: inside the package when installed from the wheel (pyproject.toml
+    puts them there), in the top-level alembic/ folder of a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "alembic"
+    return installed if (installed / "env.py").is_file() else package.parent / "alembic"
+
+
+ALEMBIC_DIR = _find_alembic_dir()
 # PostgreSQL-only indexes that the migrations create by hand (see their comments).
 UNMODELLED_INDEXES = frozenset({"ix_users_email_trgm", "ix_users_name_trgm"})
 
