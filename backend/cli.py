@@ -3,7 +3,7 @@
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
@@ -12,7 +12,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
 from backend.config import Settings, get_settings
-from backend.db import create_engine, create_sessionmaker, upgrade_to_head
+from backend.db import (
+    DatabaseStartupError,
+    create_engine,
+    create_sessionmaker,
+    explained_startup_failure,
+    upgrade_to_head,
+)
 from backend.errors import DomainError, NotFoundError
 from backend.listing import Filter, ListQuery
 from backend.models import User, UserCreate, UserRole, UserUpdate
@@ -45,6 +51,8 @@ def _with_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
             async with create_sessionmaker(engine)() as session:
+                with explained_startup_failure(settings):
+                    await session.connection()
                 return await work(session, settings)
         finally:
             await engine.dispose()
@@ -54,6 +62,13 @@ def _with_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
     except DomainError as error:
         typer.echo(error.detail, err=True)
         raise typer.Exit(code=1) from error
+    except DatabaseStartupError as error:
+        _exit_with(error)
+
+
+def _exit_with(error: DatabaseStartupError) -> NoReturn:
+    typer.echo(str(error), err=True)
+    raise typer.Exit(code=1) from error
 
 
 def _user_create(**fields: Any) -> UserCreate:
@@ -75,7 +90,9 @@ def _hasher(settings: Settings) -> PasswordHasher:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL for >1).")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
@@ -117,7 +134,10 @@ def serve(
 def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
 
-    asyncio.run(upgrade_to_head(get_settings()))
+    try:
+        asyncio.run(upgrade_to_head(get_settings()))
+    except DatabaseStartupError as error:
+        _exit_with(error)
     typer.echo("Database is at the newest migration.")
 
 

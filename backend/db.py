@@ -1,11 +1,15 @@
 """The async engine and session factory; plain URLs in, async drivers chosen here."""
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asyncpg import (  # type: ignore[import-untyped]
     InsufficientResourcesError,
+    InvalidAuthorizationSpecificationError,
+    InvalidCatalogNameError,
     OperatorInterventionError,
     PostgresConnectionError,
 )
@@ -59,6 +63,48 @@ def database_unavailable(exc: Exception) -> bool:
     return False
 
 
+# Start-up cannot go on: a wrong password or database name, on top of an outage.
+DRIVER_REFUSED: tuple[type[Exception], ...] = (
+    InvalidAuthorizationSpecificationError,  # 28: bad user or password
+    InvalidCatalogNameError,  # 3D000: no such database
+)
+# The default DATABASE_URL's folder, made on the first run; any other must exist.
+DEFAULT_SQLITE_FOLDER = Path("data")
+
+
+class DatabaseStartupError(Exception):
+    """The configured database cannot be used at start-up. Its text is one line naming
+    DATABASE_URL and where it points, which is all an operator needs; no traceback."""
+
+
+def database_location(database_url: str) -> str:
+    """Where DATABASE_URL points, without its password: a file, or host:port/database."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        in_memory = url.database in (None, "", ":memory:")
+        return ":memory:" if in_memory else str(Path(str(url.database)).resolve())
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+@contextmanager
+def explained_startup_failure(settings: Settings) -> Iterator[None]:
+    """Turn "the database cannot be reached or refuses us" into a DatabaseStartupError;
+    anything else (a bug in a migration, say) keeps its traceback."""
+    try:
+        yield
+    except DatabaseStartupError:
+        raise
+    except Exception as error:
+        cause = error.driver_exception if isinstance(error, DBAPIError) else error
+        if not (database_unavailable(error) or isinstance(cause, DRIVER_REFUSED)):
+            raise
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise DatabaseStartupError(
+            f"DATABASE_URL: cannot use the database at "
+            f"{database_location(settings.DATABASE_URL)}: {reason or type(cause).__name__}"
+        ) from error
+
+
 def async_url(database_url: str) -> URL:
     url = make_url(database_url)
     backend = "postgresql" if url.get_backend_name() == "postgres" else url.get_backend_name()
@@ -83,7 +129,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = async_url(settings.DATABASE_URL)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            _ensure_sqlite_folder(Path(url.database))
         engine = create_async_engine(url, echo=settings.DB_ECHO, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
@@ -98,6 +144,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=settings.DB_POOL_RECYCLE_SECONDS,
         pool_pre_ping=settings.DB_POOL_PRE_PING,
         connect_args=_asyncpg_timeouts(settings),
+    )
+
+
+def _ensure_sqlite_folder(database: Path) -> None:
+    """SQLite creates a missing file, which is how a first run starts; a missing folder
+    is a mistyped path far more often, so only the default one is made."""
+    folder = database.parent
+    if folder.is_dir():
+        return
+    if folder.resolve() == DEFAULT_SQLITE_FOLDER.resolve():
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    raise DatabaseStartupError(
+        f"DATABASE_URL: the folder {folder.resolve()} of the SQLite file does not exist "
+        "(create it, or correct the path)"
     )
 
 
@@ -140,7 +201,15 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, class_=Session, expire_on_commit=False)
 
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+def _find_alembic_dir() -> Path:
+    """The migrations: inside the package when installed from the wheel (pyproject.toml
+    puts them there), in the top-level alembic/ folder of a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "alembic"
+    return installed if (installed / "env.py").is_file() else package.parent / "alembic"
+
+
+ALEMBIC_DIR = _find_alembic_dir()
 # PostgreSQL-only indexes that the migrations create by hand (see their comments).
 UNMODELLED_INDEXES = frozenset({"ix_users_email_trgm", "ix_users_name_trgm"})
 
@@ -171,10 +240,17 @@ def create_migration_engine(settings: Settings) -> AsyncEngine:
 
 
 async def upgrade_to_head(settings: Settings) -> None:
+    """Migrate to the newest revision. A database that cannot be reached raises
+    DatabaseStartupError; a migration that fails keeps its traceback."""
     engine = create_migration_engine(settings)
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_upgrade_to_head)
+        with explained_startup_failure(settings):
+            connection = await engine.connect()
+        try:
+            async with connection.begin():
+                await connection.run_sync(_upgrade_to_head)
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 

@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import crud
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from backend.models import LoginRequest, User, UserRole
-from backend.ratelimit import client_ip
+from backend.ratelimit import client_ip, rate_limit_key
 from backend.security import ACCESS, decode_token
 from backend.services import Services, services_of
 
@@ -37,7 +37,8 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 
 
 async def get_client_ip(request: Request, services: ServicesDep) -> str:
-    return client_ip(request, services.settings.TRUSTED_PROXIES)
+    """The client as rate limits count it: its address, an IPv6 one as its /64."""
+    return rate_limit_key(client_ip(request, services.settings.TRUSTED_PROXIES))
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,15 +1,17 @@
 """The app factory: lifespan, middleware, error handlers, routers."""
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import crud
 from backend.config import Settings, get_settings
-from backend.db import upgrade_to_head
+from backend.db import DatabaseStartupError, explained_startup_failure, upgrade_to_head
 from backend.docs import install_docs
 from backend.middleware import (
     BodySizeLimitMiddleware,
@@ -51,12 +53,41 @@ def _lifespan(
         try:
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
-            await _ensure_first_admin(services)
+            with explained_startup_failure(settings):
+                await _ensure_first_admin(services)
             yield
         finally:
             await services.close()
 
     return lifespan
+
+
+class OneLineStartupFailure:
+    """A DatabaseStartupError at start-up reaches the server as its one line.
+
+    Starlette reports a failed lifespan start-up with the whole traceback as the message,
+    which uvicorn prints (a hundred lines and more for a refused connection); the error's
+    own text already says which setting is wrong and where it points.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_one_line(message: Message) -> None:
+            # Starlette sends the failure while handling the exception, so it is current.
+            failure = sys.exception()
+            if message["type"] == "lifespan.startup.failed" and isinstance(
+                failure, DatabaseStartupError
+            ):
+                message = {**message, "message": str(failure)}
+            await send(message)
+
+        await self.app(scope, receive, send_one_line)
 
 
 async def _ensure_first_admin(services: Services) -> None:
@@ -127,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)
     app.add_middleware(RequestLogMiddleware, metrics=metrics if settings.METRICS_ENABLED else None)
+    app.add_middleware(OneLineStartupFailure)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -39,9 +39,22 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.LOG_LEVEL)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
+    for name in ("uvicorn", "uvicorn.error"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+        # LOG_LEVEL decides, not `--log-level`: at uvicorn's "trace" it would log every
+        # ASGI message, query strings and bodies included.
+        uvicorn_logger.setLevel(logging.NOTSET)
+    # RequestLogMiddleware is the access log. uvicorn's own line carries the full query
+    # string (`?password=...`) and is written only while this logger has a handler, so
+    # it gets none, whatever `--access-log` says.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers.clear()
+    uvicorn_access.propagate = False
+    # aiosqlite's DEBUG lines repeat every statement with its bound values: emails and
+    # password hashes, which hide_parameters keeps out of SQLAlchemy's own messages.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class Metrics:

@@ -1,11 +1,13 @@
 """Rate limits with the `limits` library: in memory by default, in Redis when shared."""
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
@@ -21,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REDIS_TIMEOUT_SECONDS = 0.5
+IPV6_CLIENT_PREFIX = 64
+# Every request whose address the server itself took from X-Forwarded-For counts as this
+# one client: failing closed, since that address is whatever the client chose to send.
+REWRITTEN_CLIENT = "address-rewritten-by-server"
 
 
 class RateLimiter:
@@ -44,6 +50,7 @@ class RateLimiter:
         self.login_per_ip = parse(settings.RATE_LIMIT_LOGIN_PER_IP)
         self.register = parse(settings.RATE_LIMIT_REGISTER)
         self.refresh = parse(settings.RATE_LIMIT_REFRESH)
+        self.login_failures_per_account = parse(settings.RATE_LIMIT_LOGIN_PER_ACCOUNT)
 
     @property
     def shared(self) -> bool:
@@ -59,6 +66,7 @@ class RateLimiter:
             return False
 
     async def hit(self, limit: RateLimitItem, *key: str) -> None:
+        """Count this request; refuse it when the key has used up its limit."""
         if not self.enabled:
             return
         try:
@@ -67,11 +75,40 @@ class RateLimiter:
                 return
             stats = await self._strategy.get_window_stats(limit, *key)
         except Exception:  # any storage failure: fail open, the API matters more
-            self.metrics.rate_limit_storage_errors.inc()
-            logger.warning("rate-limit storage unavailable; request allowed", exc_info=True)
+            self._note_storage_failure()
             return
-        self.metrics.rate_limited.labels(key[0]).inc()
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        self._refuse(limit, stats.reset_time, key[0])
+
+    async def check(self, limit: RateLimitItem, *key: str) -> None:
+        """Refuse when the key has used up its limit, without counting this request:
+        for limits on failures, which `count` records once they are known."""
+        if not self.enabled:
+            return
+        try:
+            if await self._strategy.test(limit, *key):
+                return
+            stats = await self._strategy.get_window_stats(limit, *key)
+        except Exception:  # fail open, as in hit
+            self._note_storage_failure()
+            return
+        self._refuse(limit, stats.reset_time, key[0])
+
+    async def count(self, limit: RateLimitItem, *key: str) -> None:
+        """Record one event (a failure) against the key; `check` refuses past the limit."""
+        if not self.enabled:
+            return
+        try:
+            await self._strategy.hit(limit, *key)
+        except Exception:  # fail open, as in hit
+            self._note_storage_failure()
+
+    def _note_storage_failure(self) -> None:
+        self.metrics.rate_limit_storage_errors.inc()
+        logger.warning("rate-limit storage unavailable; request allowed", exc_info=True)
+
+    def _refuse(self, limit: RateLimitItem, reset_time: float, name: str) -> NoReturn:
+        self.metrics.rate_limited.labels(name).inc()
+        retry_after = max(1, math.ceil(reset_time - time.time()))
         raise TooManyRequestsError(
             f"Too many requests: at most {limit}. Retry in {retry_after} s.",
             retry_after_seconds=retry_after,
@@ -83,29 +120,89 @@ def client_ip(request: Request, trusted_proxies: Sequence[IPNetwork]) -> str:
 
     Walk the chain from the right (the hop nearest to us) and stop at the first address
     that is not one of our proxies: anything left of it may be forged by the client.
+    Repeated X-Forwarded-For lines are one list, in order (RFC 9110, section 5.3): a
+    proxy may append a line of its own instead of extending the client's.
     """
     peer = request.client.host if request.client else "unknown"
+    hops = [
+        hop.strip()
+        for line in request.headers.getlist("x-forwarded-for")
+        for hop in line.split(",")
+        if hop.strip()
+    ]
+    if _rewritten_by_server(peer, hops):
+        _warn_rewritten_once()
+        return REWRITTEN_CLIENT
+    peer = _canonical(peer)
     if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
         return peer
-    forwarded = request.headers.get("x-forwarded-for", "")
-    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted_proxies):
-            return hop if _is_ip(hop) else peer
-    return hops[0] if hops else peer
+            return _canonical(hop) if _is_ip(hop) else peer
+    return _canonical(hops[0]) if hops else peer
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+def rate_limit_key(address: str) -> str:
+    """The bucket an address counts in: one IPv6 /64 is one client, since a single host
+    or home line usually gets a whole /64 and could rotate through its addresses."""
+    ip = _parse_ip(address)
+    if ip is None:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
-def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+def _rewritten_by_server(peer: str, hops: Sequence[str]) -> bool:
+    """Whether the server replaced the peer address with an X-Forwarded-For entry before
+    the app saw it, as uvicorn and gunicorn do unless started with --no-proxy-headers.
+
+    Their rewrite takes the host of one entry (`1.2.3.4`, `1.2.3.4:5678`, `[::1]:80`), so
+    a peer equal to one of them was put there from the header. A real peer that is also
+    listed is a client naming itself, which loses nothing by the shared bucket.
+    """
+    return any(peer in (hop, _host_of(hop)) for hop in hops)
+
+
+def _host_of(hop: str) -> str:
+    if hop.startswith("[") and "]" in hop:
+        return hop[1 : hop.index("]")]
+    if hop.count(":") == 1:
+        return hop.split(":", 1)[0]
+    return hop
+
+
+@functools.cache  # once per process, not once per request
+def _warn_rewritten_once() -> None:
+    logger.error(
+        "the server replaced the client address with one from X-Forwarded-For, which any "
+        "client can send: rate limits count every such request as one client. Start uvicorn "
+        "with --no-proxy-headers (gunicorn: FORWARDED_ALLOW_IPS='') and list your proxies "
+        "in TRUSTED_PROXIES instead"
+    )
+
+
+def _canonical(address: str) -> str:
+    """An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, from a dual-stack socket) as the
+    IPv4 address it is, so one client is one key and matches IPv4 TRUSTED_PROXIES."""
+    ip = _parse_ip(address)
+    return address if ip is None else str(ip)
+
+
+def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _is_ip(value: str) -> bool:
+    return _parse_ip(value) is not None
+
+
+def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    ip = _parse_ip(address)
+    return ip is not None and any(ip in network for network in trusted)

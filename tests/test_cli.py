@@ -7,6 +7,7 @@ from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
+from tests.test_shutdown import free_port
 
 runner = CliRunner()
 
@@ -191,3 +192,48 @@ def test_users_set_role_and_deactivate_keep_the_api_rules(sqlite_env: Path) -> N
     unknown = runner.invoke(app, ["users", "deactivate", "nobody@example.com"])
     assert unknown.exit_code == 1
     assert "No user with email nobody@example.com." in unknown.stderr
+
+
+def test_migrate_refuses_a_missing_folder_in_one_line(
+    sqlite_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mistyped = sqlite_env.parent / "dta" / "app.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{mistyped}")
+    result = runner.invoke(app, ["migrate"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"DATABASE_URL: the folder {mistyped.parent} of the SQLite file does not exist "
+        "(create it, or correct the path)"
+    )
+    assert not mistyped.parent.exists()
+
+
+def test_the_default_database_folder_is_made_on_the_first_run(
+    sqlite_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+    result = runner.invoke(app, ["migrate"])
+    assert result.exit_code == 0, result.output
+    assert (sqlite_env.parent / "data" / "app.db").is_file()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["users", "list"]])
+def test_an_unreachable_database_is_one_line(
+    command: list[str], sqlite_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://user:Db-Secret-1@127.0.0.1:{port}/app")
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"DATABASE_URL: cannot use the database at 127.0.0.1:{port}/app: "
+    )
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Db-Secret-1" not in result.output
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "99999"])
+def test_serve_refuses_a_port_out_of_range(port: str) -> None:
+    result = runner.invoke(app, ["serve", "--port", port])
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.output

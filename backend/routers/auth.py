@@ -62,6 +62,9 @@ async def login(
     limiter = services.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
     await limiter.hit(limiter.login, "login", ip, credentials.email)
+    # Failures only, whatever the address: the owner's own logins never use it up. Keyed
+    # by the email as sent, so an unknown account is limited exactly like a real one.
+    await limiter.check(limiter.login_failures_per_account, "login-account", credentials.email)
     tokens = await crud.log_in(
         session,
         email=credentials.email,
@@ -71,6 +74,7 @@ async def login(
     )
     if tokens is None:
         services.metrics.login_failures.inc()
+        await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
         raise UnauthorizedError("Incorrect email or password.")
     return tokens
 
