@@ -39,6 +39,7 @@ from backend.models import (
 from backend.security import ACCESS, REFRESH, PasswordHasher, create_token, hash_token_id
 
 ModelT = TypeVar("ModelT", User, AuditEvent)
+NOT_HONOURED = "The token is invalid or has been revoked."
 
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
@@ -304,11 +305,14 @@ async def change_password(
 async def get_token_user(session: AsyncSession, *, claims: TokenClaims) -> User:
     """The user a verified token speaks for, if the token is still honoured."""
     user = await get_user(session, user_id=claims.sub)
-    if user is not None and not user.is_active:
+    # One message for a deleted user, another account that has its id now (of which
+    # nothing may show, not even that it is deactivated) and a revoked token.
+    if user is None or user.account_key != claims.acc:
+        raise UnauthorizedError(NOT_HONOURED)
+    if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
-    # One message for a deleted user and a revoked token: neither may say more.
-    if user is None or user.token_version != claims.ver:
-        raise UnauthorizedError("The token is invalid or has been revoked.")
+    if user.token_version != claims.ver:
+        raise UnauthorizedError(NOT_HONOURED)
     return user
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from backend.models import new_account_key
+
 CLUSTER_VERSION = "15"
 CLUSTER_NAME = "main"
 # Dedicated names, so the bench never touches a database that tests or developers use.
@@ -116,6 +118,7 @@ async def _seed(database_url: str, users: int, hashed_password: str) -> str:
             "admin" if number == 1 else "user",
             True,
             0,
+            new_account_key(),
             now,
             now,
         )
@@ -135,6 +138,7 @@ async def _seed(database_url: str, users: int, hashed_password: str) -> str:
                     "role",
                     "is_active",
                     "token_version",
+                    "account_key",
                     "created_at",
                     "updated_at",
                 ],

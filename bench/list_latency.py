@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 
+from backend.models import new_account_key
 from bench.database import ADMIN_EMAIL, USER_PASSWORD, cluster, migrate, password_hash
 from bench.database import psql_as_postgres as run_sql
 from bench.servers import REPO, login, request, start_server
@@ -73,6 +74,7 @@ async def _seed(url: str, users: int, hashed_password: str) -> None:
             "admin" if number == 1 else "user",
             True,
             0,
+            new_account_key(),
             start + timedelta(seconds=second),
             start + timedelta(seconds=second),
         )
@@ -90,6 +92,7 @@ async def _seed(url: str, users: int, hashed_password: str) -> None:
                 "role",
                 "is_active",
                 "token_version",
+                "account_key",
                 "created_at",
                 "updated_at",
             ],
