@@ -39,6 +39,7 @@ from backend.models import (
 from backend.security import ACCESS, REFRESH, PasswordHasher, create_token, hash_token_id
 
 ModelT = TypeVar("ModelT", User, AuditEvent)
+NOT_HONOURED = "The token is invalid or has been revoked."
 
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
@@ -374,11 +375,14 @@ async def _release_connection(session: AsyncSession) -> None:
 async def get_token_user(session: AsyncSession, *, claims: TokenClaims) -> User:
     """The user a verified token speaks for, if the token is still honoured."""
     user = await get_user(session, user_id=claims.sub)
-    if user is not None and not user.is_active:
+    # One message for a deleted user, another account that has its id now (of which
+    # nothing may show, not even that it is deactivated) and a revoked token.
+    if user is None or user.account_key != claims.acc:
+        raise UnauthorizedError(NOT_HONOURED)
+    if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
-    # One message for a deleted user and a revoked token: neither may say more.
-    if user is None or user.token_version != claims.ver:
-        raise UnauthorizedError("The token is invalid or has been revoked.")
+    if user.token_version != claims.ver:
+        raise UnauthorizedError(NOT_HONOURED)
     return user
 
 
@@ -422,16 +426,49 @@ async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: Passwo
     return True
 
 
-async def issue_tokens(
-    session: AsyncSession, *, user: User, settings: Settings, family_id: str | None = None
+async def issue_tokens(session: AsyncSession, *, user: User, settings: Settings) -> LoginResponse:
+    """A new session: an access + refresh pair, the refresh token the first of its family."""
+    await _lock_owner(session, user=user)
+    return await _issue_pair(session, user=user, settings=settings, family_id=uuid.uuid4().hex)
+
+
+async def rotate_refresh_token(
+    session: AsyncSession, *, record: RefreshToken, user: User, settings: Settings
 ) -> LoginResponse:
-    """A new access + refresh pair; the refresh token is recorded (hashed) in its family.
+    """Trade a refresh token for a new pair in its family, once and only once."""
+    await _lock_owner(session, user=user)
+    await _retire(session, record=record, grace_seconds=settings.REFRESH_REUSE_GRACE_SECONDS)
+    return await _issue_pair(session, user=user, settings=settings, family_id=record.family_id)
+
+
+async def _lock_owner(session: AsyncSession, *, user: User) -> None:
+    """Lock the user's row before touching its refresh tokens, in the order the user's
+    deletion and logout-all take them (the row, then its tokens): the other order
+    deadlocks with them on PostgreSQL. A user deleted meanwhile gets nothing."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE and begins a transaction only at its first write: a
+        # no-op UPDATE takes the single write lock at once, and finds the row or not.
+        touched = await session.exec(update(User).where(col(User.id) == user.id).values(id=User.id))
+        found = touched.rowcount == 1
+    else:
+        locked = await session.exec(
+            select(User.id).where(col(User.id) == user.id).with_for_update(key_share=True)
+        )
+        found = locked.first() is not None
+    if not found:
+        await session.rollback()
+        raise UnauthorizedError("This account was deleted meanwhile.")
+
+
+async def _issue_pair(
+    session: AsyncSession, *, user: User, settings: Settings, family_id: str
+) -> LoginResponse:
+    """An access + refresh pair; the refresh token is recorded (hashed) in its family.
 
     Expired refresh records of this user are pruned here, lazily, instead of by a job.
     """
     assert user.id is not None
     access_token, _ = create_token(user, ACCESS, settings)
-    family_id = family_id or uuid.uuid4().hex
     refresh_token, claims = create_token(user, REFRESH, settings, family=family_id)
     now = utcnow()
     await session.exec(
@@ -465,10 +502,8 @@ async def get_refresh_token(session: AsyncSession, *, claims: TokenClaims) -> Re
     return record
 
 
-async def use_refresh_token(
-    session: AsyncSession, *, record: RefreshToken, grace_seconds: int
-) -> None:
-    """Retire a refresh token so it can be rotated once, and only once.
+async def _retire(session: AsyncSession, *, record: RefreshToken, grace_seconds: int) -> None:
+    """Mark a refresh token used, so it can be rotated once, and only once.
 
     A token presented again after its rotation means it leaked (or a client kept an
     old copy): its whole family is revoked, unless the second use comes within the
@@ -487,9 +522,16 @@ async def use_refresh_token(
     )
     if retired.rowcount == 1:
         return
-    await session.refresh(record)
-    if record.revoked_at is None and record.used_at is not None:
-        if now - record.used_at <= timedelta(seconds=grace_seconds):
+    # Why not: used, revoked, or gone meanwhile (logout-all, the user's deletion).
+    current = (
+        await session.exec(
+            select(RefreshToken)
+            .where(col(RefreshToken.id) == record.id)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if current is not None and current.revoked_at is None and current.used_at is not None:
+        if now - current.used_at <= timedelta(seconds=grace_seconds):
             await session.rollback()
             raise UnauthorizedError(
                 "This refresh token was just rotated by another request; use the new one."

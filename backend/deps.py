@@ -99,11 +99,21 @@ LoginCredentials = Annotated[LoginRequest, Depends(get_login_credentials)]
 
 
 MAX_ID = 2**31 - 1  # the id column is a 32-bit integer
+UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-async def get_target_user(
-    user_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep
-) -> User:
+# The caller comes first in each of these: the path's user is looked up only for someone
+# allowed to see it, so an anonymous request (401) or a plain user's on an admin route
+# (403) is answered alike whether that user exists or not, and touches no table.
+async def get_target_user(user_id: UserId, _caller: CurrentUser, session: SessionDep) -> User:
+    return await _load_target(session, user_id)
+
+
+async def get_admin_target_user(user_id: UserId, _admin: AdminUser, session: SessionDep) -> User:
+    return await _load_target(session, user_id)
+
+
+async def _load_target(session: AsyncSession, user_id: int) -> User:
     user = await crud.get_user(session, user_id=user_id)
     if user is None:
         raise NotFoundError(f"User {user_id} does not exist.")
@@ -111,6 +121,7 @@ async def get_target_user(
 
 
 TargetUser = Annotated[User, Depends(get_target_user)]
+AdminTargetUser = Annotated[User, Depends(get_admin_target_user)]
 
 
 async def get_expected_versions(

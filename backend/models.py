@@ -1,5 +1,6 @@
 """SQLModel families: the table classes double as request and response schemas."""
 
+import secrets
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +36,13 @@ EMAIL_MAX_CHARS = 254
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+ACCOUNT_KEY_BYTES = 16
+
+
+def new_account_key() -> str:
+    return secrets.token_hex(ACCOUNT_KEY_BYTES)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -174,12 +182,20 @@ class User(UserBase, table=True):
     __table_args__ = (
         Index("ix_users_created_at_id", "created_at", "id"),
         Index("ix_users_name_id", "name", "id"),
+        # Ids are never reused: SQLite would otherwise hand a deleted highest id to the
+        # next insert (PostgreSQL's sequence never goes back).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
     hashed_password: str = Field(sa_type=String(255))
     # Part of every token: bumping it revokes all of the user's tokens at once.
     token_version: int = 0
+    # Part of every token too, and never changed: it names this account, where an id
+    # could come back for another one (a restored backup, a row made by hand), so a
+    # token never speaks for an account it was not issued to. Revoking is
+    # token_version's job alone.
+    account_key: str = Field(default_factory=new_account_key, sa_type=String(2 * ACCOUNT_KEY_BYTES))
     # Bumped by every change; the ETag, so that If-Match can refuse a stale edit.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -326,6 +342,9 @@ class RefreshToken(SQLModel, table=True):
     """One issued refresh token. Only a hash of its jti is stored, never the token."""
 
     __tablename__ = "refresh_tokens"
+    # Ids never reused (see User): a request still holding a deleted record's id must
+    # not retire another token that took it.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
@@ -347,6 +366,7 @@ class TokenClaims(BaseModel):
     type: str
     jti: str
     ver: int
+    acc: str  # the account key: see User.account_key
     exp: int
     iat: int
     fam: str | None = None
@@ -383,6 +403,7 @@ class AuditEvent(AuditEventBase, table=True):
     """One change to an account, written in the transaction that made it."""
 
     __tablename__ = "audit_events"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

@@ -117,6 +117,7 @@ def create_token(
         type=token_type,
         jti=uuid.uuid4().hex,
         ver=user.token_version,
+        acc=user.account_key,
         iat=int(issued_at.timestamp()),
         exp=int((issued_at + lifetime).timestamp()),
         fam=family,

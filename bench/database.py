@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from pwdlib.hashers.bcrypt import BcryptHasher
 
+from backend.models import new_account_key
 from bench.harness import WORK_DIR
 from bench.servers import server_env
 
@@ -23,7 +24,7 @@ PASSWORD = "bench"  # noqa: S105  (a local-only role on a loopback-only cluster)
 READY_TIMEOUT_SECONDS = 30
 COLUMNS = [
     "id", "email", "name", "hashed_password", "role", "is_active", "token_version",
-    "created_at", "updated_at",
+    "account_key", "created_at", "updated_at",
 ]  # fmt: skip
 
 ADMIN_EMAIL = "user1@bench.example"
@@ -132,6 +133,7 @@ async def seed(url: str, users: int, hashed_password: str) -> str:
             "admin" if number == 1 else "user",
             True,
             0,
+            new_account_key(),
             start + timedelta(seconds=second),
             start + timedelta(seconds=second),
         )

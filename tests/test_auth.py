@@ -49,7 +49,8 @@ async def test_register_returns_the_full_login_response(client: httpx.AsyncClien
     assert access["type"] == "access"
     assert refresh["type"] == "refresh"
     assert access["sub"] == str(body["user"]["id"])
-    assert {"exp", "iat", "jti", "ver"} <= access.keys()
+    assert {"exp", "iat", "jti", "ver", "acc"} <= access.keys()
+    assert access["acc"] == refresh["acc"]
     assert access["jti"] != refresh["jti"]
 
 

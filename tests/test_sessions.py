@@ -193,3 +193,63 @@ async def test_refresh_validates_its_body(client: httpx.AsyncClient) -> None:
     for payload in payloads:
         response = await client.post(f"{API}/auth/refresh", json=payload)
         assert response.status_code == 422, payload
+
+
+RACES = 20
+
+
+async def _new_account(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], number: int
+) -> dict[str, Any]:
+    """An account made by the admin: its credentials and id."""
+    account = {"email": f"racer-{number}@example.com", "name": "Racer", "password": "Racer-Pass-1"}
+    created = await client.post(f"{API}/users", json=account, headers=admin_headers)
+    assert created.status_code == 201
+    return {**account, "id": created.json()["id"]}
+
+
+async def test_refresh_racing_logout_all_never_fails(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """The refresh token's row may vanish under the refresh: that is a revoked token."""
+    for number in range(RACES):
+        account = await _new_account(client, admin_headers, number)
+        tokens = await login(client, account["email"], account["password"])
+        refreshed, logged_out = await asyncio.gather(
+            refresh(client, tokens["refresh_token"]),
+            client.post(f"{API}/auth/logout-all", headers=bearer(tokens["access_token"])),
+        )
+        assert refreshed.status_code in {200, 401}, refreshed.text
+        assert logged_out.status_code == 204, logged_out.text
+        if refreshed.status_code == 200:  # it came first: logout-all still ended it
+            assert (await refresh(client, refreshed.json()["refresh_token"])).status_code == 401
+
+
+async def test_refresh_racing_the_users_deletion_never_fails(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    for number in range(RACES):
+        account = await _new_account(client, admin_headers, number)
+        tokens = await login(client, account["email"], account["password"])
+        refreshed, deleted = await asyncio.gather(
+            refresh(client, tokens["refresh_token"]),
+            client.delete(f"{API}/users/{account['id']}", headers=admin_headers),
+        )
+        assert refreshed.status_code in {200, 401}, refreshed.text
+        assert deleted.status_code == 200, deleted.text
+        if refreshed.status_code == 200:
+            assert (await refresh(client, refreshed.json()["refresh_token"])).status_code == 401
+
+
+async def test_login_racing_the_users_deletion_never_fails(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    for number in range(RACES):
+        account = await _new_account(client, admin_headers, number)
+        credentials = {"username": account["email"], "password": account["password"]}
+        logged_in, deleted = await asyncio.gather(
+            client.post(f"{API}/auth/login", data=credentials),
+            client.delete(f"{API}/users/{account['id']}", headers=admin_headers),
+        )
+        assert logged_in.status_code in {200, 401}, logged_in.text
+        assert deleted.status_code == 200, deleted.text

@@ -41,6 +41,12 @@ async def test_forged_tokens_are_refused(client: httpx.AsyncClient) -> None:
         "unknown user": jwt.encode({**claims, "sub": "987654"}, TEST_SECRET_KEY, algorithm="HS256"),
         "tampered": f"{header}.{_b64({**claims, 'sub': '2'})}.{signature}",
         "old version": jwt.encode({**claims, "ver": 5}, TEST_SECRET_KEY, algorithm="HS256"),
+        "another account's key": jwt.encode(
+            {**claims, "acc": "0" * 32}, TEST_SECRET_KEY, algorithm="HS256"
+        ),
+        "no account key": jwt.encode(
+            {k: v for k, v in claims.items() if k != "acc"}, TEST_SECRET_KEY, algorithm="HS256"
+        ),
         "no jti": jwt.encode(
             {k: v for k, v in claims.items() if k != "jti"}, TEST_SECRET_KEY, algorithm="HS256"
         ),

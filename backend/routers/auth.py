@@ -98,12 +98,7 @@ async def refresh(
     record = await crud.get_refresh_token(session, claims=claims)
     if record is None:
         raise UnauthorizedError("The refresh token is unknown or has been revoked.")
-    await crud.use_refresh_token(
-        session, record=record, grace_seconds=settings.REFRESH_REUSE_GRACE_SECONDS
-    )
-    return await crud.issue_tokens(
-        session, user=user, settings=settings, family_id=record.family_id
-    )
+    return await crud.rotate_refresh_token(session, record=record, user=user, settings=settings)
 
 
 @router.post(

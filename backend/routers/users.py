@@ -6,6 +6,7 @@ from pydantic import TypeAdapter
 
 from backend import crud
 from backend.deps import (
+    AdminTargetUser,
     AdminUser,
     ClientIP,
     CurrentUser,
@@ -162,7 +163,7 @@ async def change_password(
     response_model=UserPublic,
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
-async def read_user(user: TargetUser, _user: CurrentUser, response: Response) -> User:
+async def read_user(user: TargetUser, response: Response) -> User:
     """One user by id, with its version in `ETag` (send it back in `If-Match` to edit)."""
     response.headers["ETag"] = etag(user)
     return user
@@ -176,7 +177,7 @@ async def read_user(user: TargetUser, _user: CurrentUser, response: Response) ->
 )
 async def update_user(
     body: UserUpdate,
-    user: TargetUser,
+    user: AdminTargetUser,
     session: SessionDep,
     admin: AdminUser,
     services: ServicesDep,
@@ -205,7 +206,7 @@ async def update_user(
 )
 async def replace_user(
     body: UserReplace,
-    user: TargetUser,
+    user: AdminTargetUser,
     session: SessionDep,
     admin: AdminUser,
     services: ServicesDep,
@@ -240,7 +241,10 @@ def _check_read_only_fields(body: UserReplace, user: User) -> None:
     responses=problem_responses(404, 409, 412),
 )
 async def delete_user(
-    user: TargetUser, session: SessionDep, admin: AdminUser, expected_versions: ExpectedVersions
+    user: AdminTargetUser,
+    session: SessionDep,
+    admin: AdminUser,
+    expected_versions: ExpectedVersions,
 ) -> User:
     """Delete a user (admin only) and return the deleted record."""
     await crud.delete_user(

@@ -1,0 +1,164 @@
+"""Every operation checks its caller before anything else, so that nobody learns which
+user ids exist without being allowed to, and an anonymous request touches no table."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import jwt
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.deps import MAX_ID
+from tests.conftest import API, TEST_SECRET_KEY, bearer
+
+# Operations anyone may call: each one is here on purpose, and any other needs a token.
+PUBLIC_OPERATIONS = {
+    ("post", f"{API}/auth/register"),
+    ("post", f"{API}/auth/login"),
+    ("post", f"{API}/auth/refresh"),
+    ("post", f"{API}/auth/logout"),
+    ("get", "/health"),
+    ("get", "/health/ready"),
+}
+OTHER_KEY = "another-secret-key-that-is-long-enough-for-hs256"
+STRANGERS = {
+    "no token": {},
+    "garbage token": bearer("not-a-jwt"),
+    "token signed with another key": bearer(
+        jwt.encode({"sub": "1", "type": "access"}, OTHER_KEY, algorithm="HS256")
+    ),
+}
+
+
+@contextmanager
+def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])  # (connection, cursor, statement, ...)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+def _operations(app: FastAPI) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in app.openapi()["paths"].items():
+        for method, operation in item.items():
+            yield method, path, operation
+
+
+class Probe:
+    """Sends one operation with each path parameter set to one id, counting SQL."""
+
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        self.engine = app.state.services.engine
+        self.client = client
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        operation: dict[str, Any],
+        user_id: int,
+        headers: dict[str, str],
+    ) -> tuple[int, Any, int]:
+        url = path
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                url = url.replace(f"{{{parameter['name']}}}", str(user_id))
+        body: dict[str, Any] | None = {} if "requestBody" in operation else None
+        with counting_statements(self.engine) as statements:
+            response = await self.client.request(method, url, headers=headers, json=body)
+        answer = response.json() if response.content else None
+        if isinstance(answer, dict):
+            answer.pop("request_id", None)  # differs on every request by design
+        return response.status_code, answer, len(statements)
+
+
+async def test_every_operation_needs_a_token_unless_public(app: FastAPI) -> None:
+    public = {(method, path) for method, path, operation in _operations(app)}
+    public -= {
+        (method, path) for method, path, operation in _operations(app) if operation.get("security")
+    }
+    assert public == PUBLIC_OPERATIONS
+
+
+async def test_strangers_get_401_before_any_table_is_read(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    existing = (await client.get(f"{API}/users/me", headers=admin_headers)).json()["id"]
+    probe = Probe(app, client)
+    for method, path, operation in _operations(app):
+        if not operation.get("security"):
+            continue
+        for stranger, headers in STRANGERS.items():
+            answers = [
+                await probe.send(method, path, operation, user_id, headers)
+                for user_id in (existing, MAX_ID)
+            ]
+            for status, problem, statements in answers:
+                where = f"{method.upper()} {path} with {stranger}"
+                assert status == 401, where
+                assert problem["status"] == 401, where
+                assert statements == 0, where
+            assert answers[0] == answers[1], f"{method.upper()} {path} with {stranger}"
+
+
+async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    user_headers: dict[str, str],
+) -> None:
+    existing = (await client.get(f"{API}/users/me", headers=admin_headers)).json()["id"]
+    probe = Probe(app, client)
+    refused = []
+    # logout-all ends the caller's sessions, so it goes last.
+    operations = sorted(_operations(app), key=lambda operation: operation[1].endswith("logout-all"))
+    for method, path, operation in operations:
+        if not operation.get("security"):
+            continue
+        answers = [
+            await probe.send(method, path, operation, user_id, user_headers)
+            for user_id in (existing, MAX_ID)
+        ]
+        if 403 in (answers[0][0], answers[1][0]):
+            # Same answer and the same SQL (the caller's row only): the target is never read.
+            assert answers[0] == answers[1], f"{method.upper()} {path}"
+            refused.append(f"{method.upper()} {path}")
+    assert sorted(refused) == [
+        f"DELETE {API}/users/{{user_id}}",
+        f"GET {API}/audit",
+        f"PATCH {API}/users/{{user_id}}",
+        f"POST {API}/users",
+        f"PUT {API}/users/{{user_id}}",
+    ]
+
+
+async def test_a_signed_token_of_nobody_gets_401_for_any_id(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """A valid signature of a user that does not exist is a stranger too."""
+    existing = (await client.get(f"{API}/users/me", headers=admin_headers)).json()["id"]
+    claims = jwt.decode(
+        admin_headers["Authorization"].removeprefix("Bearer "),
+        TEST_SECRET_KEY,
+        algorithms=["HS256"],
+    )
+    nobody = bearer(jwt.encode({**claims, "sub": str(MAX_ID)}, TEST_SECRET_KEY, algorithm="HS256"))
+    probe = Probe(app, client)
+    for method, path, operation in _operations(app):
+        if not operation.get("security"):
+            continue
+        answers = [
+            await probe.send(method, path, operation, user_id, nobody)
+            for user_id in (existing, MAX_ID)
+        ]
+        assert answers[0][0] == 401, f"{method.upper()} {path}"
+        assert answers[0] == answers[1], f"{method.upper()} {path}"
