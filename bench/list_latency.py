@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def measure(url: str, users: int, requests: int) -> dict[str, tuple[float, float
         **os.environ,
         "DATABASE_URL": url,
         "STAGE": "production",
-        "SECRET_KEY": "bench-secret-key-that-is-long-enough-for-hs256",
+        "SECRET_KEY": secrets.token_urlsafe(48),
         "RATE_LIMIT_ENABLED": "false",
         "AUTO_MIGRATE": "false",
         "LOG_LEVEL": "WARNING",
