@@ -278,7 +278,7 @@ async def authenticate(
     matched, new_hash = await hasher.verify(password, user.hashed_password if user else None)
     if user is None or not matched:
         return None
-    if new_hash is not None:  # BCRYPT_ROUNDS changed since this hash was made
+    if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         session.add(user)
         await session.commit()

@@ -1,6 +1,7 @@
 """SQLModel families: the table classes double as request and response schemas."""
 
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -10,13 +11,22 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    GetJsonSchemaHandler,
     StrictBool,
     WithJsonSchema,
     field_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema
 from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from backend.passwords import (
+    DEFAULT_PASSWORD_MIN_LENGTH,
+    PASSWORD_MAX_BYTES,
+    normalise_password,
+    password_problem,
+)
 
 # Set before any table is defined, so SQLite and PostgreSQL migrations name alike.
 SQLModel.metadata.naming_convention = {
@@ -27,8 +37,6 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-PASSWORD_MIN_CHARS = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer passwords are refused, never truncated
 NAME_MAX_CHARS = 100
 EMAIL_MAX_CHARS = 254
 
@@ -63,14 +71,54 @@ def _reject_control_characters(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class AccountRules:
+    """The configurable part of the account validators (PASSWORD_MIN_LENGTH).
+
+    The validators are pydantic annotations that FastAPI runs with no access to the app
+    or its settings, and they must stay there: the OpenAPI document, generated clients
+    and fuzzers read the rules off the same types. So the settings are applied to the
+    process, once, by the app factory and the CLI (`use_account_rules`), and read at
+    validation and at schema generation time. One process serves one configuration.
+    """
+
+    password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
+
+
+_rules = AccountRules()
+
+
+def use_account_rules(rules: AccountRules) -> None:
+    global _rules
+    _rules = rules
+
+
 def _check_password_policy(value: str) -> str:
-    if len(value) < PASSWORD_MIN_CHARS:
-        raise ValueError(f"must be at least {PASSWORD_MIN_CHARS} characters long")
-    if len(value.encode()) > PASSWORD_MAX_BYTES:
-        raise ValueError(f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8")
-    if not any(char.isupper() for char in value):
-        raise ValueError("must contain at least one uppercase letter")
-    return _reject_control_characters(value)
+    value = normalise_password(value)
+    problem = password_problem(value, min_length=_rules.password_min_length)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class _PasswordJsonSchema:
+    """The hint clients and fuzzers read, made when the schema is: minLength follows
+    PASSWORD_MIN_LENGTH. The list of common passwords cannot be said in JSON Schema."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        min_length = _rules.password_min_length
+        return {
+            "type": "string",
+            "format": "password",
+            "minLength": min_length,
+            "maxLength": PASSWORD_MAX_BYTES,
+            "description": f"At least {min_length} characters (any: spaces, any script, no "
+            f"rules about kinds), at most {PASSWORD_MAX_BYTES} bytes in UTF-8, no control "
+            "characters; not a common or breached password, nor a run of repeated or "
+            "consecutive characters. Compared in Unicode NFKC form.",
+        }
 
 
 def _normalise_name(value: str) -> str:
@@ -106,21 +154,8 @@ Email = Annotated[
     WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
 ]
 # The validators enforce the rules; the schema hints let clients and fuzzers know them.
-Password = Annotated[
-    str,
-    AfterValidator(_check_password_policy),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "format": "password",
-            "minLength": PASSWORD_MIN_CHARS,
-            "maxLength": PASSWORD_MAX_BYTES,
-            "pattern": "[A-Z]",
-            "description": f"At least {PASSWORD_MIN_CHARS} characters with an uppercase "
-            f"letter, at most {PASSWORD_MAX_BYTES} bytes in UTF-8, no control characters.",
-        }
-    ),
-]
+# A valid Password is in NFKC form: what is hashed.
+Password = Annotated[str, AfterValidator(_check_password_policy), _PasswordJsonSchema()]
 Name = Annotated[
     str,
     AfterValidator(_normalise_name),

@@ -115,8 +115,14 @@ def test_invalid_values_name_the_variable() -> None:
 
 
 def test_first_admin_password_must_meet_the_policy() -> None:
-    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: must contain at least one"):
-        load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="lowercase-only")
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: is too common"):
+        load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="qwertyuiop123")
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: must be at least 16 char"):
+        load_settings(
+            _env_file=None, PASSWORD_MIN_LENGTH=16, FIRST_ADMIN_PASSWORD="Admin-Password1"
+        )
+    with pytest.raises(SystemExit, match="PASSWORD_MIN_LENGTH: Input should be greater"):
+        load_settings(_env_file=None, PASSWORD_MIN_LENGTH=6)
 
 
 def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
