@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.models import AccountRules, Email
+from backend.models import AccountRules, normalise_email
 from backend.passwords import (
     DEFAULT_PASSWORD_MIN_LENGTH,
     PASSWORD_MIN_LENGTH_FLOOR,
@@ -103,13 +103,16 @@ class Settings(BaseSettings):
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 
-    FIRST_ADMIN_EMAIL: Email | None = None
-    # Checked against PASSWORD_MIN_LENGTH below, as it must be before the app applies it.
+    # Both checked against the account settings below, before the app applies them.
+    FIRST_ADMIN_EMAIL: str | None = None
     FIRST_ADMIN_PASSWORD: str | None = None
     # In characters (code points). NIST SP 800-63B's floor is 8; ASVS 2.1.1 asks for 12.
     PASSWORD_MIN_LENGTH: int = Field(
         default=DEFAULT_PASSWORD_MIN_LENGTH, ge=PASSWORD_MIN_LENGTH_FLOOR, le=64
     )
+    # Non-ASCII emails (Unicode local parts and domain names). Off, every letter is ASCII
+    # and cannot come from another script; on, look-alikes are still refused (TR39).
+    ALLOW_INTERNATIONAL_EMAILS: bool = False
     REGISTRATION_ENABLED: bool = True
     RATE_LIMIT_ENABLED: bool = True
     # limits notation, "N/second|minute|hour|day": see the README for why these values.
@@ -214,7 +217,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def check_first_admin_password(self) -> "Settings":
+    def check_first_admin(self) -> "Settings":
+        if self.FIRST_ADMIN_EMAIL is not None:
+            try:
+                self.FIRST_ADMIN_EMAIL = normalise_email(
+                    self.FIRST_ADMIN_EMAIL, allow_international=self.ALLOW_INTERNATIONAL_EMAILS
+                )
+            except ValueError as error:
+                raise ValueError(f"FIRST_ADMIN_EMAIL: {error}") from error
         if self.FIRST_ADMIN_PASSWORD is not None:
             password = normalise_password(self.FIRST_ADMIN_PASSWORD)
             problem = password_problem(password, min_length=self.PASSWORD_MIN_LENGTH)
@@ -225,7 +235,10 @@ class Settings(BaseSettings):
 
     @property
     def account_rules(self) -> AccountRules:
-        return AccountRules(password_min_length=self.PASSWORD_MIN_LENGTH)
+        return AccountRules(
+            password_min_length=self.PASSWORD_MIN_LENGTH,
+            allow_international_emails=self.ALLOW_INTERNATIONAL_EMAILS,
+        )
 
     _secret_key_generated: bool = PrivateAttr(default=False)
 

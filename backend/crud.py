@@ -12,9 +12,11 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
+from backend.confusables import email_skeleton
 from backend.errors import (
     BadRequestError,
     ConflictError,
+    EmailLookalikeError,
     EmailTakenError,
     ForbiddenError,
     PreconditionFailedError,
@@ -134,15 +136,19 @@ async def create_user(
     audit: bool,
     actor_id: int | None = None,
 ) -> User:
-    """Insert a user; the unique index, not a prior look-up, decides duplicates.
+    """Insert a user; the unique indexes (email, and its confusable skeleton), not a
+    prior look-up, decide duplicates and look-alikes.
 
     With `audit`, the creation is recorded in the audit trail as `actor_id`'s doing (an
     admin, or None for the CLI); a registration is the user's own and is not recorded.
     """
     hashed_password = await hasher.hash(data.password)
-    user = User.model_validate(data, update={"hashed_password": hashed_password})
+    user = User.model_validate(
+        data,
+        update={"hashed_password": hashed_password, "email_skeleton": email_skeleton(data.email)},
+    )
     session.add(user)
-    async with _email_must_be_free(session):
+    async with _email_must_be_free(session, email=user.email):
         if audit:
             await session.flush()  # the new id, for the audit event
             details = {"email": user.email, "role": str(user.role)}
@@ -175,6 +181,8 @@ async def update_user(
         for name, value in changes.model_dump(exclude_unset=True, exclude={"password"}).items()
         if getattr(user, name) != value
     }
+    if "email" in values:
+        values["email_skeleton"] = email_skeleton(values["email"])
     if changes.password is not None:
         values["hashed_password"] = await hasher.hash(changes.password)
     role_changed = "role" in values
@@ -198,7 +206,7 @@ async def update_user(
     if expected_versions is not None:
         statement = statement.where(col(User.version).in_(expected_versions))
     events = _audit_update(user, values, actor_id)  # before RETURNING refreshes `user`
-    async with _email_must_be_free(session):
+    async with _email_must_be_free(session, email=values.get("email")):
         updated: User | None = (await session.exec(statement)).scalar_one_or_none()
         if updated is None:
             await session.rollback()
@@ -227,7 +235,7 @@ def _audit_update(user: User, values: dict[str, Any], actor_id: int | None) -> l
     fields = sorted(
         "password" if name == "hashed_password" else name
         for name in values
-        if name not in {"role", "is_active"}
+        if name not in {"role", "is_active", "email_skeleton"}
     )
     if fields:
         events.append(
@@ -330,15 +338,24 @@ async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> 
 
 
 @asynccontextmanager
-async def _email_must_be_free(session: AsyncSession) -> AsyncIterator[None]:
-    """Turn the unique index's refusal of a taken email into EmailTakenError."""
+async def _email_must_be_free(session: AsyncSession, *, email: str | None) -> AsyncIterator[None]:
+    """Turn a unique index's refusal of a taken email into EmailTakenError, or of a
+    look-alike of another account's into EmailLookalikeError."""
     try:
         yield
     except IntegrityError as error:
         await session.rollback()
-        if "email" in str(error.orig):
-            raise EmailTakenError() from error
-        raise
+        refusal = str(error.orig)
+        if "email" not in refusal:
+            raise
+        # The same email breaks both indexes, and either may be the one reported.
+        if (
+            "email_skeleton" in refusal
+            and email is not None
+            and await get_user_by_email(session, email=email) is None
+        ):
+            raise EmailLookalikeError() from error
+        raise EmailTakenError() from error
 
 
 async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: PasswordHasher) -> bool:

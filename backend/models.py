@@ -73,7 +73,8 @@ def _reject_control_characters(value: str) -> str:
 
 @dataclass(frozen=True)
 class AccountRules:
-    """The configurable part of the account validators (PASSWORD_MIN_LENGTH).
+    """The configurable part of the account validators (PASSWORD_MIN_LENGTH,
+    ALLOW_INTERNATIONAL_EMAILS).
 
     The validators are pydantic annotations that FastAPI runs with no access to the app
     or its settings, and they must stay there: the OpenAPI document, generated clients
@@ -83,6 +84,7 @@ class AccountRules:
     """
 
     password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
+    allow_international_emails: bool = False
 
 
 _rules = AccountRules()
@@ -134,26 +136,70 @@ _CONTROL = r"\u0000-\u001F\u007F-\u009F"
 _PRINTABLE = f"[^{_CONTROL}]"
 
 
-def _normalise_email(value: str) -> str:
-    # Emails are identifiers here, never mail targets: internal domains such as
-    # .internal, .lan or .test are accepted, which EmailStr refuses.
+def normalise_email(value: str, *, allow_international: bool) -> str:
+    """The address as stored: email-validator's normal form, lower-cased.
+
+    Emails are identifiers here, never mail targets: internal domains such as .internal,
+    .lan or .test are accepted, which EmailStr refuses. Without `allow_international`
+    the whole address must be ASCII once normalised, so that no letter can be a
+    look-alike from another script (`r\\u043e\\u043et`, Cyrillic o's). The domain's fullwidth or
+    upper-case letters are folded to ASCII by IDNA (UTS 46) and are accepted; a Unicode
+    domain, or its xn-- form (shown decoded), is not. Look-alikes that remain, within
+    ASCII (`rn`, `m`) or when international addresses are allowed, are refused by the
+    unique confusable skeleton (see crud and backend/confusables.py).
+    """
     if len(value) > EMAIL_MAX_CHARS:
         raise ValueError(f"must be at most {EMAIL_MAX_CHARS} characters long")
     try:
         address = validate_email(
-            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+            value,
+            check_deliverability=False,
+            globally_deliverable=False,
+            test_environment=True,
+            allow_smtputf8=allow_international,
         )
     except EmailNotValidError as error:
         raise ValueError(f"is not a valid email address: {error}") from error
+    if not allow_international and address.domain != address.ascii_domain:
+        raise ValueError(
+            "is not a valid email address: internationalised domain names are not accepted "
+            "here; use ASCII letters, digits and hyphens."
+        )
     return address.normalized.lower()
 
 
-Email = Annotated[
+def _normalise_email(value: str) -> str:
+    return normalise_email(value, allow_international=_rules.allow_international_emails)
+
+
+def _normalise_login_email(value: str) -> str:
+    # Whatever the current rule, an account made under another can still log in.
+    return normalise_email(value, allow_international=True)
+
+
+class _EmailJsonSchema:
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema: JsonSchemaValue = {
+            "type": "string",
+            "format": "email",
+            "maxLength": EMAIL_MAX_CHARS,
+            "description": "Stored lower-case. Refused when it looks like an existing "
+            "account's (Unicode TR39 confusables).",
+        }
+        if not _rules.allow_international_emails:
+            schema["description"] = "ASCII only. " + schema["description"]
+        return schema
+
+
+# The validators enforce the rules; the schema hints let clients and fuzzers know them.
+Email = Annotated[str, AfterValidator(_normalise_email), _EmailJsonSchema()]
+LoginEmail = Annotated[
     str,
-    AfterValidator(_normalise_email),
+    AfterValidator(_normalise_login_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
 ]
-# The validators enforce the rules; the schema hints let clients and fuzzers know them.
 # A valid Password is in NFKC form: what is hashed.
 Password = Annotated[str, AfterValidator(_check_password_policy), _PasswordJsonSchema()]
 Name = Annotated[
@@ -212,6 +258,10 @@ class User(UserBase, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    # email_skeleton(email), set by crud: unique, so that no two accounts' emails look
+    # alike, checked by the database without a race. NULL for rows inserted by hand and
+    # for look-alikes that predate the column (see its migration).
+    email_skeleton: str | None = Field(default=None, sa_type=String(64), unique=True, index=True)
     hashed_password: str = Field(sa_type=String(255))
     # Part of every token: bumping it revokes all of the user's tokens at once.
     token_version: int = 0
@@ -326,7 +376,7 @@ class RegisterRequest(SQLModel):
 
 class LoginRequest(SQLModel):
     # No policy check here: a login only compares, and must not reveal the rules.
-    email: Email
+    email: LoginEmail
     password: str = Field(min_length=1, max_length=1024)
 
     model_config = ConfigDict(  # type: ignore[assignment]

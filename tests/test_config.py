@@ -114,6 +114,15 @@ def test_invalid_values_name_the_variable() -> None:
     assert "Configuration error: BCRYPT_ROUNDS:" in message
 
 
+def test_first_admin_email_follows_the_international_setting() -> None:
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_EMAIL: is not a valid email address"):
+        load_settings(_env_file=None, FIRST_ADMIN_EMAIL="jürgen@example.com")
+    settings = settings_from(
+        FIRST_ADMIN_EMAIL="Jürgen@Example.com", ALLOW_INTERNATIONAL_EMAILS=True
+    )
+    assert settings.FIRST_ADMIN_EMAIL == "jürgen@example.com"
+
+
 def test_first_admin_password_must_meet_the_policy() -> None:
     with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: is too common"):
         load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="qwertyuiop123")
