@@ -21,7 +21,7 @@ from backend.db import (
 )
 from backend.errors import DomainError, NotFoundError
 from backend.listing import Filter, ListQuery
-from backend.models import User, UserCreate, UserRole, UserUpdate
+from backend.models import User, UserCreate, UserRole, UserUpdate, use_account_rules
 from backend.observability import configure_logging
 from backend.security import PasswordHasher
 
@@ -73,6 +73,7 @@ def _exit_with(error: DatabaseStartupError) -> NoReturn:
 
 def _user_create(**fields: Any) -> UserCreate:
     """The API's own validation; a refusal exits 2 (a usage error), one line per field."""
+    use_account_rules(get_settings().account_rules)
     try:
         return UserCreate(**fields)
     except ValidationError as error:
@@ -151,7 +152,8 @@ def create_admin(
             hide_input=True,
             confirmation_prompt=True,
             envvar="ADMIN_PASSWORD",
-            help="At least 8 characters with an uppercase letter (or set ADMIN_PASSWORD).",
+            help="At least PASSWORD_MIN_LENGTH (12) characters, not a common password "
+            "(or set ADMIN_PASSWORD).",
         ),
     ],
     name: Annotated[str, typer.Option(help="Display name.")] = "Admin",
@@ -220,7 +222,8 @@ def create_user(
             hide_input=True,
             confirmation_prompt=True,
             envvar="USER_PASSWORD",
-            help="At least 8 characters with an uppercase letter (or set USER_PASSWORD).",
+            help="At least PASSWORD_MIN_LENGTH (12) characters, not a common password "
+            "(or set USER_PASSWORD).",
         ),
     ],
     role: Annotated[UserRole, typer.Option(help="The account's role.")] = UserRole.USER,

@@ -1,9 +1,12 @@
 """Settings from the environment and `.env`, validated once at start-up."""
 
+import math
 import os
 import secrets
 import sys
+from collections import Counter
 from functools import lru_cache
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from limits import parse
@@ -17,9 +20,72 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.models import Email, Password
+from backend.models import AccountRules, normalise_email
+from backend.passwords import (
+    DEFAULT_PASSWORD_MIN_LENGTH,
+    PASSWORD_MIN_LENGTH_FLOOR,
+    normalise_password,
+    password_problem,
+)
 
 MIN_SECRET_KEY_BYTES = 32
+HOW_TO_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+# A weak SECRET_KEY lets anyone who holds one token crack the key offline and forge an
+# admin's. A key that is set is refused, in every stage, when it is:
+# - shorter than 32 bytes: RFC 7518 3.2 wants an HS256 key of at least 256 bits;
+# - or contains one of these placeholders (any case), a sign it was copied from a
+#   template or typed by hand. Each is 5+ characters, so a random key contains one by
+#   chance with odds under 1 in 100,000;
+SECRET_KEY_PLACEHOLDERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "changethis",
+    "secret",
+    "password",
+    "passwd",
+    "example",
+    "sample",
+    "placeholder",
+    "default",
+    "insecure",
+    "dummy",
+    "qwerty",
+    "letmein",
+)
+# - or has an estimated entropy under 128 bits: its length times the Shannon entropy of
+#   its own character frequencies. Random keys score close to length x log2(alphabet):
+#   token_urlsafe(48) ~340 bits, token_hex(32) ~245, `openssl rand -base64 32` ~215.
+#   Repeated or few distinct characters score low: 32 x "a" is 0 bits, "abab..." 1 bit a
+#   character, so 64 characters of it 64 bits;
+MIN_SECRET_KEY_ENTROPY_BITS = 128
+# - or has more than half of its neighbouring characters equal or next to each other in
+#   code point order ("abcd...", "1234...", "aabb..."), which frequencies cannot see. In
+#   a random url-safe key about 5% of neighbours are, in a hex key about 18%.
+MAX_SECRET_KEY_STEP_SHARE = 0.5
+
+
+def secret_key_weakness(key: str) -> str | None:
+    """Why this SECRET_KEY is too weak to sign tokens with, or None if it is not."""
+    size = len(key.encode())
+    if size < MIN_SECRET_KEY_BYTES:
+        return f"is {size} bytes; it must be at least {MIN_SECRET_KEY_BYTES}"
+    lowered = key.lower()
+    for placeholder in SECRET_KEY_PLACEHOLDERS:
+        if placeholder in lowered:
+            return f"contains the placeholder {placeholder!r}"
+    counts = Counter(key).values()
+    bits = sum(count * math.log2(len(key) / count) for count in counts)
+    if bits < MIN_SECRET_KEY_ENTROPY_BITS:
+        return (
+            f"has about {bits:.0f} bits of entropy (repeated or few distinct characters); "
+            f"it needs {MIN_SECRET_KEY_ENTROPY_BITS}"
+        )
+    steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in pairwise(key))
+    if steps > MAX_SECRET_KEY_STEP_SHARE * (len(key) - 1):
+        return "is mostly runs of repeated or consecutive characters"
+    return None
 
 
 class Settings(BaseSettings):
@@ -37,8 +103,16 @@ class Settings(BaseSettings):
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 
-    FIRST_ADMIN_EMAIL: Email | None = None
-    FIRST_ADMIN_PASSWORD: Password | None = None
+    # Both checked against the account settings below, before the app applies them.
+    FIRST_ADMIN_EMAIL: str | None = None
+    FIRST_ADMIN_PASSWORD: str | None = None
+    # In characters (code points). NIST SP 800-63B's floor is 8; ASVS 2.1.1 asks for 12.
+    PASSWORD_MIN_LENGTH: int = Field(
+        default=DEFAULT_PASSWORD_MIN_LENGTH, ge=PASSWORD_MIN_LENGTH_FLOOR, le=64
+    )
+    # Non-ASCII emails (Unicode local parts and domain names). Off, every letter is ASCII
+    # and cannot come from another script; on, look-alikes are still refused (TR39).
+    ALLOW_INTERNATIONAL_EMAILS: bool = False
     REGISTRATION_ENABLED: bool = True
     RATE_LIMIT_ENABLED: bool = True
     # limits notation, "N/second|minute|hour|day": see the README for why these values.
@@ -129,18 +203,47 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def check_secret_key_and_defaults(self) -> "Settings":
-        if self.STAGE != "local" and len(self.SECRET_KEY.encode()) < MIN_SECRET_KEY_BYTES:
+        if self.SECRET_KEY:
+            weakness = secret_key_weakness(self.SECRET_KEY)
+            if weakness:
+                raise ValueError(
+                    f"SECRET_KEY is too weak: it {weakness}. Generate one with: {HOW_TO_MAKE_A_KEY}"
+                )
+        elif self.STAGE != "local":
             raise ValueError(
-                f"SECRET_KEY must be set to at least {MIN_SECRET_KEY_BYTES} bytes when "
-                f"STAGE={self.STAGE} (generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                f"SECRET_KEY must be set when STAGE={self.STAGE} (at least "
+                f"{MIN_SECRET_KEY_BYTES} random bytes). Generate one with: {HOW_TO_MAKE_A_KEY}"
             )
-        if not self.SECRET_KEY:
+        else:
             self.SECRET_KEY = secrets.token_urlsafe(48)
             self._secret_key_generated = True
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
         return self
+
+    @model_validator(mode="after")
+    def check_first_admin(self) -> "Settings":
+        if self.FIRST_ADMIN_EMAIL is not None:
+            try:
+                self.FIRST_ADMIN_EMAIL = normalise_email(
+                    self.FIRST_ADMIN_EMAIL, allow_international=self.ALLOW_INTERNATIONAL_EMAILS
+                )
+            except ValueError as error:
+                raise ValueError(f"FIRST_ADMIN_EMAIL: {error}") from error
+        if self.FIRST_ADMIN_PASSWORD is not None:
+            password = normalise_password(self.FIRST_ADMIN_PASSWORD)
+            problem = password_problem(password, min_length=self.PASSWORD_MIN_LENGTH)
+            if problem:
+                raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem}")
+            self.FIRST_ADMIN_PASSWORD = password
+        return self
+
+    @property
+    def account_rules(self) -> AccountRules:
+        return AccountRules(
+            password_min_length=self.PASSWORD_MIN_LENGTH,
+            allow_international_emails=self.ALLOW_INTERNATIONAL_EMAILS,
+        )
 
     _secret_key_generated: bool = PrivateAttr(default=False)
 

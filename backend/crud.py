@@ -12,9 +12,11 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend.config import Settings
+from backend.confusables import email_skeleton
 from backend.errors import (
     BadRequestError,
     ConflictError,
+    EmailLookalikeError,
     EmailTakenError,
     ForbiddenError,
     PreconditionFailedError,
@@ -135,7 +137,8 @@ async def create_user(
     audit: bool,
     actor_id: int | None = None,
 ) -> User:
-    """Insert a user; the unique index, not a prior look-up, decides duplicates.
+    """Insert a user; the unique indexes (email, and its confusable skeleton), not a
+    prior look-up, decide duplicates and look-alikes.
 
     With `audit`, the creation is recorded in the audit trail, in the same transaction,
     as `actor_id`'s doing (an admin, or None for the CLI).
@@ -164,12 +167,15 @@ async def register(
 async def _insert_user(
     session: AsyncSession, *, data: UserCreate | RegisterRequest, hasher: PasswordHasher
 ) -> User:
-    """Add a user and flush it (its id assigned, the email's uniqueness checked); the
-    caller commits."""
+    """Add a user and flush it (its id assigned, the email's uniqueness and look-alikes
+    checked); the caller commits."""
     hashed_password = await _hash(session, hasher, data.password)
-    user = User.model_validate(data, update={"hashed_password": hashed_password})
+    user = User.model_validate(
+        data,
+        update={"hashed_password": hashed_password, "email_skeleton": email_skeleton(data.email)},
+    )
     session.add(user)
-    async with _email_must_be_free(session):
+    async with _email_must_be_free(session, email=user.email):
         await session.flush()
     return user
 
@@ -216,6 +222,8 @@ async def _update_user(
         for name, value in changes.model_dump(exclude_unset=True, exclude={"password"}).items()
         if getattr(user, name) != value
     }
+    if "email" in values:
+        values["email_skeleton"] = email_skeleton(values["email"])
     if changes.password is not None:
         values["hashed_password"] = await _hash(session, hasher, changes.password)
     role_changed = "role" in values
@@ -239,7 +247,7 @@ async def _update_user(
     if expected_versions is not None:
         statement = statement.where(col(User.version).in_(expected_versions))
     events = _audit_update(user, values, actor_id)  # before RETURNING refreshes `user`
-    async with _email_must_be_free(session):
+    async with _email_must_be_free(session, email=values.get("email")):
         updated: User | None = (await session.exec(statement)).scalar_one_or_none()
         if updated is None:
             await session.rollback()
@@ -268,7 +276,7 @@ def _audit_update(user: User, values: dict[str, Any], actor_id: int | None) -> l
     fields = sorted(
         "password" if name == "hashed_password" else name
         for name in values
-        if name not in {"role", "is_active"}
+        if name not in {"role", "is_active", "email_skeleton"}
     )
     if fields:
         events.append(
@@ -324,7 +332,7 @@ async def log_in(
         return None
     if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
-    if new_hash is not None:
+    if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         session.add(user)
     return await issue_tokens(session, user=user, settings=settings)
@@ -404,15 +412,24 @@ async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> 
 
 
 @asynccontextmanager
-async def _email_must_be_free(session: AsyncSession) -> AsyncIterator[None]:
-    """Turn the unique index's refusal of a taken email into EmailTakenError."""
+async def _email_must_be_free(session: AsyncSession, *, email: str | None) -> AsyncIterator[None]:
+    """Turn a unique index's refusal of a taken email into EmailTakenError, or of a
+    look-alike of another account's into EmailLookalikeError."""
     try:
         yield
     except IntegrityError as error:
         await session.rollback()
-        if "email" in str(error.orig):
-            raise EmailTakenError() from error
-        raise
+        refusal = str(error.orig)
+        if "email" not in refusal:
+            raise
+        # The same email breaks both indexes, and either may be the one reported.
+        if (
+            "email_skeleton" in refusal
+            and email is not None
+            and await get_user_by_email(session, email=email) is None
+        ):
+            raise EmailLookalikeError() from error
+        raise EmailTakenError() from error
 
 
 async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: PasswordHasher) -> bool:

@@ -42,8 +42,18 @@ class PreconditionFailedError(DomainError):
 
 
 class EmailTakenError(ConflictError):
+    def __init__(self, detail: str = "A user with this email already exists.") -> None:
+        super().__init__(detail)
+
+
+class EmailLookalikeError(EmailTakenError):
+    """Taken in effect: another account's email renders the same (Unicode TR39)."""
+
     def __init__(self) -> None:
-        super().__init__("A user with this email already exists.")
+        super().__init__(
+            "A user with an email that looks the same (other letters that render alike) "
+            "already exists."
+        )
 
 
 class UnauthorizedError(DomainError):

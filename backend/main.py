@@ -19,7 +19,7 @@ from backend.middleware import (
     ResponseHeadersMiddleware,
     TrailingSlashMiddleware,
 )
-from backend.models import UserCreate, UserRole
+from backend.models import UserCreate, UserRole, use_account_rules
 from backend.observability import (
     Metrics,
     RequestLogMiddleware,
@@ -111,6 +111,7 @@ async def _ensure_first_admin(services: Services) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; settings from the environment unless given. Nothing runs until served."""
     settings = settings or get_settings()
+    use_account_rules(settings.account_rules)
     # Always counted (cheap); exposed, and requests timed, only with METRICS_ENABLED.
     metrics = Metrics()
     app = FastAPI(

@@ -2,6 +2,7 @@
 
 import secrets
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -11,13 +12,22 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    GetJsonSchemaHandler,
     StrictBool,
     WithJsonSchema,
     field_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema
 from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from backend.passwords import (
+    DEFAULT_PASSWORD_MIN_LENGTH,
+    PASSWORD_MAX_BYTES,
+    normalise_password,
+    password_problem,
+)
 
 # Set before any table is defined, so SQLite and PostgreSQL migrations name alike.
 SQLModel.metadata.naming_convention = {
@@ -28,8 +38,6 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
-PASSWORD_MIN_CHARS = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer passwords are refused, never truncated
 NAME_MAX_CHARS = 100
 EMAIL_MAX_CHARS = 254
 
@@ -71,14 +79,56 @@ def _reject_control_characters(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class AccountRules:
+    """The configurable part of the account validators (PASSWORD_MIN_LENGTH,
+    ALLOW_INTERNATIONAL_EMAILS).
+
+    The validators are pydantic annotations that FastAPI runs with no access to the app
+    or its settings, and they must stay there: the OpenAPI document, generated clients
+    and fuzzers read the rules off the same types. So the settings are applied to the
+    process, once, by the app factory and the CLI (`use_account_rules`), and read at
+    validation and at schema generation time. One process serves one configuration.
+    """
+
+    password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
+    allow_international_emails: bool = False
+
+
+_rules = AccountRules()
+
+
+def use_account_rules(rules: AccountRules) -> None:
+    global _rules
+    _rules = rules
+
+
 def _check_password_policy(value: str) -> str:
-    if len(value) < PASSWORD_MIN_CHARS:
-        raise ValueError(f"must be at least {PASSWORD_MIN_CHARS} characters long")
-    if len(value.encode()) > PASSWORD_MAX_BYTES:
-        raise ValueError(f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8")
-    if not any(char.isupper() for char in value):
-        raise ValueError("must contain at least one uppercase letter")
-    return _reject_control_characters(value)
+    value = normalise_password(value)
+    problem = password_problem(value, min_length=_rules.password_min_length)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class _PasswordJsonSchema:
+    """The hint clients and fuzzers read, made when the schema is: minLength follows
+    PASSWORD_MIN_LENGTH. The list of common passwords cannot be said in JSON Schema."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        min_length = _rules.password_min_length
+        return {
+            "type": "string",
+            "format": "password",
+            "minLength": min_length,
+            "maxLength": PASSWORD_MAX_BYTES,
+            "description": f"At least {min_length} characters (any: spaces, any script, no "
+            f"rules about kinds), at most {PASSWORD_MAX_BYTES} bytes in UTF-8, no control "
+            "characters; not a common or breached password, nor a run of repeated or "
+            "consecutive characters. Compared in Unicode NFKC form.",
+        }
 
 
 def _normalise_name(value: str) -> str:
@@ -94,41 +144,72 @@ _CONTROL = r"\u0000-\u001F\u007F-\u009F"
 _PRINTABLE = f"[^{_CONTROL}]"
 
 
-def _normalise_email(value: str) -> str:
-    # Emails are identifiers here, never mail targets: internal domains such as
-    # .internal, .lan or .test are accepted, which EmailStr refuses.
+def normalise_email(value: str, *, allow_international: bool) -> str:
+    """The address as stored: email-validator's normal form, lower-cased.
+
+    Emails are identifiers here, never mail targets: internal domains such as .internal,
+    .lan or .test are accepted, which EmailStr refuses. Without `allow_international`
+    the whole address must be ASCII once normalised, so that no letter can be a
+    look-alike from another script (`r\\u043e\\u043et`, Cyrillic o's). The domain's fullwidth or
+    upper-case letters are folded to ASCII by IDNA (UTS 46) and are accepted; a Unicode
+    domain, or its xn-- form (shown decoded), is not. Look-alikes that remain, within
+    ASCII (`rn`, `m`) or when international addresses are allowed, are refused by the
+    unique confusable skeleton (see crud and backend/confusables.py).
+    """
     if len(value) > EMAIL_MAX_CHARS:
         raise ValueError(f"must be at most {EMAIL_MAX_CHARS} characters long")
     try:
         address = validate_email(
-            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+            value,
+            check_deliverability=False,
+            globally_deliverable=False,
+            test_environment=True,
+            allow_smtputf8=allow_international,
         )
     except EmailNotValidError as error:
         raise ValueError(f"is not a valid email address: {error}") from error
+    if not allow_international and address.domain != address.ascii_domain:
+        raise ValueError(
+            "is not a valid email address: internationalised domain names are not accepted "
+            "here; use ASCII letters, digits and hyphens."
+        )
     return address.normalized.lower()
 
 
-Email = Annotated[
+def _normalise_email(value: str) -> str:
+    return normalise_email(value, allow_international=_rules.allow_international_emails)
+
+
+def _normalise_login_email(value: str) -> str:
+    # Whatever the current rule, an account made under another can still log in.
+    return normalise_email(value, allow_international=True)
+
+
+class _EmailJsonSchema:
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema: JsonSchemaValue = {
+            "type": "string",
+            "format": "email",
+            "maxLength": EMAIL_MAX_CHARS,
+            "description": "Stored lower-case. Refused when it looks like an existing "
+            "account's (Unicode TR39 confusables).",
+        }
+        if not _rules.allow_international_emails:
+            schema["description"] = "ASCII only. " + schema["description"]
+        return schema
+
+
+# The validators enforce the rules; the schema hints let clients and fuzzers know them.
+Email = Annotated[str, AfterValidator(_normalise_email), _EmailJsonSchema()]
+LoginEmail = Annotated[
     str,
-    AfterValidator(_normalise_email),
+    AfterValidator(_normalise_login_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_CHARS}),
 ]
-# The validators enforce the rules; the schema hints let clients and fuzzers know them.
-Password = Annotated[
-    str,
-    AfterValidator(_check_password_policy),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "format": "password",
-            "minLength": PASSWORD_MIN_CHARS,
-            "maxLength": PASSWORD_MAX_BYTES,
-            "pattern": "[A-Z]",
-            "description": f"At least {PASSWORD_MIN_CHARS} characters with an uppercase "
-            f"letter, at most {PASSWORD_MAX_BYTES} bytes in UTF-8, no control characters.",
-        }
-    ),
-]
+# A valid Password is in NFKC form: what is hashed.
+Password = Annotated[str, AfterValidator(_check_password_policy), _PasswordJsonSchema()]
 Name = Annotated[
     str,
     AfterValidator(_normalise_name),
@@ -188,6 +269,10 @@ class User(UserBase, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    # email_skeleton(email), set by crud: unique, so that no two accounts' emails look
+    # alike, checked by the database without a race. NULL for rows inserted by hand and
+    # for look-alikes that predate the column (see its migration).
+    email_skeleton: str | None = Field(default=None, sa_type=String(64), unique=True, index=True)
     hashed_password: str = Field(sa_type=String(255))
     # Part of every token: bumping it revokes all of the user's tokens at once.
     token_version: int = 0
@@ -307,7 +392,7 @@ class RegisterRequest(SQLModel):
 
 class LoginRequest(SQLModel):
     # No policy check here: a login only compares, and must not reveal the rules.
-    email: Email
+    email: LoginEmail
     password: str = Field(min_length=1, max_length=1024)
 
     model_config = ConfigDict(  # type: ignore[assignment]

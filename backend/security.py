@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from backend.config import Settings
 from backend.errors import ServiceUnavailableError, UnauthorizedError
-from backend.models import PASSWORD_MAX_BYTES, TokenClaims, User, utcnow
+from backend.models import TokenClaims, User, utcnow
+from backend.passwords import PASSWORD_MAX_BYTES, normalise_password
 
 JWT_ALGORITHM = "HS256"
 ACCESS = "access"
@@ -58,12 +59,13 @@ class PasswordHasher:
         return max(0, self._in_flight - self._concurrency)
 
     async def hash(self, password: str) -> str:
-        return await self._run(self._context.hash, password)
+        return await self._run(self._context.hash, normalise_password(password))
 
     async def verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
         """Check a password; with no hash (unknown user) spend the same time and fail.
 
-        Returns whether it matched and, when the rounds setting changed, a new hash.
+        Returns whether it matched and, when the hash is out of date (the rounds setting
+        changed, or it was made before passwords were normalised), a new hash.
         """
         return await self._run(self._verify, password, hashed_password)
 
@@ -83,6 +85,18 @@ class PasswordHasher:
             self._in_flight -= 1
 
     def _verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+        # Hashes are of the NFKC form. Older ones are of the password as typed, which is
+        # the same string for ASCII and most input: only input that NFKC changes costs a
+        # second bcrypt, for known and unknown emails alike, and a match that way is
+        # rehashed in NFKC form so that it costs one from then on.
+        normalised = normalise_password(password)
+        matched, new_hash = self._verify_one(normalised, hashed_password)
+        if matched or normalised == password:
+            return matched, new_hash
+        matched, _ = self._verify_one(password, hashed_password)
+        return matched, self._context.hash(normalised) if matched else None
+
+    def _verify_one(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
         too_long = len(password.encode()) > PASSWORD_MAX_BYTES
         if hashed_password is None or too_long:
             # bcrypt refuses passwords over 72 bytes, and no stored hash can match one.

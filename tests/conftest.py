@@ -21,7 +21,8 @@ from backend.db import create_engine, upgrade_to_head
 from backend.main import create_app
 
 DEFAULT_POSTGRES_URL = "postgresql://backend_test:backend_test@127.0.0.1:5432/backend_test"
-TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+# Fixed, so that tests can sign and read tokens; random, so that the weak-key check passes.
+TEST_SECRET_KEY = "DCM6dEF3ZFgTkGZErbgcyXa35HnSOK565EQ0oM2s889Snoz-ZvAlejiBF_Z1abqz"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "Admin-Password-1"
 USER_PASSWORD = "User-Password-1"

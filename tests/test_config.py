@@ -1,13 +1,16 @@
+import base64
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from backend.config import Settings, load_settings
+from backend.config import Settings, load_settings, secret_key_weakness
 from backend.db import async_url
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TEST_SECRET_KEY
 
 # What uvicorn does with `--factory backend.main:served_app`.
 SERVE_APP = "from backend.main import served_app; served_app()"
@@ -35,9 +38,51 @@ def test_production_without_secret_key_exits_with_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_short_secret_key_is_refused_outside_local() -> None:
-    with pytest.raises(SystemExit, match="SECRET_KEY must be set to at least 32 bytes"):
-        load_settings(_env_file=None, STAGE="staging", SECRET_KEY="short")
+@pytest.mark.parametrize("stage", ["local", "test", "staging", "production"])
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("secret", "is 6 bytes; it must be at least 32"),
+        ("é" * 15, "is 30 bytes"),
+        ("a" * 32, "0 bits of entropy"),
+        ("ab" * 40, "80 bits of entropy"),
+        ("changethis" * 4, "the placeholder 'changethis'"),
+        ("Th1s-is-my-SECRET-signing-key-for-prod!", "the placeholder 'secret'"),
+        ("pa$$word-CHANGEME-" + "x7Qk9" * 4, "the placeholder 'changeme'"),
+        ("abcdefghijklmnopqrstuvwxyzABCDEF", "runs of repeated or consecutive"),
+        ("0123456789:;<=>?@ABCDEFGHIJKLMNO", "runs of repeated or consecutive"),
+        ("aabbccddeeffgghhiijjkkllmmnnooppqqrrssttuuvvwwxxyyzz", "runs of repeated"),
+    ],
+)
+def test_a_weak_secret_key_is_refused_in_every_stage(stage: str, key: str, reason: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(_env_file=None, STAGE=stage, SECRET_KEY=key)
+    message = str(raised.value)
+    assert message.startswith("Configuration error: SECRET_KEY is too weak: it ")
+    assert reason in message
+    assert "secrets.token_urlsafe(48)" in message  # how to make a good one
+    assert len(message.splitlines()) == 1
+    assert key not in message.split(". Generate")[0]  # a key, however weak, is never echoed
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda: secrets.token_urlsafe(32),
+        lambda: secrets.token_urlsafe(48),
+        lambda: secrets.token_hex(32),
+        lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    ],
+    ids=["token_urlsafe(32)", "token_urlsafe(48)", "token_hex(32)", "openssl rand -base64 32"],
+)
+def test_random_keys_of_256_bits_pass(make_key: Callable[[], str]) -> None:
+    for _ in range(1000):
+        key = make_key()
+        assert secret_key_weakness(key) is None, key
+
+
+def test_keys_the_project_ships_pass() -> None:
+    assert secret_key_weakness(TEST_SECRET_KEY) is None
 
 
 def test_local_generates_a_key_and_the_served_app_warns() -> None:
@@ -46,7 +91,7 @@ def test_local_generates_a_key_and_the_served_app_warns() -> None:
     assert len(first.SECRET_KEY) >= 32
     assert first.SECRET_KEY != second.SECRET_KEY
     assert first.secret_key_generated
-    assert not settings_from(STAGE="local", SECRET_KEY="k" * 32).secret_key_generated
+    assert not settings_from(STAGE="local", SECRET_KEY=TEST_SECRET_KEY).secret_key_generated
     env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
     result = subprocess.run(
         [sys.executable, "-c", SERVE_APP],
@@ -69,9 +114,24 @@ def test_invalid_values_name_the_variable() -> None:
     assert "Configuration error: BCRYPT_ROUNDS:" in message
 
 
+def test_first_admin_email_follows_the_international_setting() -> None:
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_EMAIL: is not a valid email address"):
+        load_settings(_env_file=None, FIRST_ADMIN_EMAIL="jürgen@example.com")
+    settings = settings_from(
+        FIRST_ADMIN_EMAIL="Jürgen@Example.com", ALLOW_INTERNATIONAL_EMAILS=True
+    )
+    assert settings.FIRST_ADMIN_EMAIL == "jürgen@example.com"
+
+
 def test_first_admin_password_must_meet_the_policy() -> None:
-    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: must contain at least one"):
-        load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="lowercase-only")
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: is too common"):
+        load_settings(_env_file=None, FIRST_ADMIN_PASSWORD="qwertyuiop123")
+    with pytest.raises(SystemExit, match="FIRST_ADMIN_PASSWORD: must be at least 16 char"):
+        load_settings(
+            _env_file=None, PASSWORD_MIN_LENGTH=16, FIRST_ADMIN_PASSWORD="Admin-Password1"
+        )
+    with pytest.raises(SystemExit, match="PASSWORD_MIN_LENGTH: Input should be greater"):
+        load_settings(_env_file=None, PASSWORD_MIN_LENGTH=6)
 
 
 def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +149,7 @@ def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
     settings = settings_from(
-        STAGE="production", SECRET_KEY="x" * 32, DATABASE_URL="postgresql://u:p@h/db"
+        STAGE="production", SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL="postgresql://u:p@h/db"
     )
     assert settings.AUTO_MIGRATE is False
 

@@ -33,7 +33,7 @@ export ADMIN_EMAIL=dashboard-admin@example.com ADMIN_PASSWORD=Dashboard-Admin-1
 (
   cd "$repo"
   exec env DATABASE_URL="sqlite:///${work}/dashboards.db" STAGE=test BCRYPT_ROUNDS=4 \
-    SECRET_KEY="dashboard-providers-secret-key-long-enough-for-hs256" \
+    SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" \
     RATE_LIMIT_ENABLED=false \
     FIRST_ADMIN_EMAIL="$ADMIN_EMAIL" FIRST_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
     uv run backend serve --port "$port"
