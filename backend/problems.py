@@ -2,6 +2,7 @@
 render domain errors, validation errors, HTTP errors and database outages in it."""
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -76,10 +77,38 @@ def request_id_of(request: Request) -> str | None:
     return request_id
 
 
+# How pydantic names the members of a union in an error's location: an optional field
+# (`Email | None`) fails as "email.function-after[_normalise_email(), str]" and again
+# as "email.none". Clients want the field's name, once.
+_UNION_MEMBER = re.compile(r"[a-z][a-z0-9-]*\[.*\]|none|bool|int|float|str|datetime")
+
+
 def _field_name(location: Sequence[Any]) -> str:
     # ("body", "email") -> "email"; a body that is not JSON at all -> "body".
     parts = [str(part) for part in location[1:]] if len(location) > 1 else []
+    if len(parts) > 1:
+        parts = parts[:1] + [
+            part
+            for part in parts[1:]
+            if not isinstance(part, str) or not _UNION_MEMBER.fullmatch(part)
+        ]
     return ".".join(parts) or str(location[0] if location else "body")
+
+
+def _field_errors(errors: Sequence[Mapping[str, Any]]) -> list[FieldError]:
+    """One entry per field and message; a union's "should be None" branch is dropped
+    where the field failed another way, since it only says that null was also refused."""
+    failed_otherwise = {
+        _field_name(error["loc"]) for error in errors if error["type"] != "none_required"
+    }
+    field_errors: dict[tuple[str, str], FieldError] = {}
+    for error in errors:
+        field = _field_name(error["loc"])
+        if error["type"] == "none_required" and field in failed_otherwise:
+            continue
+        message = _validation_message(error)
+        field_errors.setdefault((field, message), FieldError(field=field, message=message))
+    return list(field_errors.values())
 
 
 def _validation_message(error: Mapping[str, Any]) -> str:
@@ -137,10 +166,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        FieldError(field=_field_name(error["loc"]), message=_validation_message(error))
-        for error in exc.errors()
-    ]
+    errors = _field_errors(exc.errors())
     fields = ", ".join(dict.fromkeys(error.field for error in errors))
     return problem_response(
         HTTPStatus.UNPROCESSABLE_ENTITY,
