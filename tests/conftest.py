@@ -1,26 +1,25 @@
 """Every test that takes `client` runs twice: on a SQLite file and on a real PostgreSQL.
 
-PostgreSQL comes from TEST_POSTGRES_URL (default: the role and database that .ci/run
-creates). Outside CI an unreachable server skips those tests; in CI it fails them.
+PostgreSQL is the server tests/postgres.py picks (TEST_POSTGRES_URL, the default address,
+or an embedded server started for the session), in a database made for this session.
 """
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from backend.config import Settings
-from backend.db import create_engine, upgrade_to_head
+from backend.db import upgrade_to_head
 from backend.main import create_app
+from tests.postgres import Server, postgres_server, session_database
+from tests.services import EMBEDDED_POSTGRES, require, summary_lines
 
-DEFAULT_POSTGRES_URL = "postgresql://backend_test:backend_test@127.0.0.1:5432/backend_test"
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "Admin-Password-1"
@@ -50,32 +49,35 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-async def _reset_postgres_schema(url: str) -> None:
-    engine = create_engine(make_settings(url))
+SERVICE_NOTES: list[str] = []  # what the closing summary says about the services used
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Server]:
+    """The PostgreSQL server of this session; started here when it is the embedded one."""
     try:
-        async with engine.begin() as connection:
-            await connection.execute(text("DROP SCHEMA public CASCADE"))
-            await connection.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-    await upgrade_to_head(make_settings(url))
+        with postgres_server() as server:
+            started = f", started in {server.start_seconds:.1f} s" if server.start_seconds else ""
+            SERVICE_NOTES.append(f"PostgreSQL tests ran on {server.description}{started}")
+            yield server
+    except ImportError as error:
+        require(EMBEDDED_POSTGRES, f"no server at the default address and {error}")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A freshly migrated database for this test session."""
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A freshly migrated database for this test session, dropped at its end."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         asyncio.run(upgrade_to_head(make_settings(url)))
-        return url
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    try:
-        asyncio.run(_reset_postgres_schema(url))
-    except OSError as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL at {url} is not reachable: {error}")
-    return url
+        yield url
+        return
+    server: Server = request.getfixturevalue("postgres")
+    with session_database(server) as url:
+        asyncio.run(upgrade_to_head(make_settings(url)))
+        yield url
 
 
 @pytest.fixture
@@ -141,3 +143,11 @@ def register(client: httpx.AsyncClient) -> RegisterUser:
 @pytest.fixture
 async def user_headers(register: RegisterUser) -> dict[str, str]:
     return bearer((await register())["access_token"])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = SERVICE_NOTES + summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.write_sep("=", "services")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -20,6 +20,8 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect, sync_playwright
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY
+from tests.services import CHROMIUM as CHROMIUM_SERVICE
+from tests.services import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What Debian's Chromium needs headless as root; Playwright adds its own flags after these.
@@ -42,10 +44,7 @@ UI_TIMEOUT_MS = 15_000
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require(CHROMIUM_SERVICE, f"{CHROMIUM} is missing")
     return CHROMIUM
 
 

@@ -34,6 +34,7 @@ from backend.errors import database_unavailable
 from backend.main import create_app
 from backend.models import User
 from tests.conftest import API, USER_PASSWORD, make_settings
+from tests.services import POSTGRES_CLUSTER, require
 
 CLIENTS = 4
 REQUEST_LIMIT_SECONDS = 10.0  # the bound the test asserts on every single request
@@ -167,9 +168,7 @@ def cluster() -> Iterator[Cluster]:
     version = _newest_postgres_version()
     problem = _missing_for_a_cluster(version)
     if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"the outage test needs a throwaway PostgreSQL cluster: {problem}")
-        pytest.skip(f"no throwaway PostgreSQL cluster: {problem}")
+        require(POSTGRES_CLUSTER, problem)
     assert version is not None
     _drop_clusters_of_killed_runs(version)
     cluster = Cluster(version, f"{CLUSTER_PREFIX}{os.getpid()}", free_port())
