@@ -5,8 +5,7 @@ or an embedded server started for the session), in a database made for this sess
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -17,36 +16,23 @@ from sqlmodel import SQLModel
 from backend.config import Settings
 from backend.db import upgrade_to_head
 from backend.main import create_app
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    USER_PASSWORD,
+    RegisterUser,
+    bearer,
+    login,
+    make_settings,
+)
 from tests.postgres import Server, postgres_server, session_database
 from tests.services import EMBEDDED_POSTGRES, require, summary_lines
-
-TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
-ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "Admin-Password-1"
-USER_PASSWORD = "User-Password-1"
-
-API = "/api/v1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "STAGE": "test",
-        "BCRYPT_ROUNDS": 4,
-        "AUTO_MIGRATE": False,
-        "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
-        "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "CORS_ORIGINS": ["https://dashboard.example.com"],
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 SERVICE_NOTES: list[str] = []  # what the closing summary says about the services used
@@ -102,25 +88,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
-    response = await client.post(
-        f"{API}/auth/login", data={"username": email, "password": password}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 async def admin_headers(client: httpx.AsyncClient) -> dict[str, str]:
     return bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
-
-
-RegisterUser = Callable[..., Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from backend.config import Settings, load_settings
 from backend.db import async_url
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def settings_from(**values: Any) -> Settings:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from backend.deps import SessionDep
 from backend.errors import database_unavailable
 from backend.main import create_app
 from backend.models import User
-from tests.conftest import API, USER_PASSWORD, make_settings
+from tests.helpers import API, USER_PASSWORD, bearer, free_port, make_settings, running
 from tests.services import POSTGRES_CLUSTER, require
 
 CLIENTS = 4
@@ -98,13 +97,6 @@ async def test_closing_a_session_whose_connection_died_is_not_an_error(
     else:
         with pytest.raises(type(error)):
             await Session().close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def run(*command: str) -> str:
@@ -231,7 +223,7 @@ class Load:
             response = await self.call("register", "POST", f"{API}/auth/register", json=body)
             if response is not None and response.status_code == 200:
                 self.acknowledged.append(email)
-                headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+                headers = bearer(response.json()["access_token"])
             if headers:
                 await self.call("me", "GET", f"{API}/users/me", headers=headers)
             await self.call("ready", "GET", "/health/ready")
@@ -268,11 +260,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     settings = make_settings(cluster.url, RATE_LIMIT_ENABLED=False, AUTO_MIGRATE=True)
     app = create_app(settings)
     add_slow_query_route(app)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
+    async with running(app, raise_app_exceptions=False) as client:
         load = Load(client)
         users = [asyncio.create_task(load.user(number)) for number in range(CLIENTS)]
         try:
