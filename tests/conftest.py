@@ -115,6 +115,7 @@ async def user_headers(register: RegisterUser) -> dict[str, str]:
     return bearer((await register())["access_token"])
 
 
+@pytest.hookimpl(trylast=True)  # after the coverage report: the closing lines
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = SERVICE_NOTES + summary_lines(terminalreporter.stats.get("skipped", []))
     if lines:
