@@ -1,34 +1,33 @@
 """Every test that takes `client` runs twice: on a SQLite file and on a real PostgreSQL.
 
-PostgreSQL comes from TEST_POSTGRES_URL (default: the role and database that .ci/run
-creates). Outside CI an unreachable server skips those tests; in CI it fails them.
+PostgreSQL is the server tests/postgres.py picks (TEST_POSTGRES_URL, the default address,
+or an embedded server started for the session), in a database made for this session.
 """
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from backend.config import Settings
-from backend.db import create_engine, upgrade_to_head
+from backend.db import upgrade_to_head
 from backend.main import create_app
-
-DEFAULT_POSTGRES_URL = "postgresql://backend_test:backend_test@127.0.0.1:5432/backend_test"
-# Fixed, so that tests can sign and read tokens; random, so that the weak-key check passes.
-TEST_SECRET_KEY = "DCM6dEF3ZFgTkGZErbgcyXa35HnSOK565EQ0oM2s889Snoz-ZvAlejiBF_Z1abqz"
-ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "Admin-Password-1"
-USER_PASSWORD = "User-Password-1"
-
-API = "/api/v1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    USER_PASSWORD,
+    RegisterUser,
+    bearer,
+    login,
+    make_settings,
+)
+from tests.postgres import Server, postgres_server, session_database
+from tests.services import EMBEDDED_POSTGRES, require, summary_lines
 
 
 @pytest.fixture
@@ -36,47 +35,35 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "STAGE": "test",
-        "BCRYPT_ROUNDS": 4,
-        "AUTO_MIGRATE": False,
-        "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
-        "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "CORS_ORIGINS": ["https://dashboard.example.com"],
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+SERVICE_NOTES: list[str] = []  # what the closing summary says about the services used
 
 
-async def _reset_postgres_schema(url: str) -> None:
-    engine = create_engine(make_settings(url))
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Server]:
+    """The PostgreSQL server of this session; started here when it is the embedded one."""
     try:
-        async with engine.begin() as connection:
-            await connection.execute(text("DROP SCHEMA public CASCADE"))
-            await connection.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-    await upgrade_to_head(make_settings(url))
+        with postgres_server() as server:
+            started = f", started in {server.start_seconds:.1f} s" if server.start_seconds else ""
+            SERVICE_NOTES.append(f"PostgreSQL tests ran on {server.description}{started}")
+            yield server
+    except ImportError as error:
+        require(EMBEDDED_POSTGRES, f"no server at the default address and {error}")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A freshly migrated database for this test session."""
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A freshly migrated database for this test session, dropped at its end."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         asyncio.run(upgrade_to_head(make_settings(url)))
-        return url
-    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    try:
-        asyncio.run(_reset_postgres_schema(url))
-    except OSError as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL at {url} is not reachable: {error}")
-    return url
+        yield url
+        return
+    server: Server = request.getfixturevalue("postgres")
+    with session_database(server) as url:
+        asyncio.run(upgrade_to_head(make_settings(url)))
+        yield url
 
 
 @pytest.fixture
@@ -101,25 +88,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
-    response = await client.post(
-        f"{API}/auth/login", data={"username": email, "password": password}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 async def admin_headers(client: httpx.AsyncClient) -> dict[str, str]:
     return bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
-
-
-RegisterUser = Callable[..., Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture
@@ -142,3 +113,12 @@ def register(client: httpx.AsyncClient) -> RegisterUser:
 @pytest.fixture
 async def user_headers(register: RegisterUser) -> dict[str, str]:
     return bearer((await register())["access_token"])
+
+
+@pytest.hookimpl(trylast=True)  # after the coverage report: the closing lines
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = SERVICE_NOTES + summary_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.write_sep("=", "services")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.deps import MAX_ID
-from tests.conftest import API, TEST_SECRET_KEY, bearer
+from tests.helpers import API, TEST_SECRET_KEY, bearer
 
 # Operations anyone may call: each one is here on purpose, and any other needs a token.
 PUBLIC_OPERATIONS = {

@@ -6,7 +6,7 @@ import httpx
 from fastapi import FastAPI
 
 from backend.models import User, UserRole
-from tests.conftest import API, USER_PASSWORD, RegisterUser, bearer, login
+from tests.helpers import API, USER_PASSWORD, RegisterUser, bearer, login
 
 SUCCESSOR = {"email": "successor@example.com", "name": "Successor", "password": USER_PASSWORD}
 

@@ -4,7 +4,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import API, RegisterUser
+from tests.helpers import API, RegisterUser
 
 
 async def events(

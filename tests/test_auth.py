@@ -5,7 +5,7 @@ import httpx
 import jwt
 from fastapi import FastAPI
 
-from tests.conftest import (
+from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     API,

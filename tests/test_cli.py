@@ -7,7 +7,7 @@ from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
-from tests.test_shutdown import free_port
+from tests.helpers import free_port
 
 runner = CliRunner()
 

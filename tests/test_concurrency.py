@@ -6,14 +6,13 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import API
+from tests.helpers import API, create_user
 
 NEW_USER = {"email": "target@example.com", "name": "Target", "password": "Target-Pass-1"}
 
 
 async def make_user(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> dict[str, Any]:
-    response = await client.post(f"{API}/users", json=NEW_USER, headers=admin_headers)
-    assert response.status_code == 201
+    response = await create_user(client, admin_headers, **NEW_USER)
     return dict(response.json(), etag=response.headers["etag"])
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from backend.config import Settings, load_settings, secret_key_weakness
 from backend.db import async_url
-from tests.conftest import REPO_ROOT, TEST_SECRET_KEY
+from tests.helpers import REPO_ROOT, TEST_SECRET_KEY
 
 # What uvicorn does with `--factory backend.main:served_app`.
 SERVE_APP = "from backend.main import served_app; served_app()"

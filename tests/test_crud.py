@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from backend import crud
 from backend.errors import ConflictError
 from backend.models import User, UserCreate, UserRole, UserUpdate
-from tests.conftest import ADMIN_EMAIL
+from tests.helpers import ADMIN_EMAIL
 
 
 async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from backend.main import create_app
-from tests.conftest import API, make_settings
+from tests.helpers import API, make_settings
 
 # Any JavaScript MIME type passes nosniff; which one depends on the machine's mime.types.
 JAVASCRIPT = {"text/javascript", "application/javascript"}

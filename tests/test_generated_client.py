@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 
 from backend.main import create_app
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, RegisterUser, make_settings
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, RegisterUser, make_settings
 
 GENERATOR = "openapi-python-client==0.27.1"
 PACKAGE = "users_api_client"

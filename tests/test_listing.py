@@ -14,7 +14,7 @@ from backend.listing import Resource
 from backend.models import AuditEvent, AuditEventPublic, User, UserPublic
 from backend.routers.audit import AUDIT_EVENTS
 from backend.routers.users import USERS
-from tests.conftest import API
+from tests.helpers import API, create_user
 
 PEOPLE = [
     ("carol@example.com", "Carol 100%", "user"),
@@ -28,13 +28,8 @@ PEOPLE = [
 async def people(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> list[dict[str, Any]]:
     created = []
     for email, name, role in PEOPLE:
-        response = await client.post(
-            f"{API}/users",
-            json={"email": email, "name": name, "role": role, "password": "Password-123"},
-            headers=admin_headers,
-        )
-        assert response.status_code == 201
-        created.append(response.json())
+        fields = {"email": email, "name": name, "role": role, "password": "Password-123"}
+        created.append((await create_user(client, admin_headers, **fields)).json())
     return created
 
 

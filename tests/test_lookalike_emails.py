@@ -15,7 +15,7 @@ from backend.confusables import email_skeleton, skeleton
 from backend.db import alembic_config, create_engine
 from backend.main import create_app
 from backend.models import AccountRules, User, use_account_rules
-from tests.conftest import API, USER_PASSWORD, RegisterUser, login, make_settings
+from tests.helpers import API, USER_PASSWORD, RegisterUser, login, make_settings
 
 ROOT = "root@example.com"
 LOOKALIKES = {

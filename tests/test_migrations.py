@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 
 from backend.config import Settings
 from backend.db import alembic_config, create_engine, include_in_autogenerate, upgrade_to_head
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 BEFORE_ACCOUNT_KEYS = "fef801514d0c"
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from backend.config import Settings
 from backend.main import create_app
 from backend.observability import configure_logging
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, bearer, login
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, bearer, login, running
 
 
 async def test_one_log_line_per_request_with_its_context(
@@ -98,15 +98,13 @@ async def test_metrics_endpoint(settings: Settings) -> None:
     app: FastAPI = create_app(
         settings.model_copy(update={"METRICS_ENABLED": True, "RATE_LIMIT_LOGIN": "1/minute"})
     )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            form = {"username": ADMIN_EMAIL, "password": "Wrong-Password-1"}
-            assert (await client.post(f"{API}/auth/login", data=form)).status_code == 401
-            assert (await client.post(f"{API}/auth/login", data=form)).status_code == 429
-            await client.get("/health")
-            response = await client.get("/metrics")
-            in_api = await client.get(f"{API}/metrics")
+    async with running(app) as client:
+        form = {"username": ADMIN_EMAIL, "password": "Wrong-Password-1"}
+        assert (await client.post(f"{API}/auth/login", data=form)).status_code == 401
+        assert (await client.post(f"{API}/auth/login", data=form)).status_code == 429
+        await client.get("/health")
+        response = await client.get("/metrics")
+        in_api = await client.get(f"{API}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -32,7 +31,8 @@ from backend.db import Session, create_engine, database_unavailable
 from backend.deps import SessionDep
 from backend.main import create_app
 from backend.models import User
-from tests.conftest import API, USER_PASSWORD, make_settings
+from tests.helpers import API, USER_PASSWORD, bearer, free_port, make_settings, running
+from tests.services import POSTGRES_CLUSTER, require
 
 CLIENTS = 4
 REQUEST_LIMIT_SECONDS = 10.0  # the bound the test asserts on every single request
@@ -98,13 +98,6 @@ async def test_closing_a_session_whose_connection_died_is_not_an_error(
             await Session().close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def run(*command: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
@@ -166,9 +159,7 @@ def cluster() -> Iterator[Cluster]:
     version = _newest_postgres_version()
     problem = _missing_for_a_cluster(version)
     if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"the outage test needs a throwaway PostgreSQL cluster: {problem}")
-        pytest.skip(f"no throwaway PostgreSQL cluster: {problem}")
+        require(POSTGRES_CLUSTER, problem)
     assert version is not None
     _drop_clusters_of_killed_runs(version)
     cluster = Cluster(version, f"{CLUSTER_PREFIX}{os.getpid()}", free_port())
@@ -231,7 +222,7 @@ class Load:
             response = await self.call("register", "POST", f"{API}/auth/register", json=body)
             if response is not None and response.status_code == 200:
                 self.acknowledged.append(email)
-                headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+                headers = bearer(response.json()["access_token"])
             if headers:
                 await self.call("me", "GET", f"{API}/users/me", headers=headers)
             await self.call("ready", "GET", "/health/ready")
@@ -268,11 +259,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     settings = make_settings(cluster.url, RATE_LIMIT_ENABLED=False, AUTO_MIGRATE=True)
     app = create_app(settings)
     add_slow_query_route(app)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
+    async with running(app, raise_app_exceptions=False) as client:
         load = Load(client)
         users = [asyncio.create_task(load.user(number)) for number in range(CLIENTS)]
         try:

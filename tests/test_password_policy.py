@@ -19,7 +19,7 @@ from backend.main import create_app
 from backend.models import AccountRules, User, use_account_rules
 from backend.passwords import normalise_password, password_problem
 from backend.security import PasswordHasher
-from tests.conftest import API, RegisterUser, bearer, login, make_settings
+from tests.helpers import API, RegisterUser, bearer, login, make_settings
 
 USER = {"email": "policy@example.com", "name": "Policy"}
 

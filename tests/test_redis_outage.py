@@ -5,7 +5,6 @@ disturbs the shared one. Outside CI a machine without redis-server skips it.
 """
 
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -18,17 +17,18 @@ import httpx
 import pytest
 
 from backend.main import create_app
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, make_settings
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    free_port,
+    make_settings,
+    post_login,
+    running,
+)
+from tests.services import REDIS, require
 
 START_SECONDS = 10.0
 REQUEST_LIMIT_SECONDS = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -81,9 +81,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("the Redis outage test needs redis-server")
-        pytest.skip("redis-server is not installed")
+        require(REDIS, "redis-server is not installed")
     server = RedisServer(tmp_path)
     server.start()
     try:
@@ -97,20 +95,13 @@ async def api(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[httpx.
     settings = make_settings(
         f"sqlite:///{tmp_path / 'redis-outage.db'}", REDIS_URL=redis_server.url, AUTO_MIGRATE=True
     )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as api_client,
-    ):
+    async with running(create_app(settings)) as api_client:
         yield api_client
 
 
 async def login(client: httpx.AsyncClient) -> httpx.Response:
     started = time.monotonic()
-    response = await client.post(
-        f"{API}/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
-    )
+    response = await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     assert time.monotonic() - started < REQUEST_LIMIT_SECONDS
     return response
 

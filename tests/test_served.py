@@ -15,8 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY
-from tests.test_shutdown import free_port
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, free_port
 
 START_SECONDS = 60.0
 BIN = Path(sys.executable).parent

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from sqlmodel import select
 
 from backend.models import RefreshToken, utcnow
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, RegisterUser, bearer, login
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, RegisterUser, bearer, login
 
 
 async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:

@@ -4,9 +4,7 @@ Every request already being handled must get its answer, the lifespan shutdown (
 closes the pool) must run, and the process must exit 0 within SHUTDOWN_GRACE_SECONDS.
 """
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    free_port,
+    server_env,
+    wait_until_healthy,
+)
 
 GRACE_SECONDS = 20
 REQUESTS = 16
@@ -28,31 +33,19 @@ START_SECONDS = 30.0
 BCRYPT_ROUNDS = 12
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Server:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "server.log"
-        env = {
-            "PATH": os.environ["PATH"],
-            "DATABASE_URL": f"sqlite:///{workdir / 'shutdown.db'}",
-            "SECRET_KEY": TEST_SECRET_KEY,
-            "STAGE": "test",
-            "BCRYPT_ROUNDS": str(BCRYPT_ROUNDS),
-            "HASH_CONCURRENCY": "1",
-            "HASH_QUEUE_LIMIT": str(REQUESTS * 2),
-            "RATE_LIMIT_ENABLED": "false",
-            "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
-            "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
-        }
+        env = server_env(
+            workdir / "shutdown.db",
+            BCRYPT_ROUNDS=str(BCRYPT_ROUNDS),
+            HASH_CONCURRENCY="1",
+            HASH_QUEUE_LIMIT=str(REQUESTS * 2),
+            RATE_LIMIT_ENABLED="false",
+            SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
+        )
         command = [str(Path(sys.executable).parent / "backend"), "serve", "--port", str(self.port)]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -63,17 +56,7 @@ class Server:
         return self.log.read_text()
 
     def wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server was not healthy after {START_SECONDS} s:\n{self.output()}")
+        wait_until_healthy(self.base_url, self.process, self.log, START_SECONDS)
 
     def kill(self) -> None:
         if self.process.poll() is None:

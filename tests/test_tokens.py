@@ -14,7 +14,7 @@ import pytest
 
 from backend.errors import ServiceUnavailableError
 from backend.security import PasswordHasher
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
 
 
 def _b64(data: dict[str, Any]) -> str:

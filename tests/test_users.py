@@ -4,25 +4,25 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import (
+from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     API,
     USER_PASSWORD,
     RegisterUser,
     bearer,
+    create_user,
     login,
 )
 
 NEW_USER = {"email": "new@example.com", "name": "New User", "password": "New-Password-1"}
 
 
-async def create_user(
+async def create_new_user(
     client: httpx.AsyncClient, headers: dict[str, str], **fields: Any
 ) -> dict[str, Any]:
-    response = await client.post(f"{API}/users", json={**NEW_USER, **fields}, headers=headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
+    """NEW_USER, with these fields changed, created by an admin."""
+    body: dict[str, Any] = (await create_user(client, headers, **{**NEW_USER, **fields})).json()
     return body
 
 
@@ -99,7 +99,7 @@ async def test_create_is_admin_only(
 async def test_create_conflict_and_validation(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    await create_user(client, admin_headers)
+    await create_new_user(client, admin_headers)
     duplicate = await client.post(
         f"{API}/users", json={**NEW_USER, "email": "NEW@example.com"}, headers=admin_headers
     )
@@ -154,7 +154,7 @@ async def test_timestamps_are_utc(client: httpx.AsyncClient, user_headers: dict[
 async def test_admin_updates_fields(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    user = await create_user(client, admin_headers)
+    user = await create_new_user(client, admin_headers)
     response = await client.patch(
         f"{API}/users/{user['id']}",
         json={"name": "Changed", "email": "Changed@Example.com"},
@@ -169,7 +169,7 @@ async def test_admin_updates_fields(
 async def test_update_conflicts_404_and_nulls(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    user = await create_user(client, admin_headers)
+    user = await create_new_user(client, admin_headers)
     taken = await client.patch(
         f"{API}/users/{user['id']}", json={"email": ADMIN_EMAIL}, headers=admin_headers
     )
@@ -198,7 +198,7 @@ async def test_update_is_admin_only(
 async def test_admin_sets_a_password_and_old_tokens_die(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    user = await create_user(client, admin_headers)
+    user = await create_new_user(client, admin_headers)
     tokens = await login(client, NEW_USER["email"], NEW_USER["password"])
     response = await client.patch(
         f"{API}/users/{user['id']}", json={"password": "Brand-New-Pass-2"}, headers=admin_headers
@@ -216,7 +216,7 @@ async def test_admin_sets_a_password_and_old_tokens_die(
 async def test_role_change_and_deactivation_revoke_tokens(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    user = await create_user(client, admin_headers)
+    user = await create_new_user(client, admin_headers)
     for change, status in (({"role": "admin"}, 401), ({"is_active": False}, 403)):
         token = (await login(client, NEW_USER["email"], NEW_USER["password"]))["access_token"]
         response = await client.patch(
@@ -260,7 +260,7 @@ async def test_last_active_admin_is_protected(
         )
         assert response.status_code == 409, change
         assert "last active admin" in response.json()["detail"]
-    second = await create_user(client, admin_headers, role="admin")
+    second = await create_new_user(client, admin_headers, role="admin")
     demoted = await client.patch(
         f"{API}/users/{admin['id']}", json={"role": "user"}, headers=admin_headers
     )
@@ -278,7 +278,7 @@ async def test_two_admins_demoting_each_other_leave_one_admin(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     admin = (await client.get(f"{API}/users/me", headers=admin_headers)).json()
-    second = await create_user(client, admin_headers, role="admin")
+    second = await create_new_user(client, admin_headers, role="admin")
     second_headers = bearer(
         (await login(client, NEW_USER["email"], NEW_USER["password"]))["access_token"]
     )
@@ -298,7 +298,7 @@ async def test_two_admins_demoting_each_other_leave_one_admin(
 async def test_delete_returns_the_record_then_404(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    user = await create_user(client, admin_headers)
+    user = await create_new_user(client, admin_headers)
     response = await client.delete(f"{API}/users/{user['id']}", headers=admin_headers)
     assert response.status_code == 200
     assert response.json() == user

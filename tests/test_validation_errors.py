@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API
+from tests.helpers import API
 
 BAD_VALUES: dict[str, Any] = {
     "email": "not-an-email",

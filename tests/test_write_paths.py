@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 from backend import crud
 from backend.main import create_app
 from backend.security import PasswordHasher
-from tests.conftest import (
+from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     API,
