@@ -9,6 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.parsing import parse_int
 from backend.problems import problem_response
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -66,7 +67,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
+            if parse_int(declared.decode("latin-1"), low=0, high=self.max_bytes) is None:
                 await self._refuse(scope, receive, send)
                 return
             await self.app(scope, receive, send)

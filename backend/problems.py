@@ -1,6 +1,7 @@
 """One error format for every error: RFC 9457 problem+json, and the handlers that
 render domain errors, validation errors, HTTP errors and database outages in it."""
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -40,6 +41,15 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
+class ProblemJSONResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        # ASCII with \u escapes: a problem may quote what the client sent, and a lone
+        # surrogate from its JSON ("\ud800") has no UTF-8 encoding, but it has an escape.
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -56,11 +66,8 @@ def problem_response(
         request_id=request_id,
         errors=list(errors) if errors is not None else None,
     )
-    return JSONResponse(
-        problem.model_dump(exclude_none=True),
-        status_code=status,
-        headers=dict(headers or {}),
-        media_type=PROBLEM_JSON,
+    return ProblemJSONResponse(
+        problem.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {})
     )
 
 
