@@ -159,7 +159,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 
 async def _handle_database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_unavailable(exc):
-        return await _handle_unexpected_error(request, exc)
+        return unexpected_error_response(exc, request_id=request_id_of(request))
     cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     services_of(request.scope).metrics.database_unavailable.inc()
     logger.warning("database unavailable: %s", cause.__class__.__name__)
@@ -171,18 +171,14 @@ async def _handle_database_error(request: Request, exc: Exception) -> JSONRespon
     )
 
 
-async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
-    request_id = request_id_of(request)
-    response = problem_response(
+def unexpected_error_response(exc: Exception, *, request_id: str | None) -> JSONResponse:
+    """A bug: its traceback logged once, and an opaque 500 with the id to quote."""
+    logger.error("unhandled error (request %s)", request_id, exc_info=exc)
+    return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         "An unexpected error occurred. Quote the request id when reporting it.",
         request_id=request_id,
     )
-    # This handler runs outside the request-id middleware, so it sets the header itself.
-    if request_id:
-        response.headers["X-Request-ID"] = request_id
-    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -193,4 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
     database_errors: tuple[type[Exception], ...] = (DBAPIError, *DATABASE_UNAVAILABLE)
     for database_error in database_errors:
         app.add_exception_handler(database_error, _handle_database_error)
-    app.add_exception_handler(Exception, _handle_unexpected_error)
+    # Any other exception is answered by UnexpectedErrorMiddleware, inside the middleware
+    # that adds the common headers. An `Exception` handler here would run in Starlette's
+    # outermost ServerErrorMiddleware, bypassing them, which then re-raises it to the
+    # server to log a second time.

@@ -1,9 +1,15 @@
 """Inputs that used to end in a 500 (issue 10, item 5), one class per test: each now gets
-a problem+json 4xx naming what was wrong."""
+a problem+json 4xx naming what was wrong; and a 500, when a bug does happen, carries
+the same headers as any other response and is logged once."""
+
+import logging
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from backend.config import Settings
+from backend.main import create_app
 from backend.parsing import INT32_MAX, MAX_JSON_CHARS, MAX_JSON_DEPTH
 from tests.conftest import API
 
@@ -187,3 +193,39 @@ async def test_a_content_length_of_5000_digits_is_413(client: httpx.AsyncClient)
     request.headers["content-length"] = HUGE
     response = await client.send(request)
     assert_problem(response, 413)
+
+
+@pytest.fixture
+def failing_app(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+
+    @app.get(f"{API}/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    return app
+
+
+async def test_a_500_has_the_headers_of_every_response_and_one_logged_traceback(
+    failing_app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = "https://dashboard.example.com"
+    # The default transport re-raises what escapes the app: nothing may.
+    transport = httpx.ASGITransport(app=failing_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with caplog.at_level(logging.INFO):
+            response = await client.get(
+                f"{API}/boom", headers={"X-Request-ID": "trace-me", "Origin": origin}
+            )
+    assert_problem(response, 500)
+    assert response.headers["x-request-id"] == "trace-me"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "secret" not in response.text
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1
+    assert "trace-me" in tracebacks[0].getMessage()
+    access = [record for record in caplog.records if record.name == "backend.access"]
+    assert [getattr(record, "status", None) for record in access] == [500]
