@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import crud
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from backend.models import LoginRequest, User, UserRole
+from backend.parsing import INT32_MAX, parse_int
 from backend.ratelimit import client_ip, rate_limit_key
 from backend.security import ACCESS, decode_token
 from backend.services import Services, services_of
@@ -98,8 +99,7 @@ def _validate_login(validate: Callable[[], LoginRequest], *, form: bool) -> Logi
 LoginCredentials = Annotated[LoginRequest, Depends(get_login_credentials)]
 
 
-MAX_ID = 2**31 - 1  # the id column is a 32-bit integer
-UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
+UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
 
 # The caller comes first in each of these: the path's user is looked up only for someone
@@ -129,16 +129,19 @@ async def get_expected_versions(
 ) -> frozenset[int] | None:
     """The versions an If-Match header allows, or None to allow any.
 
-    `*` asks only that the user exists, which the route checks anyway. A weak or
-    malformed ETag can match nothing (If-Match compares strongly): the empty set.
+    `*` asks only that the user exists, which the route checks anyway. A weak, malformed
+    or out-of-range ETag can match nothing (If-Match compares strongly), so it is left
+    out; a header naming no possible version gives the empty set, answered with 412.
     """
     if if_match is None or if_match.strip() == "*":
         return None
     versions = set()
     for tag in if_match.split(","):
         value = tag.strip()
-        if value.startswith('"') and value.endswith('"') and value[1:-1].isdigit():
-            versions.add(int(value[1:-1]))
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            version = parse_int(value[1:-1], low=0, high=INT32_MAX)
+            if version is not None:
+                versions.add(version)
     return frozenset(versions)
 
 

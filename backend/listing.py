@@ -18,10 +18,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BeforeValidator, StrictBool, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, StrictBool, TypeAdapter, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
+
+from backend.parsing import INT32_MAX, load_json, parse_int
 
 Dialect = Literal["native", "json-server", "simple-rest"]
 Operator = Literal["eq", "in", "ne", "gt", "gte", "lt", "lte", "like"]
@@ -41,7 +43,19 @@ def _iso_8601_only(value: Any) -> Any:
     return value
 
 
-ISODateTime = TypeAdapter(Annotated[datetime, BeforeValidator(_iso_8601_only)])
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC (no offset given: UTC, like every stored time). Refused when
+    it falls outside the years 1 to 9999 in UTC, as 0001-01-01T00:00:00+14:00 does:
+    Python cannot represent it, and the database is queried in UTC."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("must lie between years 1 and 9999 once converted to UTC") from None
+
+
+ISODateTime = TypeAdapter(
+    Annotated[datetime, BeforeValidator(_iso_8601_only), AfterValidator(_in_utc)]
+)
 # JSON filters (simple-rest) carry real booleans; query strings carry "true"/"false".
 STRICT_JSON_BOOL: TypeAdapter[bool] = TypeAdapter(StrictBool)
 MAX_SEARCH_CHARS = 200
@@ -110,9 +124,11 @@ def parse_list_query(params: QueryParams, resource: Resource) -> ListQuery:
     if query.search is not None and not resource.searchable:
         ctx.add("q", f"searching is not supported on {resource.name}")
     elif query.search is not None and (
-        len(query.search) > MAX_SEARCH_CHARS or "\x00" in query.search
+        len(query.search) > MAX_SEARCH_CHARS or _unstorable(query.search)
     ):
-        ctx.add("q", f"must be at most {MAX_SEARCH_CHARS} characters, without NUL")
+        ctx.add(
+            "q", f"must be at most {MAX_SEARCH_CHARS} characters, without NUL or lone surrogates"
+        )
     ctx.raise_if_any()
     return query
 
@@ -290,13 +306,17 @@ def _typed(name: str, value: Any, location: str, ctx: _Context) -> Any:
     except ValidationError as error:
         ctx.add(location, str(error.errors()[0]["msg"]))
         return None
-    if isinstance(typed, str) and "\x00" in typed:
-        ctx.add(location, "must not contain NUL characters")
-    if isinstance(typed, int) and not isinstance(typed, bool) and not 0 <= typed < 2**31:
-        ctx.add(location, "is out of range")
-    if isinstance(typed, datetime) and typed.tzinfo is None:
-        typed = typed.replace(tzinfo=UTC)  # no offset given: UTC, like every stored time
+    if isinstance(typed, str) and _unstorable(typed):
+        ctx.add(location, "must not contain NUL characters or lone surrogates")
+    if isinstance(typed, int) and not isinstance(typed, bool) and not 0 <= typed <= INT32_MAX:
+        ctx.add(location, f"is out of range (0 to {INT32_MAX})")
     return typed
+
+
+def _unstorable(text: str) -> bool:
+    # NUL, which PostgreSQL's text cannot hold, and lone surrogates, which JSON can spell
+    # ("\ud800") but UTF-8, and so the database driver, cannot encode.
+    return "\x00" in text or any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def _sortable(name: str, location: str, ctx: _Context) -> str:
@@ -311,18 +331,18 @@ def _int_param(
 ) -> int:
     if name not in params:
         return default
-    raw = params[name]
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+    value = parse_int(params[name].strip(), low=low, high=high)
+    if value is None:
         ctx.add(name, f"must be an integer from {low} to {high}")
         return default
-    return int(raw)
+    return value
 
 
 def _json_param(params: QueryParams, name: str, ctx: _Context) -> Any:
     try:
-        return json.loads(params[name])
-    except ValueError:
-        ctx.add(name, "must be valid JSON")
+        return load_json(params[name])
+    except ValueError as error:
+        ctx.add(name, str(error))
         return None
 
 
@@ -437,7 +457,7 @@ def list_parameters(resource: Resource) -> list[dict[str, Any]]:
             continue  # ranges below, text through q
         schema = adapter.json_schema()
         if schema.get("type") == "integer":
-            schema.update(minimum=0, maximum=2**31 - 1)
+            schema.update(minimum=0, maximum=INT32_MAX)
         if name in resource.repeatable:
             parameters.append(
                 {

@@ -18,6 +18,7 @@ from backend.middleware import (
     ProblemCORSMiddleware,
     ResponseHeadersMiddleware,
     TrailingSlashMiddleware,
+    UnexpectedErrorMiddleware,
 )
 from backend.models import UserCreate, UserRole, use_account_rules
 from backend.observability import (
@@ -136,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_metrics_endpoint(app, metrics)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
-    # adds its headers to 413s too.
+    # adds its headers to 413s and 500s too.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(
         ProblemCORSMiddleware,

@@ -9,7 +9,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.problems import problem_response
+from backend.parsing import parse_int
+from backend.problems import problem_response, unexpected_error_response
 
 REQUEST_ID_HEADER = "x-request-id"
 SECURITY_HEADERS = {
@@ -49,6 +50,39 @@ class ResponseHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class UnexpectedErrorMiddleware:
+    """Answer an exception that no handler took with a 500 problem, logged once.
+
+    Installed innermost, so the 500 passes through the other middleware like any other
+    response and gets the request id, security and no-store headers, CORS and its line
+    in the request log; and the exception stops here instead of reaching the server,
+    which would log its traceback again.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_and_note_start(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_start)
+        except Exception as error:
+            if response_started:
+                raise  # too late for an error response: the server must drop the connection
+            request_id = scope.get("state", {}).get("request_id")
+            response = unexpected_error_response(error, request_id=request_id)
+            await response(scope, receive, send)
+
+
 class BodySizeLimitMiddleware:
     """Refuse bodies over the limit with 413 before anything parses them.
 
@@ -66,7 +100,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
+            if parse_int(declared.decode("latin-1"), low=0, high=self.max_bytes) is None:
                 await self._refuse(scope, receive, send)
                 return
             await self.app(scope, receive, send)

@@ -1,6 +1,7 @@
 """One error format for every error: RFC 9457 problem+json, and the handlers that
 render domain errors, validation errors, HTTP errors and database outages in it."""
 
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,15 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
+class ProblemJSONResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        # ASCII with \u escapes: a problem may quote what the client sent, and a lone
+        # surrogate from its JSON ("\ud800") has no UTF-8 encoding, but it has an escape.
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -57,11 +67,8 @@ def problem_response(
         request_id=request_id,
         errors=list(errors) if errors is not None else None,
     )
-    return JSONResponse(
-        problem.model_dump(exclude_none=True),
-        status_code=status,
-        headers=dict(headers or {}),
-        media_type=PROBLEM_JSON,
+    return ProblemJSONResponse(
+        problem.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {})
     )
 
 
@@ -178,7 +185,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 
 async def _handle_database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_unavailable(exc):
-        return await _handle_unexpected_error(request, exc)
+        return unexpected_error_response(exc, request_id=request_id_of(request))
     cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     services_of(request.scope).metrics.database_unavailable.inc()
     logger.warning("database unavailable: %s", cause.__class__.__name__)
@@ -190,18 +197,14 @@ async def _handle_database_error(request: Request, exc: Exception) -> JSONRespon
     )
 
 
-async def _handle_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
-    request_id = request_id_of(request)
-    response = problem_response(
+def unexpected_error_response(exc: Exception, *, request_id: str | None) -> JSONResponse:
+    """A bug: its traceback logged once, and an opaque 500 with the id to quote."""
+    logger.error("unhandled error (request %s)", request_id, exc_info=exc)
+    return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         "An unexpected error occurred. Quote the request id when reporting it.",
         request_id=request_id,
     )
-    # This handler runs outside the request-id middleware, so it sets the header itself.
-    if request_id:
-        response.headers["X-Request-ID"] = request_id
-    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -212,4 +215,7 @@ def install_error_handlers(app: FastAPI) -> None:
     database_errors: tuple[type[Exception], ...] = (DBAPIError, *DATABASE_UNAVAILABLE)
     for database_error in database_errors:
         app.add_exception_handler(database_error, _handle_database_error)
-    app.add_exception_handler(Exception, _handle_unexpected_error)
+    # Any other exception is answered by UnexpectedErrorMiddleware, inside the middleware
+    # that adds the common headers. An `Exception` handler here would run in Starlette's
+    # outermost ServerErrorMiddleware, bypassing them, which then re-raises it to the
+    # server to log a second time.

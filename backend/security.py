@@ -143,6 +143,9 @@ def create_token(
 
 def decode_token(token: str, expected_type: str, settings: Settings) -> TokenClaims:
     try:
+        if not token.isascii():
+            # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate.
+            raise jwt.DecodeError("a token is ASCII")
         payload = jwt.decode(
             token,
             settings.SECRET_KEY,

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.deps import MAX_ID
+from backend.parsing import INT32_MAX as MAX_ID
 from tests.helpers import API, TEST_SECRET_KEY, bearer
 
 # Operations anyone may call: each one is here on purpose, and any other needs a token.

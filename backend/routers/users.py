@@ -1,8 +1,10 @@
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from starlette.convertors import Convertor, register_url_convertor
 
 from backend import crud
 from backend.deps import (
@@ -65,6 +67,27 @@ unchanged, one convention per request:
 Filterable fields: {", ".join(USERS.fields)}. Without paging parameters, the dashboard
 conventions return up to 100 records."""
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
+
+
+class DigitsConvertor(Convertor[str]):
+    """A path segment of ASCII digits, handed on as text for the endpoint to validate.
+
+    Starlette's `int` convertor calls int() while routing, before any handler runs, so
+    5,000 digits raised ValueError there: a 500 even without a token. Here the route
+    still matches only digits (/users/me stays its own route, /users/abc a 404), and
+    the endpoint's parameter type bounds the number, with a 422 naming it.
+    """
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: Any) -> str:
+        return str(value)
+
+
+register_url_convertor("digits", DigitsConvertor())
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
@@ -158,7 +181,7 @@ async def change_password(
 
 
 @router.get(
-    "/{user_id:int}",
+    "/{user_id:digits}",
     name="users-get",
     response_model=UserPublic,
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
@@ -170,7 +193,7 @@ async def read_user(user: TargetUser, response: Response) -> User:
 
 
 @router.patch(
-    "/{user_id:int}",
+    "/{user_id:digits}",
     name="users-update",
     response_model=UserPublic,
     responses={**problem_responses(404, 409, 412), 200: {"headers": ETAG_HEADER}},
@@ -199,7 +222,7 @@ async def update_user(
 
 
 @router.put(
-    "/{user_id:int}",
+    "/{user_id:digits}",
     name="users-replace",
     response_model=UserPublic,
     responses={**problem_responses(404, 409, 412), 200: {"headers": ETAG_HEADER}},
@@ -235,7 +258,7 @@ def _check_read_only_fields(body: UserReplace, user: User) -> None:
 
 
 @router.delete(
-    "/{user_id:int}",
+    "/{user_id:digits}",
     name="users-delete",
     response_model=UserPublic,
     responses=problem_responses(404, 409, 412),
