@@ -94,7 +94,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         hide_parameters=True,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
-        pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+        pool_timeout=settings.pool_timeout_seconds,
         pool_recycle=settings.DB_POOL_RECYCLE_SECONDS,
         pool_pre_ping=settings.DB_POOL_PRE_PING,
         connect_args=_asyncpg_timeouts(settings),
@@ -108,8 +108,8 @@ def _asyncpg_timeouts(settings: Settings) -> dict[str, Any]:
     server cancels statements past statement_timeout, and command_timeout (a little
     longer) covers a server that has stopped answering altogether.
     """
-    timeouts: dict[str, Any] = {"timeout": settings.DB_CONNECT_TIMEOUT_SECONDS}
-    statement_timeout = settings.DB_STATEMENT_TIMEOUT_SECONDS
+    timeouts: dict[str, Any] = {"timeout": settings.connect_timeout_seconds}
+    statement_timeout = settings.statement_timeout_seconds
     if statement_timeout > 0:
         timeouts["command_timeout"] = statement_timeout + COMMAND_TIMEOUT_MARGIN_SECONDS
         timeouts["server_settings"] = {"statement_timeout": str(round(statement_timeout * 1000))}
