@@ -28,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.db import Session, create_engine, database_unavailable
+from backend.db import Session, create_engine, create_sessionmaker, database_unavailable
 from backend.deps import SessionDep
 from backend.main import create_app
 from backend.models import User
@@ -96,6 +96,31 @@ async def test_closing_a_session_whose_connection_died_is_not_an_error(
     else:
         with pytest.raises(type(error)):
             await Session().close()
+
+
+async def test_the_budget_adds_up_database_waits_and_nothing_else(database_url: str) -> None:
+    settings = make_settings(database_url, DB_REQUEST_BUDGET_SECONDS=1.0)
+    if settings.request_database_budget_seconds is None:
+        pytest.skip("SQLite has no request budget")
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine, settings)
+    sleep = text("SELECT pg_sleep(0.6)")
+    try:
+        async with sessionmaker() as session:
+            await session.exec(sleep)  # type: ignore[call-overload]
+            await asyncio.sleep(1.0)  # a password hash, say: not the database's time
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await session.exec(sleep)  # type: ignore[call-overload]
+            assert time.monotonic() - started < 0.6  # cut when the 0.4 s left ran out
+            with pytest.raises(TimeoutError, match="budget is spent"):
+                await session.get(User, 1)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The connection cancelled mid-statement was dropped, not pooled: a new one works.
+        async with sessionmaker() as session:
+            assert (await session.exec(text("SELECT 1"))).one() == (1,)  # type: ignore[call-overload]
+    finally:
+        await engine.dispose()
 
 
 def free_port() -> int:
@@ -276,7 +301,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
         load = Load(client)
         users = [asyncio.create_task(load.user(number)) for number in range(CLIENTS)]
         try:
-            # Up: a statement past DB_STATEMENT_TIMEOUT_SECONDS is cancelled by the server.
+            # Up: a statement past the request's database budget ends in 503.
             timed_out, _ = await asyncio.gather(
                 load.slow_query("statement timeout"), asyncio.sleep(UP_SECONDS)
             )
