@@ -92,7 +92,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, echo=settings.DB_ECHO, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=settings.DB_ECHO,
         # Errors and logs never show bound values: emails, password hashes.
@@ -104,6 +104,20 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=settings.DB_POOL_PRE_PING,
         connect_args=_asyncpg_timeouts(settings),
     )
+    event.listen(engine.sync_engine, "invalidate", _abort_if_cancelled)
+    return engine
+
+
+def _abort_if_cancelled(dbapi_connection: Any, _record: Any, error: BaseException | None) -> None:
+    """Drop a connection whose statement the request budget cancelled without a goodbye.
+
+    SQLAlchemy invalidates it (never pools it mid-statement) and closes it gracefully,
+    waiting up to 2 s for an answer to its Terminate that a frozen server never sends:
+    503s took 5.0 s instead of 3.1 s under SIGSTOP. Aborting the socket first makes
+    that close return at once; the server ends the backend when it sees the reset.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        dbapi_connection.driver_connection.terminate()
 
 
 def _asyncpg_timeouts(settings: Settings) -> dict[str, Any]:
