@@ -50,7 +50,7 @@ def _with_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
         try:
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
-            async with create_sessionmaker(engine)() as session:
+            async with create_sessionmaker(engine, settings)() as session:
                 with explained_startup_failure(settings):
                     await session.connection()
                 return await work(session, settings)

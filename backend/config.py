@@ -136,12 +136,16 @@ class Settings(BaseSettings):
 
     DB_POOL_SIZE: int = Field(default=10, ge=1)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
-    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
     DB_POOL_RECYCLE_SECONDS: int = Field(default=1800, ge=-1)
     DB_POOL_PRE_PING: bool = True
-    # Bounds on a PostgreSQL outage: a request gets 503 instead of waiting for the OS.
-    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
-    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=5.0, ge=0)  # 0: no limit
+    # All a request may wait for PostgreSQL, summed over the pool, connecting and its
+    # statements, before it gets 503: below a client's usual 10 s timeout. The three
+    # limits below used to add up: a frozen server answered in 5-12 s (issue 16).
+    DB_REQUEST_BUDGET_SECONDS: float = Field(default=3.0, gt=0)
+    # Each defaults to the budget and is capped at it: see the *_timeout_seconds properties.
+    DB_POOL_TIMEOUT_SECONDS: float | None = Field(default=None, gt=0)
+    DB_CONNECT_TIMEOUT_SECONDS: float | None = Field(default=None, gt=0)
+    DB_STATEMENT_TIMEOUT_SECONDS: float | None = Field(default=None, ge=0)  # 0: no limit
     DB_ECHO: bool = False
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -255,6 +259,33 @@ class Settings(BaseSettings):
     @property
     def log_format(self) -> str:
         return self.LOG_FORMAT or ("text" if self.STAGE == "local" else "json")
+
+    # A limit above the budget could never fire; one set to the old default (5 s) would
+    # read as if it still applied. So each is capped at the budget.
+    @property
+    def pool_timeout_seconds(self) -> float:
+        return self._within_budget(self.DB_POOL_TIMEOUT_SECONDS)
+
+    @property
+    def connect_timeout_seconds(self) -> float:
+        return self._within_budget(self.DB_CONNECT_TIMEOUT_SECONDS)
+
+    @property
+    def statement_timeout_seconds(self) -> float:
+        """0: PostgreSQL cancels no statement; the budget still ends the request's wait."""
+        if self.DB_STATEMENT_TIMEOUT_SECONDS == 0:
+            return 0
+        return self._within_budget(self.DB_STATEMENT_TIMEOUT_SECONDS)
+
+    @property
+    def request_database_budget_seconds(self) -> float | None:
+        """None on SQLite: a local file does not freeze, and a cancelled aiosqlite call
+        would go on in its thread."""
+        return None if self.is_sqlite else self.DB_REQUEST_BUDGET_SECONDS
+
+    def _within_budget(self, limit: float | None) -> float:
+        budget = self.DB_REQUEST_BUDGET_SECONDS
+        return budget if limit is None else min(limit, budget)
 
     @property
     def is_sqlite(self) -> bool:

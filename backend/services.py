@@ -36,7 +36,7 @@ class Services:
             settings=settings,
             metrics=metrics,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=create_sessionmaker(engine, settings),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
         )

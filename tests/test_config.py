@@ -147,6 +147,41 @@ def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.BCRYPT_ROUNDS == 12
 
 
+POSTGRES_URL = "postgresql://u:p@127.0.0.1/db"
+
+
+@pytest.mark.parametrize(
+    ("limits", "pool", "connect", "statement"),
+    [
+        ({}, 3.0, 3.0, 3.0),
+        ({"DB_REQUEST_BUDGET_SECONDS": 8}, 8.0, 8.0, 8.0),
+        # The old defaults, set explicitly: capped, as they could never fire.
+        (
+            {
+                "DB_POOL_TIMEOUT_SECONDS": 5,
+                "DB_CONNECT_TIMEOUT_SECONDS": 1,
+                "DB_STATEMENT_TIMEOUT_SECONDS": 0,
+            },
+            3.0,
+            1.0,
+            0,
+        ),
+    ],
+)
+def test_database_limits_fit_in_the_request_budget(
+    limits: dict[str, float], pool: float, connect: float, statement: float
+) -> None:
+    settings = settings_from(DATABASE_URL=POSTGRES_URL, **limits)
+    assert settings.request_database_budget_seconds == settings.DB_REQUEST_BUDGET_SECONDS
+    assert settings.pool_timeout_seconds == pool
+    assert settings.connect_timeout_seconds == connect
+    assert settings.statement_timeout_seconds == statement
+
+
+def test_sqlite_has_no_request_budget() -> None:
+    assert settings_from(DATABASE_URL="sqlite:///x.db").request_database_budget_seconds is None
+
+
 def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
     settings = settings_from(
         STAGE="production", SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL="postgresql://u:p@h/db"

@@ -9,10 +9,12 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.db import Session, create_engine, database_unavailable
+from backend.db import Session, create_engine, create_sessionmaker, database_unavailable
 from backend.deps import SessionDep
 from backend.main import create_app
 from backend.models import User
@@ -98,6 +100,31 @@ async def test_closing_a_session_whose_connection_died_is_not_an_error(
             await Session().close()
 
 
+async def test_the_budget_adds_up_database_waits_and_nothing_else(database_url: str) -> None:
+    settings = make_settings(database_url, DB_REQUEST_BUDGET_SECONDS=1.0)
+    if settings.request_database_budget_seconds is None:
+        pytest.skip("SQLite has no request budget")
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine, settings)
+    sleep = text("SELECT pg_sleep(0.6)")
+    try:
+        async with sessionmaker() as session:
+            await session.exec(sleep)  # type: ignore[call-overload]
+            await asyncio.sleep(1.0)  # a password hash, say: not the database's time
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await session.exec(sleep)  # type: ignore[call-overload]
+            assert time.monotonic() - started < 0.6  # cut when the 0.4 s left ran out
+            with pytest.raises(TimeoutError, match="budget is spent"):
+                await session.get(User, 1)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The connection cancelled mid-statement was dropped, not pooled: a new one works.
+        async with sessionmaker() as session:
+            assert (await session.exec(text("SELECT 1"))).one() == (1,)  # type: ignore[call-overload]
+    finally:
+        await engine.dispose()
+
+
 def run(*command: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
@@ -120,6 +147,27 @@ class Cluster:
 
     def psql(self, sql: str) -> None:
         run("runuser", "-u", "postgres", "--", "psql", "-p", str(self.port), "-qtAc", sql)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every process of the cluster stopped by SIGSTOP: its sockets stay open and
+        accept connections, but nothing answers, as on a hung host or stalled storage."""
+        pid_file = Path(f"/var/lib/postgresql/{self.version}/{self.name}/postmaster.pid")
+        postmaster = int(pid_file.read_text().split()[0])
+        stopped: list[int] = []
+        try:
+            os.kill(postmaster, signal.SIGSTOP)
+            stopped.append(postmaster)
+            # Listed once the postmaster is stopped: it forks no new backend after that.
+            for child in map(int, run("pgrep", "-P", str(postmaster)).split()):
+                with suppress(ProcessLookupError):  # a backend that just ended
+                    os.kill(child, signal.SIGSTOP)
+                    stopped.append(child)
+            yield
+        finally:
+            for pid in stopped:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 def _newest_postgres_version() -> str | None:
@@ -263,7 +311,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
         load = Load(client)
         users = [asyncio.create_task(load.user(number)) for number in range(CLIENTS)]
         try:
-            # Up: a statement past DB_STATEMENT_TIMEOUT_SECONDS is cancelled by the server.
+            # Up: a statement past the request's database budget ends in 503.
             timed_out, _ = await asyncio.gather(
                 load.slow_query("statement timeout"), asyncio.sleep(UP_SECONDS)
             )
@@ -321,7 +369,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     assert all(o.problem_json and o.retry_after for o in load.outcomes if o.status == 503)
     assert slowest.seconds < REQUEST_LIMIT_SECONDS, slowest
     assert timed_out.status == 503
-    assert timed_out.seconds < settings.DB_STATEMENT_TIMEOUT_SECONDS + 2
+    assert timed_out.seconds < settings.statement_timeout_seconds + 2
     assert interrupted.result().status == 503
     assert load.first("register", 200, 0)
     assert load.first("ready", 503, stopped)
@@ -341,3 +389,84 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     finally:
         await engine.dispose()
     assert set(load.acknowledged) == stored
+
+
+FROZEN_WAVES = 2
+# Each kind this many at once: 3 x 8 callers want more than the pool's 10 + 10 connections,
+# so some wait for the pool, some for a connect, some on a pooled connection's pre-ping.
+FROZEN_CALLERS_PER_KIND = 8
+SCHEDULING_MARGIN_SECONDS = 1.5  # 2 shared cores: event-loop and greenlet overhead
+THAWED_RECOVERY_LIMIT_SECONDS = 5.0
+
+
+async def test_frozen_database_answers_503_within_the_budget_then_recovers(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    settings = make_settings(cluster.url, RATE_LIMIT_ENABLED=False, AUTO_MIGRATE=True)
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        load = Load(client)
+        emails = (f"frozen-{number}@example.com" for number in range(10_000))
+
+        async def wave() -> None:
+            calls = []
+            for _ in range(FROZEN_CALLERS_PER_KIND):
+                body = {"email": next(emails), "name": "Frozen", "password": USER_PASSWORD}
+                calls += [
+                    load.call("me", "GET", f"{API}/users/me", headers=headers),
+                    load.call("register", "POST", f"{API}/auth/register", json=body),
+                    load.call("ready", "GET", "/health/ready"),
+                ]
+            await asyncio.gather(*calls)
+
+        response = await load.call(
+            "register",
+            "POST",
+            f"{API}/auth/register",
+            json={"email": next(emails), "name": "Frozen", "password": USER_PASSWORD},
+        )
+        assert response is not None
+        assert response.status_code == 200
+        headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+        await wave()  # the pool now holds idle connections, which the freeze catches
+        load.phase = "frozen"
+        with cluster.frozen():
+            for _ in range(FROZEN_WAVES):
+                await wave()
+        load.phase = "thawed"
+        thawed = time.monotonic()
+        while not all(load.first(what, 200, thawed) for what in ("me", "register", "ready")):
+            assert time.monotonic() - thawed < THAWED_RECOVERY_LIMIT_SECONDS, "no recovery"
+            await wave()
+        recovery_seconds = time.monotonic() - thawed
+        load.phase = "recovered"
+        await wave()  # every pooled connection usable again: none left mid-query
+        pool = app.state.services.engine.pool
+
+    frozen = [o for o in load.outcomes if o.phase == "frozen"]
+    by_kind = {
+        what: sorted(o.seconds for o in frozen if o.what == what)
+        for what in ("me", "register", "ready")
+    }
+    print(  # the numbers behind the assertions, for `pytest -s`
+        f"\nfrozen: {len(frozen)} requests, "
+        + ", ".join(
+            f"{what} median {times[len(times) // 2]:.2f} s max {times[-1]:.2f} s"
+            for what, times in by_kind.items()
+        )
+        + f"; statuses {dict(Counter(o.status for o in frozen))}; "
+        f"recovered {recovery_seconds:.2f} s after SIGCONT"
+    )
+    unexpected = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert not unexpected, unexpected
+    assert all(o.status == 503 and o.problem_json and o.retry_after for o in frozen), frozen
+    limit = settings.DB_REQUEST_BUDGET_SECONDS + SCHEDULING_MARGIN_SECONDS
+    assert max(o.seconds for o in frozen) < limit
+    recovered = [o for o in load.outcomes if o.phase == "recovered"]
+    assert all(o.status == 200 for o in recovered), recovered
+    assert pool.checkedout() == 0

@@ -1,3 +1,5 @@
+import asyncio
+
 from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -36,9 +38,13 @@ async def ready(services: ServicesDep) -> HealthStatus:
     (rate limits then fail open); that alone never makes this 503.
     """
     try:
-        async with services.engine.connect() as connection:
+        # Bounded like any request's database work: a frozen server is not ready.
+        async with (
+            asyncio.timeout(services.settings.request_database_budget_seconds),
+            services.engine.connect() as connection,
+        ):
             await connection.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, OSError) as error:  # TimeoutError is an OSError
         raise ServiceUnavailableError(
             f"The database is not reachable ({error.__class__.__name__}).",
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
