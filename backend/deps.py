@@ -13,12 +13,12 @@ from fastapi.security import OAuth2PasswordBearer
 from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend import crud
+from backend import crud, sessions
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from backend.models import LoginRequest, User, UserRole
+from backend.models import SESSION_ID_PATTERN, LoginRequest, User, UserRole
 from backend.ratelimit import client_ip, rate_limit_key
-from backend.security import ACCESS, decode_token
 from backend.services import Services, services_of
+from backend.sessions import Caller, ClientInfo
 
 # The token URL shown in the docs is rewritten to the configured prefix in main.py.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
@@ -41,22 +41,37 @@ async def get_client_ip(request: Request, services: ServicesDep) -> str:
     return rate_limit_key(client_ip(request, services.settings.TRUSTED_PROXIES))
 
 
+async def get_login_client(request: Request, services: ServicesDep) -> ClientInfo:
+    """The User-Agent and address a new session records (the address itself, where
+    rate limits count an IPv6 client by its /64)."""
+    return ClientInfo.bounded(
+        request.headers.get("user-agent"), client_ip(request, services.settings.TRUSTED_PROXIES)
+    )
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ClientIP = Annotated[str, Depends(get_client_ip)]
+LoginClient = Annotated[ClientInfo, Depends(get_login_client)]
 
 
-async def get_current_user(
+async def get_caller(
     request: Request,
     session: SessionDep,
     services: ServicesDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> User:
+) -> Caller:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
-    claims = decode_token(token, ACCESS, services.settings)
-    user = await crud.get_token_user(session, claims=claims)
-    request.scope["state"]["user_id"] = user.id  # for the request's log line
-    return user
+    caller = await sessions.check(session, access_token=token, settings=services.settings)
+    request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_current_user(caller: CurrentCaller) -> User:
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -122,6 +137,7 @@ async def _load_target(session: AsyncSession, user_id: int) -> User:
 
 TargetUser = Annotated[User, Depends(get_target_user)]
 AdminTargetUser = Annotated[User, Depends(get_admin_target_user)]
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="A session's id")]
 
 
 async def get_expected_versions(

@@ -11,6 +11,7 @@ from backend.deps import (
     ClientIP,
     CurrentUser,
     ExpectedVersions,
+    LoginClient,
     ServicesDep,
     SessionDep,
     TargetUser,
@@ -143,8 +144,9 @@ async def change_password(
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,
+    client: LoginClient,
 ) -> LoginResponse:
-    """Change your password. Every other session ends; this call returns a fresh pair."""
+    """Change your password. Every session ends; this call returns a new session's pair."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
     return await crud.change_password(
@@ -154,6 +156,7 @@ async def change_password(
         new_password=body.new_password,
         hasher=services.password_hasher,
         settings=services.settings,
+        client=client,
     )
 
 
