@@ -6,7 +6,8 @@ creates). Outside CI an unreachable server skips those tests; in CI it fails the
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from sqlmodel import SQLModel
 from backend.config import Settings
 from backend.db import create_engine, upgrade_to_head
 from backend.main import create_app
+from backend.models import Clock
+from backend.models import clock as app_clock
 
 DEFAULT_POSTGRES_URL = "postgresql://backend_test:backend_test@127.0.0.1:5432/backend_test"
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
@@ -76,6 +79,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             raise
         pytest.skip(f"PostgreSQL at {url} is not reachable: {error}")
     return url
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """The app's clock, for a test to move forward (`clock.offset += timedelta(days=1)`):
+    token expiry, session lifetimes and every timestamp follow it."""
+    yield app_clock
+    app_clock.offset = timedelta(0)
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ async def end_session(
         audit=True,
     )
     if not ended:
-        raise NotFoundError(f"User {user.id} has no live session {session_id}.")
+        raise NotFoundError(f"This user has no live session {session_id}.")
 
 
 @router.delete(
