@@ -154,3 +154,14 @@ async def test_password_change_and_deactivation_end_the_sessions(
     url = f"{API}/users/{fresh['user']['id']}"
     assert (await client.patch(url, json={"is_active": False}, headers=admin_headers)).is_success
     assert (await client.get(f"{url}/sessions", headers=admin_headers)).json() == []
+
+
+async def test_the_id_filter_takes_session_ids_only(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    listed = (await client.get(MINE, headers=user_headers)).json()
+    found = await client.get(MINE, params={"id": listed[0]["id"]}, headers=user_headers)
+    assert [entry["id"] for entry in found.json()] == [listed[0]["id"]]
+    for bad in ("a\x00b", "not-a-session"):
+        refused = await client.get(MINE, params={"id": bad}, headers=user_headers)
+        assert refused.status_code == 422, bad

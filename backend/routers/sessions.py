@@ -1,5 +1,7 @@
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response, status
-from pydantic import TypeAdapter
+from pydantic import StringConstraints, TypeAdapter
 
 from backend import crud, sessions
 from backend.deps import (
@@ -20,13 +22,20 @@ from backend.listing import (
     parse_list_query,
     set_list_headers,
 )
-from backend.models import SessionEndReason, SessionPublic, User, UserSession
+from backend.models import (
+    SESSION_ID_PATTERN,
+    SessionEndReason,
+    SessionPublic,
+    User,
+    UserSession,
+)
 from backend.problems import problem_responses
 
 SESSIONS = Resource(
     name="sessions",
     fields={
-        "id": TypeAdapter(str),
+        # The id's own pattern: the schema says which filters can match (no NUL, say).
+        "id": TypeAdapter(Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]),
         "created_at": ISODateTime,
         "last_used_at": ISODateTime,
         "expires_at": ISODateTime,
