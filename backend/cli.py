@@ -10,7 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend import crud
+from backend import crud, sessions
 from backend.config import Settings, get_settings
 from backend.db import (
     DatabaseStartupError,
@@ -21,11 +21,20 @@ from backend.db import (
 )
 from backend.errors import DomainError, NotFoundError
 from backend.listing import Filter, ListQuery
-from backend.models import User, UserCreate, UserRole, UserUpdate, use_account_rules
+from backend.models import (
+    SessionEndReason,
+    User,
+    UserCreate,
+    UserRole,
+    UserSession,
+    UserUpdate,
+    use_account_rules,
+)
 from backend.observability import configure_logging
 from backend.security import PasswordHasher
 
 T = TypeVar("T")
+MAX_SESSIONS_SHOWN = 100
 
 app = typer.Typer(
     help="Users and auth API. Settings come from the environment or a .env file "
@@ -202,13 +211,72 @@ def list_users(
         )
         for user in users
     ]
+    _echo_table(rows)
+    if total > len(users):
+        # On stderr, so that a pipe gets only the table.
+        typer.echo(f"{len(users)} of {total} users shown; raise --limit for more.", err=True)
+
+
+def _echo_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         typer.echo("  ".join(cells).rstrip())
-    if total > len(users):
-        # On stderr, so that a pipe gets only the table.
-        typer.echo(f"{len(users)} of {total} users shown; raise --limit for more.", err=True)
+
+
+async def _user_by_email(session: AsyncSession, email: str) -> User:
+    user = await crud.get_user_by_email(session, email=email)
+    if user is None:
+        raise NotFoundError(f"No user with email {email}.")
+    return user
+
+
+@users_app.command("sessions")
+def list_sessions(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """List an account's live sessions, most recently used first (times in UTC)."""
+
+    async def fetch(session: AsyncSession, settings: Settings) -> tuple[Sequence[UserSession], int]:
+        user = await _user_by_email(session, email)
+        assert user.id is not None
+        query = ListQuery(limit=MAX_SESSIONS_SHOWN, sort=(("last_used_at", True),))
+        return await crud.list_live_sessions(
+            session, user_id=user.id, query=query, idle_days=settings.SESSION_IDLE_DAYS
+        )
+
+    found, total = _with_session(fetch)
+    if not found:
+        typer.echo(f"{email} has no live session.")
+        return
+    rows = [("ID", "CREATED", "LAST USED", "EXPIRES", "ADDRESS", "USER AGENT")]
+    rows += [
+        (
+            user_session.id,
+            user_session.created_at.strftime("%Y-%m-%d %H:%M"),
+            user_session.last_used_at.strftime("%Y-%m-%d %H:%M"),
+            user_session.expires_at.strftime("%Y-%m-%d %H:%M"),
+            user_session.ip_address or "-",
+            user_session.user_agent or "-",
+        )
+        for user_session in found
+    ]
+    _echo_table(rows)
+    if total > len(found):
+        typer.echo(f"{len(found)} of {total} sessions shown, most recent first.", err=True)
+
+
+@users_app.command()
+def logout(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """End every session of an account: its tokens stop working at once."""
+
+    async def end_all(session: AsyncSession, _settings: Settings) -> tuple[str, int]:
+        user = await _user_by_email(session, email)
+        ended = await sessions.end_all(
+            session, user=user, reason=SessionEndReason.ADMIN, audit=True
+        )
+        return user.email, ended
+
+    stored_email, ended = _with_session(end_all)
+    typer.echo(f"Ended {ended} session{'' if ended == 1 else 's'} of {stored_email}.")
 
 
 @users_app.command("create")
@@ -243,9 +311,7 @@ def _update_by_email(email: str, changes: UserUpdate, state: str, *, revokes: bo
     the last active admin and, on a role change or deactivation, revokes their tokens."""
 
     async def update(session: AsyncSession, settings: Settings) -> tuple[str, bool]:
-        user = await crud.get_user_by_email(session, email=email)
-        if user is None:
-            raise NotFoundError(f"No user with email {email}.")
+        user = await _user_by_email(session, email)
         sent = changes.model_dump(exclude_unset=True)
         if all(getattr(user, field) == value for field, value in sent.items()):
             return user.email, False

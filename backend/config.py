@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     API_V1_PREFIX: str = "/api/v1"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=30, ge=1)
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=14, ge=1)
+    # A session ends this long after its login however it is used, or after this long
+    # without a refresh (see backend/sessions.py).
+    SESSION_MAX_DAYS: int = Field(default=30, ge=1)
+    SESSION_IDLE_DAYS: int = Field(default=14, ge=1)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 

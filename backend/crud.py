@@ -1,9 +1,8 @@
 """Keyword-only async functions over an AsyncSession. No HTTP here."""
 
-import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, delete, false, func, or_, update
@@ -11,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend import sessions
 from backend.config import Settings
 from backend.confusables import email_skeleton
 from backend.errors import (
@@ -20,7 +20,6 @@ from backend.errors import (
     EmailTakenError,
     ForbiddenError,
     PreconditionFailedError,
-    UnauthorizedError,
     UserGoneError,
 )
 from backend.listing import Filter, ListQuery
@@ -28,20 +27,19 @@ from backend.models import (
     AuditAction,
     AuditEvent,
     LoginResponse,
-    RefreshToken,
     RegisterRequest,
-    TokenClaims,
+    SessionEndReason,
     User,
     UserCreate,
-    UserPublic,
     UserRole,
+    UserSession,
     UserUpdate,
     utcnow,
 )
-from backend.security import ACCESS, REFRESH, PasswordHasher, create_token, hash_token_id
+from backend.security import PasswordHasher
+from backend.sessions import ClientInfo
 
-ModelT = TypeVar("ModelT", User, AuditEvent)
-NOT_HONOURED = "The token is invalid or has been revoked."
+ModelT = TypeVar("ModelT", User, AuditEvent, UserSession)
 
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
@@ -72,6 +70,20 @@ async def list_audit_events(
     session: AsyncSession, *, query: ListQuery
 ) -> tuple[Sequence[AuditEvent], int]:
     return await _page(session, AuditEvent, query, [])
+
+
+async def list_live_sessions(
+    session: AsyncSession, *, user_id: int, query: ListQuery, idle_days: int
+) -> tuple[Sequence[UserSession], int]:
+    """One page of the user's live sessions (not ended, not past either lifetime)."""
+    now = utcnow()
+    live = [
+        col(UserSession.user_id) == user_id,
+        col(UserSession.revoked_at).is_(None),
+        col(UserSession.expires_at) > now,
+        col(UserSession.last_used_at) > now - timedelta(days=idle_days),
+    ]
+    return await _page(session, UserSession, query, live)
 
 
 async def _page(
@@ -156,12 +168,17 @@ async def create_user(
 
 
 async def register(
-    session: AsyncSession, *, data: RegisterRequest, hasher: PasswordHasher, settings: Settings
+    session: AsyncSession,
+    *,
+    data: RegisterRequest,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
 ) -> LoginResponse:
     """Create an account and log it in, in one transaction: a client that gets no answer
     may retry without finding its email taken by an account it never heard of."""
     user = await _insert_user(session, data=data, hasher=hasher)
-    return await issue_tokens(session, user=user, settings=settings)
+    return await sessions.start(session, user=user, client=client, settings=settings)
 
 
 async def _insert_user(
@@ -230,8 +247,7 @@ async def _update_user(
     deactivated = values.get("is_active") is False
     if (role_changed or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
-    # A role change, a deactivation or a new password refuses every token issued so far.
-    revoke = role_changed or deactivated or "hashed_password" in values
+    end_reason = _sessions_end_reason(values)
     statement = (
         update(User)
         .where(col(User.id) == user.id)
@@ -239,7 +255,7 @@ async def _update_user(
             **values,
             updated_at=utcnow(),
             version=col(User.version) + 1,
-            token_version=col(User.token_version) + int(revoke),
+            token_version=col(User.token_version) + int(end_reason is not None),
         )
         .returning(User)
         .execution_options(populate_existing=True)
@@ -254,7 +270,22 @@ async def _update_user(
             raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
         session.add_all(events)
         await session.flush()  # a duplicate email is refused here, inside the guard
+    if end_reason is not None:  # after the user's row: the lock order of backend/sessions.py
+        assert updated.id is not None
+        await sessions.end_all_staged(session, user_id=updated.id, reason=end_reason)
     return updated
+
+
+def _sessions_end_reason(values: dict[str, Any]) -> SessionEndReason | None:
+    """Why an account change ends every session and refuses every token of the user:
+    a deactivation, a role change or a new password."""
+    if values.get("is_active") is False:
+        return SessionEndReason.DEACTIVATED
+    if "role" in values:
+        return SessionEndReason.ROLE_CHANGE
+    if "hashed_password" in values:
+        return SessionEndReason.PASSWORD_CHANGE
+    return None
 
 
 def _audit_update(user: User, values: dict[str, Any], actor_id: int | None) -> list[AuditEvent]:
@@ -320,7 +351,13 @@ async def delete_user(
 
 
 async def log_in(
-    session: AsyncSession, *, email: str, password: str, hasher: PasswordHasher, settings: Settings
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
 ) -> LoginResponse | None:
     """Tokens for the user whose password this is, or None; unknown emails cost one
     verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
@@ -335,7 +372,7 @@ async def log_in(
     if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         session.add(user)
-    return await issue_tokens(session, user=user, settings=settings)
+    return await sessions.start(session, user=user, client=client, settings=settings)
 
 
 async def change_password(
@@ -346,9 +383,10 @@ async def change_password(
     new_password: str,
     hasher: PasswordHasher,
     settings: Settings,
+    client: ClientInfo,
 ) -> LoginResponse:
-    """Set a new password once the current one is proven: every token of the user ends,
-    and a new pair is issued in the same transaction."""
+    """Set a new password once the current one is proven: every session of the user
+    ends, and a new one starts, in the same transaction."""
     matched, _ = await _verify(session, hasher, current_password, user.hashed_password)
     if not matched:
         raise BadRequestError("The current password is incorrect.")
@@ -356,7 +394,7 @@ async def change_password(
     updated = await _update_user(
         session, user=user, changes=changes, hasher=hasher, actor_id=user.id
     )
-    return await issue_tokens(session, user=updated, settings=settings)
+    return await sessions.start(session, user=updated, client=client, settings=settings)
 
 
 async def _hash(session: AsyncSession, hasher: PasswordHasher, password: str) -> str:
@@ -378,20 +416,6 @@ async def _release_connection(session: AsyncSession) -> None:
     concurrent logins held all 20). Rows already loaded stay usable (expire_on_commit
     is off); the next statement opens a new, short transaction."""
     await session.commit()
-
-
-async def get_token_user(session: AsyncSession, *, claims: TokenClaims) -> User:
-    """The user a verified token speaks for, if the token is still honoured."""
-    user = await get_user(session, user_id=claims.sub)
-    # One message for a deleted user, another account that has its id now (of which
-    # nothing may show, not even that it is deactivated) and a revoked token.
-    if user is None or user.account_key != claims.acc:
-        raise UnauthorizedError(NOT_HONOURED)
-    if not user.is_active:
-        raise ForbiddenError("This account is deactivated.")
-    if user.token_version != claims.ver:
-        raise UnauthorizedError(NOT_HONOURED)
-    return user
 
 
 async def _ensure_another_active_admin(session: AsyncSession, *, user: User) -> None:
@@ -441,140 +465,3 @@ async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: Passwo
     except EmailTakenError:  # another worker created it meanwhile
         return False
     return True
-
-
-async def issue_tokens(session: AsyncSession, *, user: User, settings: Settings) -> LoginResponse:
-    """A new session: an access + refresh pair, the refresh token the first of its family."""
-    await _lock_owner(session, user=user)
-    return await _issue_pair(session, user=user, settings=settings, family_id=uuid.uuid4().hex)
-
-
-async def rotate_refresh_token(
-    session: AsyncSession, *, record: RefreshToken, user: User, settings: Settings
-) -> LoginResponse:
-    """Trade a refresh token for a new pair in its family, once and only once."""
-    await _lock_owner(session, user=user)
-    await _retire(session, record=record, grace_seconds=settings.REFRESH_REUSE_GRACE_SECONDS)
-    return await _issue_pair(session, user=user, settings=settings, family_id=record.family_id)
-
-
-async def _lock_owner(session: AsyncSession, *, user: User) -> None:
-    """Lock the user's row before touching its refresh tokens, in the order the user's
-    deletion and logout-all take them (the row, then its tokens): the other order
-    deadlocks with them on PostgreSQL. A user deleted meanwhile gets nothing."""
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite ignores FOR UPDATE and begins a transaction only at its first write: a
-        # no-op UPDATE takes the single write lock at once, and finds the row or not.
-        touched = await session.exec(update(User).where(col(User.id) == user.id).values(id=User.id))
-        found = touched.rowcount == 1
-    else:
-        locked = await session.exec(
-            select(User.id).where(col(User.id) == user.id).with_for_update(key_share=True)
-        )
-        found = locked.first() is not None
-    if not found:
-        await session.rollback()
-        raise UnauthorizedError("This account was deleted meanwhile.")
-
-
-async def _issue_pair(
-    session: AsyncSession, *, user: User, settings: Settings, family_id: str
-) -> LoginResponse:
-    """An access + refresh pair; the refresh token is recorded (hashed) in its family.
-
-    Expired refresh records of this user are pruned here, lazily, instead of by a job.
-    """
-    assert user.id is not None
-    access_token, _ = create_token(user, ACCESS, settings)
-    refresh_token, claims = create_token(user, REFRESH, settings, family=family_id)
-    now = utcnow()
-    await session.exec(
-        delete(RefreshToken).where(
-            col(RefreshToken.user_id) == user.id, col(RefreshToken.expires_at) < now
-        )
-    )
-    session.add(
-        RefreshToken(
-            jti_hash=hash_token_id(claims.jti),
-            family_id=family_id,
-            user_id=user.id,
-            created_at=now,
-            expires_at=datetime.fromtimestamp(claims.exp, UTC),
-        )
-    )
-    await session.commit()
-    return LoginResponse(
-        access_token=access_token,
-        refresh_token=refresh_token,
-        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
-        user=UserPublic.model_validate(user),
-    )
-
-
-async def get_refresh_token(session: AsyncSession, *, claims: TokenClaims) -> RefreshToken | None:
-    statement = select(RefreshToken).where(RefreshToken.jti_hash == hash_token_id(claims.jti))
-    record = (await session.exec(statement)).first()
-    if record is None or record.user_id != claims.sub or record.family_id != claims.fam:
-        return None
-    return record
-
-
-async def _retire(session: AsyncSession, *, record: RefreshToken, grace_seconds: int) -> None:
-    """Mark a refresh token used, so it can be rotated once, and only once.
-
-    A token presented again after its rotation means it leaked (or a client kept an
-    old copy): its whole family is revoked, unless the second use comes within the
-    grace window, which is what two tabs refreshing at the same moment look like.
-    """
-    now = utcnow()
-    # A conditional UPDATE, so two concurrent refreshes cannot both win.
-    retired = await session.exec(
-        update(RefreshToken)
-        .where(
-            col(RefreshToken.id) == record.id,
-            col(RefreshToken.used_at).is_(None),
-            col(RefreshToken.revoked_at).is_(None),
-        )
-        .values(used_at=now)
-    )
-    if retired.rowcount == 1:
-        return
-    # Why not: used, revoked, or gone meanwhile (logout-all, the user's deletion).
-    current = (
-        await session.exec(
-            select(RefreshToken)
-            .where(col(RefreshToken.id) == record.id)
-            .execution_options(populate_existing=True)
-        )
-    ).first()
-    if current is not None and current.revoked_at is None and current.used_at is not None:
-        if now - current.used_at <= timedelta(seconds=grace_seconds):
-            await session.rollback()
-            raise UnauthorizedError(
-                "This refresh token was just rotated by another request; use the new one."
-            )
-        await revoke_family(session, family_id=record.family_id)
-        raise UnauthorizedError("Refresh token reuse detected: this session has been revoked.")
-    await session.rollback()
-    raise UnauthorizedError("This session has been revoked; log in again.")
-
-
-async def revoke_family(session: AsyncSession, *, family_id: str) -> None:
-    """End one login session: every refresh token rotated from it."""
-    await session.exec(
-        update(RefreshToken)
-        .where(col(RefreshToken.family_id) == family_id, col(RefreshToken.revoked_at).is_(None))
-        .values(revoked_at=utcnow())
-    )
-    await session.commit()
-
-
-async def revoke_all_tokens(session: AsyncSession, *, user: User) -> None:
-    """Refuse every token the user holds from the next request on (logout everywhere)."""
-    await session.exec(
-        update(User)
-        .where(col(User.id) == user.id)
-        .values(token_version=col(User.token_version) + 1)
-    )
-    await session.exec(delete(RefreshToken).where(col(RefreshToken.user_id) == user.id))
-    await session.commit()

@@ -5,21 +5,22 @@ Every dependency is `async def`, even those that do not await: FastAPI runs a pl
 """
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordBearer
 from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.convertors import Convertor, register_url_convertor
 
-from backend import crud
+from backend import crud, sessions
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from backend.models import LoginRequest, User, UserRole
+from backend.models import SESSION_ID_PATTERN, LoginRequest, User, UserRole
 from backend.parsing import INT32_MAX, parse_int
 from backend.ratelimit import client_ip, rate_limit_key
-from backend.security import ACCESS, decode_token
 from backend.services import Services, services_of
+from backend.sessions import Caller, ClientInfo
 
 # The token URL shown in the docs is rewritten to the configured prefix in main.py.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
@@ -42,22 +43,37 @@ async def get_client_ip(request: Request, services: ServicesDep) -> str:
     return rate_limit_key(client_ip(request, services.settings.TRUSTED_PROXIES))
 
 
+async def get_login_client(request: Request, services: ServicesDep) -> ClientInfo:
+    """The User-Agent and address a new session records (the address itself, where
+    rate limits count an IPv6 client by its /64)."""
+    return ClientInfo.bounded(
+        request.headers.get("user-agent"), client_ip(request, services.settings.TRUSTED_PROXIES)
+    )
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ClientIP = Annotated[str, Depends(get_client_ip)]
+LoginClient = Annotated[ClientInfo, Depends(get_login_client)]
 
 
-async def get_current_user(
+async def get_caller(
     request: Request,
     session: SessionDep,
     services: ServicesDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> User:
+) -> Caller:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
-    claims = decode_token(token, ACCESS, services.settings)
-    user = await crud.get_token_user(session, claims=claims)
-    request.scope["state"]["user_id"] = user.id  # for the request's log line
-    return user
+    caller = await sessions.check(session, access_token=token, settings=services.settings)
+    request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_current_user(caller: CurrentCaller) -> User:
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -99,6 +115,26 @@ def _validate_login(validate: Callable[[], LoginRequest], *, form: bool) -> Logi
 LoginCredentials = Annotated[LoginRequest, Depends(get_login_credentials)]
 
 
+class DigitsConvertor(Convertor[str]):
+    """A path segment of ASCII digits, handed on as text for the endpoint to validate.
+
+    Starlette's `int` convertor calls int() while routing, before any handler runs, so
+    5,000 digits raised ValueError there: a 500 even without a token. Here the route
+    still matches only digits (/users/me stays its own route, /users/abc a 404), and
+    the endpoint's parameter type bounds the number, with a 422 naming it.
+    """
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: Any) -> str:
+        return str(value)
+
+
+register_url_convertor("digits", DigitsConvertor())
+# Routes take `{user_id:digits}` (see DigitsConvertor), never Starlette's `int`.
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
 
@@ -122,6 +158,7 @@ async def _load_target(session: AsyncSession, user_id: int) -> User:
 
 TargetUser = Annotated[User, Depends(get_target_user)]
 AdminTargetUser = Annotated[User, Depends(get_admin_target_user)]
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="A session's id")]
 
 
 async def get_expected_versions(

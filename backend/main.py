@@ -28,7 +28,7 @@ from backend.observability import (
     install_metrics_endpoint,
 )
 from backend.problems import PROBLEM_JSON, install_error_handlers
-from backend.routers import audit, auth, health, users
+from backend.routers import audit, auth, health, sessions, users
 from backend.services import Services
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)

@@ -3,13 +3,15 @@
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
+import pydantic
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     GetJsonSchemaHandler,
@@ -42,8 +44,22 @@ NAME_MAX_CHARS = 100
 EMAIL_MAX_CHARS = 254
 
 
+class Clock:
+    """The time every timestamp and lifetime is taken from. Tests move it forward
+    (tests/conftest.py, `clock`) to cross a session's lifetime without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+clock = Clock()
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 ACCOUNT_KEY_BYTES = 16
@@ -423,6 +439,80 @@ class LoginResponse(SQLModel):
     user: UserPublic
 
 
+class SessionEndReason(StrEnum):
+    LOGOUT = "logout"
+    REUSE = "reuse"  # a rotated refresh token came back: it leaked
+    LOGOUT_ALL = "logout_all"
+    ADMIN = "admin"
+    PASSWORD_CHANGE = "password_change"  # noqa: S105  (a reason, not a secret)
+    ROLE_CHANGE = "role_change"
+    DEACTIVATED = "deactivated"
+    EXPIRED = "expired"  # SESSION_MAX_DAYS after its login
+    IDLE = "idle"  # SESSION_IDLE_DAYS without a refresh
+
+
+SESSION_ID_BYTES = 16
+SESSION_ID_PATTERN = f"^[0-9a-f]{{{2 * SESSION_ID_BYTES}}}$"
+USER_AGENT_MAX_CHARS = 512
+IP_ADDRESS_MAX_CHARS = 64
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(SESSION_ID_BYTES)
+
+
+class UserSession(SQLModel, table=True):
+    """One login, from the password check until it ends: its refresh tokens rotate
+    within it, and every access token names it (`sid`). See backend/sessions.py."""
+
+    __tablename__ = "sessions"
+
+    # Random, not a sequence: it is shown to the user and sent back in paths.
+    id: str = Field(
+        default_factory=new_session_id, primary_key=True, sa_type=String(2 * SESSION_ID_BYTES)
+    )
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)  # absolute: rotation never moves it
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_reason: SessionEndReason | None = Field(
+        default=None,
+        sa_type=Enum(
+            SessionEndReason,
+            name="session_end_reason",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda reasons: [reason.value for reason in reasons],
+        ),
+    )
+    user_agent: str | None = Field(default=None, sa_type=String(USER_AGENT_MAX_CHARS))
+    ip_address: str | None = Field(default=None, sa_type=String(IP_ADDRESS_MAX_CHARS))
+    name: str | None = Field(default=None, sa_type=String(NAME_MAX_CHARS))
+
+    def end_reason(self, now: datetime, idle_days: int) -> SessionEndReason | None:
+        """Why the session no longer admits its tokens, or None while it is live."""
+        if self.revoked_reason is not None:
+            return self.revoked_reason
+        if self.expires_at <= now:
+            return SessionEndReason.EXPIRED
+        if self.last_used_at + timedelta(days=idle_days) <= now:
+            return SessionEndReason.IDLE
+        return None
+
+
+class SessionPublic(SQLModel):
+    id: str
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime = Field(description="The login, or the latest refresh")
+    expires_at: datetime = Field(description="When it ends at the latest, however used")
+    user_agent: str | None = Field(description="The client's User-Agent at login")
+    ip_address: str | None = Field(description="The client's address at login")
+    current: bool = Field(description="Whether this is the session of the calling token")
+
+
 class RefreshToken(SQLModel, table=True):
     """One issued refresh token. Only a hash of its jti is stored, never the token."""
 
@@ -433,13 +523,17 @@ class RefreshToken(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
-    # All tokens rotated from one login share a family; reuse of a used one revokes it.
-    family_id: str = Field(sa_type=String(32), index=True)
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    # The session only, not the user: inserting a token then takes no lock on the
+    # user's row (the lock order in backend/sessions.py).
+    session_id: str = Field(
+        sa_type=String(2 * SESSION_ID_BYTES),
+        foreign_key="sessions.id",
+        ondelete="CASCADE",
+        index=True,
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class TokenClaims(BaseModel):
@@ -454,7 +548,9 @@ class TokenClaims(BaseModel):
     acc: str  # the account key: see User.account_key
     exp: int
     iat: int
-    fam: str | None = None
+    # The session. Refresh tokens from before sessions named their family `fam`; the
+    # migration made each family a session of the same id, so they still work.
+    sid: str | None = pydantic.Field(default=None, validation_alias=AliasChoices("sid", "fam"))
 
 
 class AuditAction(StrEnum):
@@ -464,6 +560,8 @@ class AuditAction(StrEnum):
     DEACTIVATE = "user.deactivate"
     ACTIVATE = "user.activate"
     DELETE = "user.delete"
+    SESSION_END = "user.session_end"
+    SESSIONS_END_ALL = "user.sessions_end_all"
 
 
 class AuditEventBase(SQLModel):

@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ ACCESS = "access"
 REFRESH = "refresh"
 HASH_QUEUE_RETRY_AFTER_SECONDS = 1
 LOWEST_PRIORITY = 19  # nice value
+INVALID_OR_EXPIRED = "The token is invalid or has expired."
 
 T = TypeVar("T")
 
@@ -117,8 +118,9 @@ def hash_token_id(jti: str) -> str:
 
 
 def create_token(
-    user: User, token_type: str, settings: Settings, *, family: str | None = None
+    user: User, token_type: str, settings: Settings, *, session_id: str, session_expires: datetime
 ) -> tuple[str, TokenClaims]:
+    """A signed token of the user's session; it never outlives the session."""
     assert user.id is not None
     issued_at = utcnow()
     lifetime = (
@@ -133,8 +135,8 @@ def create_token(
         ver=user.token_version,
         acc=user.account_key,
         iat=int(issued_at.timestamp()),
-        exp=int((issued_at + lifetime).timestamp()),
-        fam=family,
+        exp=int(min(issued_at + lifetime, session_expires).timestamp()),
+        sid=session_id,
     )
     payload = claims.model_dump(exclude_none=True)
     payload["sub"] = str(claims.sub)  # RFC 7519: the subject is a string
@@ -150,11 +152,19 @@ def decode_token(token: str, expected_type: str, settings: Settings) -> TokenCla
             token,
             settings.SECRET_KEY,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti"]},
+            # Times are checked against the clock every lifetime is measured by (below),
+            # not PyJWT's own.
+            options={
+                "require": ["exp", "iat", "sub", "jti"],
+                "verify_exp": False,
+                "verify_iat": False,
+            },
         )
         claims = TokenClaims.model_validate(payload)
     except (jwt.InvalidTokenError, ValidationError) as error:
-        raise UnauthorizedError("The token is invalid or has expired.") from error
+        raise UnauthorizedError(INVALID_OR_EXPIRED) from error
+    if claims.exp <= utcnow().timestamp():
+        raise UnauthorizedError(INVALID_OR_EXPIRED)
     if claims.type != expected_type:
         raise UnauthorizedError(f"A token of type '{expected_type}' is required here.")
     return claims

@@ -8,10 +8,12 @@ pooled asyncpg connection, and answer with the same JSON and the same headers (r
 id, security headers, ETag, X-Total-Count, Content-Range, Link), which the harness
 checks against the app before it measures. Login verifies bcrypt in
 at most HASH_CONCURRENCY threads, shedding load with 503 past HASH_QUEUE_LIMIT waiting
-checks, and records the refresh token (hash of its jti, family) as the app does; refresh
-retires the presented token with the same conditional UPDATE and records the new one.
-Not copied: rate limiting (the bench turns it off) and the refresh reuse grace window
-(a reused token here always revokes its family).
+checks, and starts a session and records the refresh token (hash of its jti) in it as
+the app does; every token names its session (`sid`), which the caller's look-up joins;
+refresh retires the presented token with the same conditional UPDATE and records the new
+one. Not copied: rate limiting (the bench turns it off), session lifetimes beyond the
+absolute expiry, the session row lock and the refresh reuse grace window (a reused token
+here always ends its session).
 """
 
 import asyncio
@@ -21,7 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -53,22 +55,30 @@ BY_ID = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1"
 BY_EMAIL = f"SELECT {ALL_COLUMNS} FROM users WHERE email = $1"
 PAGE = f"SELECT {ALL_COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2"
 COUNT = "SELECT count(*) FROM users"
-PRUNE_EXPIRED = "DELETE FROM refresh_tokens WHERE user_id = $1 AND expires_at < $2"
+# The caller's row and whether the token's session is live, in one query, as the app does.
+CALLER = (
+    f"SELECT {', '.join(f'users.{column.strip()}' for column in ALL_COLUMNS.split(','))},"
+    " (sessions.revoked_at IS NULL AND sessions.expires_at > $3) AS session_live"
+    " FROM users LEFT JOIN sessions ON sessions.id = $2 AND sessions.user_id = users.id"
+    " WHERE users.id = $1"
+)
+PRUNE_EXPIRED = "DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2"
+START_SESSION = (
+    "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at)"
+    " VALUES ($1, $2, $3, $3, $4)"
+)
 RECORD = (
-    "INSERT INTO refresh_tokens (jti_hash, family_id, user_id, created_at, expires_at)"
-    " VALUES ($1, $2, $3, $4, $5)"
+    "INSERT INTO refresh_tokens (jti_hash, session_id, created_at, expires_at)"
+    " VALUES ($1, $2, $3, $4)"
 )
-RECORD_BY_JTI = (
-    "SELECT id, jti_hash, family_id, user_id, created_at, expires_at, used_at, revoked_at"
-    " FROM refresh_tokens WHERE jti_hash = $1"
+RECORD_BY_JTI = "SELECT id, session_id, used_at FROM refresh_tokens WHERE jti_hash = $1"
+RETIRE = "UPDATE refresh_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL"
+TOUCH_SESSION = "UPDATE sessions SET last_used_at = $2 WHERE id = $1"
+END_SESSION = (
+    "UPDATE sessions SET revoked_at = $2, revoked_reason = 'reuse'"
+    " WHERE id = $1 AND revoked_at IS NULL"
 )
-RETIRE = (
-    "UPDATE refresh_tokens SET used_at = $2"
-    " WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL"
-)
-REVOKE_FAMILY = (
-    "UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL"
-)
+SESSION_SECONDS = 30 * 24 * 3600  # SESSION_MAX_DAYS' default
 PUBLIC_FIELDS = ("email", "name", "role", "is_active", "id", "created_at", "updated_at")
 # What the app's ResponseHeadersMiddleware adds to every response (plus a request id).
 SECURITY_HEADERS = [
@@ -216,10 +226,10 @@ class BareApp:
             raise unauthorized("The token is invalid or has expired.") from error
         if claims.get("type") != token_type:
             raise unauthorized(f"A token of type '{token_type}' is required here.")
-        row = await connection.fetchrow(BY_ID, user_id)
+        row = await connection.fetchrow(CALLER, user_id, claims.get("sid"), datetime.now(UTC))
         if row is not None and not row["is_active"]:
             raise HTTPError(403, "This account is deactivated.")
-        if row is None or row["token_version"] != version:
+        if row is None or row["token_version"] != version or not row["session_live"]:
             raise unauthorized("The token is invalid or has been revoked.")
         return row, claims
 
@@ -248,7 +258,12 @@ class BareApp:
         if not row["is_active"]:
             raise HTTPError(403, "This account is deactivated.")
         async with self.pool.acquire() as connection, connection.transaction():
-            return await self.issue_tokens(connection, row, uuid.uuid4().hex)
+            now = datetime.now(UTC)
+            await connection.execute(PRUNE_EXPIRED, row["id"], now)
+            session_id = uuid.uuid4().hex
+            expires = now + timedelta(seconds=SESSION_SECONDS)
+            await connection.execute(START_SESSION, session_id, row["id"], now, expires)
+            return await self.issue_tokens(connection, row, session_id)
 
     async def refresh(self, body: bytes) -> dict[str, Any]:
         try:
@@ -261,38 +276,35 @@ class BareApp:
             async with connection.transaction():
                 row, claims = await self.authenticate(connection, token, "refresh")
                 record = await connection.fetchrow(RECORD_BY_JTI, token_id_hash(claims["jti"]))
-                if record is None or (record["user_id"], record["family_id"]) != (
-                    row["id"],
-                    claims.get("fam"),
-                ):
+                if record is None or record["session_id"] != claims.get("sid"):
                     raise unauthorized("The refresh token is unknown or has been revoked.")
                 now = datetime.now(UTC)
                 # The same conditional UPDATE as the app: only one refresh can retire it.
                 if await connection.execute(RETIRE, record["id"], now) == "UPDATE 1":
-                    return await self.issue_tokens(connection, row, record["family_id"])
-                await connection.execute(REVOKE_FAMILY, record["family_id"], now)
+                    await connection.execute(TOUCH_SESSION, record["session_id"], now)
+                    return await self.issue_tokens(connection, row, record["session_id"])
+                await connection.execute(END_SESSION, record["session_id"], now)
             # Raised after the commit, so the revocation stays.
             raise unauthorized("Refresh token reuse detected: this session has been revoked.")
 
     async def issue_tokens(
-        self, connection: asyncpg.Connection, row: asyncpg.Record, family: str
+        self, connection: asyncpg.Connection, row: asyncpg.Record, session_id: str
     ) -> dict[str, Any]:
-        """A new pair, the refresh token recorded, this user's expired records pruned."""
+        """A new pair of the session, the refresh token recorded."""
         now = int(time.time())
         refresh_jti = uuid.uuid4().hex
         refresh_expires = now + self.refresh_seconds
-        await connection.execute(PRUNE_EXPIRED, row["id"], datetime.now(UTC))
         await connection.execute(
             RECORD,
             token_id_hash(refresh_jti),
-            family,
-            row["id"],
+            session_id,
             datetime.fromtimestamp(now, UTC),
             datetime.fromtimestamp(refresh_expires, UTC),
         )
-        refresh_claims = {"jti": refresh_jti, "exp": refresh_expires, "fam": family}
+        refresh_claims = {"jti": refresh_jti, "exp": refresh_expires, "sid": session_id}
+        access_claims = {"exp": now + self.access_seconds, "sid": session_id}
         return {
-            "access_token": self.token(row, "access", now, {"exp": now + self.access_seconds}),
+            "access_token": self.token(row, "access", now, access_claims),
             "refresh_token": self.token(row, "refresh", now, refresh_claims),
             "token_type": "bearer",
             "expires_in": self.access_seconds,

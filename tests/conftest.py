@@ -6,6 +6,7 @@ or an embedded server started for the session), in a database made for this sess
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ from sqlmodel import SQLModel
 from backend.config import Settings
 from backend.db import upgrade_to_head
 from backend.main import create_app
+from backend.models import Clock
+from backend.models import clock as app_clock
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -64,6 +67,14 @@ def database_url(
     with session_database(server) as url:
         asyncio.run(upgrade_to_head(make_settings(url)))
         yield url
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    """The app's clock, for a test to move forward (`clock.offset += timedelta(days=1)`):
+    token expiry, session lifetimes and every timestamp follow it."""
+    yield app_clock
+    app_clock.offset = timedelta(0)
 
 
 @pytest.fixture

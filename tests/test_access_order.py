@@ -134,7 +134,10 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
             refused.append(f"{method.upper()} {path}")
     assert sorted(refused) == [
         f"DELETE {API}/users/{{user_id}}",
+        f"DELETE {API}/users/{{user_id}}/sessions",
+        f"DELETE {API}/users/{{user_id}}/sessions/{{session_id}}",
         f"GET {API}/audit",
+        f"GET {API}/users/{{user_id}}/sessions",
         f"PATCH {API}/users/{{user_id}}",
         f"POST {API}/users",
         f"PUT {API}/users/{{user_id}}",

@@ -237,3 +237,48 @@ def test_serve_refuses_a_port_out_of_range(port: str) -> None:
     result = runner.invoke(app, ["serve", "--port", port])
     assert result.exit_code == 2
     assert "Invalid value for '--port'" in result.output
+
+
+def test_users_sessions_lists_and_users_logout_ends_them(sqlite_env: Path) -> None:
+    assert create_user("ada@example.com", "Ada").exit_code == 0
+    none = runner.invoke(app, ["users", "sessions", "ada@example.com"])
+    assert none.exit_code == 0, none.output
+    assert "ada@example.com has no live session." in none.output
+    connection = sqlite3.connect(sqlite_env)
+    with connection:
+        connection.execute(
+            "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at,"
+            " user_agent, ip_address) SELECT :id, id, datetime('now'), datetime('now'),"
+            " datetime('now', '+30 days'), 'Firefox/130', '203.0.113.9' FROM users",
+            {"id": "c" * 32},
+        )
+    listed = runner.invoke(app, ["users", "sessions", "ada@example.com"])
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.splitlines()
+    assert header.split() == [
+        "ID",
+        "CREATED",
+        "LAST",
+        "USED",
+        "EXPIRES",
+        "ADDRESS",
+        "USER",
+        "AGENT",
+    ]
+    assert row.startswith("c" * 32)
+    assert row.endswith("203.0.113.9  Firefox/130")
+    ended = runner.invoke(app, ["users", "logout", "ada@example.com"])
+    assert ended.exit_code == 0, ended.output
+    assert "Ended 1 session of ada@example.com." in ended.output
+    assert (
+        "has no live session" in runner.invoke(app, ["users", "sessions", "ada@example.com"]).output
+    )
+    reason = connection.execute("SELECT revoked_reason FROM sessions").fetchone()
+    assert reason == ("admin",)
+    audit = connection.execute(
+        "SELECT action, actor_id FROM audit_events ORDER BY id DESC"
+    ).fetchone()
+    assert audit == ("user.sessions_end_all", None)
+    unknown = runner.invoke(app, ["users", "logout", "nobody@example.com"])
+    assert unknown.exit_code == 1
+    assert "No user with email nobody@example.com." in unknown.output

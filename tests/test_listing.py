@@ -11,8 +11,16 @@ from pydantic import BaseModel
 from sqlmodel import SQLModel
 
 from backend.listing import Resource
-from backend.models import AuditEvent, AuditEventPublic, User, UserPublic
+from backend.models import (
+    AuditEvent,
+    AuditEventPublic,
+    SessionPublic,
+    User,
+    UserPublic,
+    UserSession,
+)
 from backend.routers.audit import AUDIT_EVENTS
+from backend.routers.sessions import SESSIONS
 from backend.routers.users import USERS
 from tests.helpers import API, create_user
 
@@ -309,7 +317,11 @@ async def test_put_is_admin_only_and_404s(
 
 @pytest.mark.parametrize(
     ("resource", "table", "public"),
-    [(USERS, User, UserPublic), (AUDIT_EVENTS, AuditEvent, AuditEventPublic)],
+    [
+        (USERS, User, UserPublic),
+        (AUDIT_EVENTS, AuditEvent, AuditEventPublic),
+        (SESSIONS, UserSession, SessionPublic),
+    ],
 )
 def test_list_fields_are_public_columns_of_their_model(
     resource: Resource, table: type[SQLModel], public: type[BaseModel]

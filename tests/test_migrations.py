@@ -1,11 +1,12 @@
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, DateTime, bindparam, inspect, text
+from sqlalchemy import Connection, DateTime, Integer, bindparam, inspect, text
 from sqlmodel import SQLModel
 
 from backend.config import Settings
@@ -68,6 +69,8 @@ async def test_no_table_reuses_ids_on_sqlite(tmp_path: Path) -> None:
     finally:
         await engine.dispose()
     for table in SQLModel.metadata.sorted_tables:
+        if not isinstance(table.primary_key.columns[0].type, Integer):
+            continue  # random ids (sessions): nothing counts up, nothing to reuse
         assert table.dialect_options["sqlite"]["autoincrement"], table.name
         assert migrated[table.name], table.name
 
@@ -115,3 +118,117 @@ async def test_account_keys_migration_keeps_users_and_gives_each_its_own_key(
     assert len(set(keys)) == len(keys)
     # Tokens from before carry no account key and are refused: their records are gone.
     assert refresh_records == 0
+
+
+BEFORE_SESSIONS = "867d22b6c838"
+FAMILY_LIVE = "a" * 32
+FAMILY_REVOKED = "b" * 32
+
+
+def _families_to_sessions_and_back(connection: Connection) -> dict[str, Any]:
+    """Two families before sessions (one half revoked, as the refresh ‖ logout race left
+    them); what upgrade makes of them, what downgrade gives back, and upgrade again."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, BEFORE_SESSIONS)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    moments = [
+        bindparam(name, type_=DateTime(timezone=True))
+        for name in ("created", "expires", "used", "revoked")
+    ]
+    connection.execute(
+        text(
+            "INSERT INTO users (email, name, role, is_active, hashed_password, token_version,"
+            " account_key, created_at, updated_at)"
+            " VALUES ('old@example.com', 'Old', 'user', true, 'x', 0, :key, :created, :created)"
+        ).bindparams(moments[0]),
+        {"key": "k" * 32, "created": start},
+    )
+    rows = [
+        ("t1", FAMILY_LIVE, 0, 14, 1, None),
+        ("t2", FAMILY_LIVE, 1, 15, None, None),
+        ("t3", FAMILY_REVOKED, 2, 16, 3, 4),
+        ("t4", FAMILY_REVOKED, 3, 17, None, None),  # inserted by a refresh racing logout
+    ]
+    insert = text(
+        "INSERT INTO refresh_tokens (jti_hash, family_id, user_id, created_at, expires_at,"
+        " used_at, revoked_at) SELECT :jti, :family, id, :created, :expires, :used, :revoked"
+        " FROM users"
+    ).bindparams(*moments)
+    for jti, family, *days in rows:
+        created, expires, used, revoked = (
+            None if day is None else start + timedelta(days=day) for day in days
+        )
+        connection.execute(
+            insert,
+            {
+                "jti": jti,
+                "family": family,
+                "created": created,
+                "expires": expires,
+                "used": used,
+                "revoked": revoked,
+            },
+        )
+    command.upgrade(config, "head")
+    sessions = connection.execute(
+        text(
+            "SELECT id, created_at, last_used_at, expires_at, revoked_at, revoked_reason"
+            " FROM sessions ORDER BY id"
+        )
+    ).all()
+    tokens = connection.execute(
+        text("SELECT jti_hash, session_id FROM refresh_tokens ORDER BY jti_hash")
+    ).all()
+    command.downgrade(config, BEFORE_SESSIONS)
+    families = connection.execute(
+        text(
+            "SELECT jti_hash, family_id, revoked_at IS NOT NULL FROM refresh_tokens"
+            " ORDER BY jti_hash"
+        )
+    ).all()
+    command.upgrade(config, "head")
+    again = connection.execute(text("SELECT id FROM sessions ORDER BY id")).scalars().all()
+    connection.execute(text("DELETE FROM users"))
+    return {"sessions": sessions, "tokens": tokens, "families": families, "again": again}
+
+
+def _utc(value: Any) -> datetime:
+    """A timestamp as read back by plain SQL: aware on PostgreSQL, text on SQLite."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def test_families_become_sessions_and_back(settings: Settings) -> None:
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            found = await connection.run_sync(_families_to_sessions_and_back)
+    finally:
+        await engine.dispose()
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    live, revoked = found["sessions"]
+    assert live[0] == FAMILY_LIVE
+    assert [_utc(value) - start for value in live[1:4]] == [
+        timedelta(days=0),
+        timedelta(days=1),
+        timedelta(days=15),
+    ]
+    assert live[4:] == (None, None)
+    assert revoked[0] == FAMILY_REVOKED
+    assert _utc(revoked[4]) - start == timedelta(days=4)
+    assert revoked[5] == "logout"
+    assert [tuple(row) for row in found["tokens"]] == [
+        ("t1", FAMILY_LIVE),
+        ("t2", FAMILY_LIVE),
+        ("t3", FAMILY_REVOKED),
+        ("t4", FAMILY_REVOKED),
+    ]
+    # Back to families: the survivor of the race is revoked with its family now.
+    assert [tuple(row) for row in found["families"]] == [
+        ("t1", FAMILY_LIVE, False),
+        ("t2", FAMILY_LIVE, False),
+        ("t3", FAMILY_REVOKED, True),
+        ("t4", FAMILY_REVOKED, True),
+    ]
+    assert found["again"] == [FAMILY_LIVE, FAMILY_REVOKED]

@@ -8,7 +8,7 @@ import httpx
 from fastapi import FastAPI
 from sqlmodel import select
 
-from backend.models import RefreshToken, utcnow
+from backend.models import RefreshToken, UserSession, utcnow
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, RegisterUser, bearer, login
 
 
@@ -173,13 +173,13 @@ async def test_refresh_tokens_are_stored_hashed_and_pruned_lazily(
         assert len(records) == 1
         assert len(records[0].jti_hash) == 64
         assert records[0].jti_hash not in tokens["refresh_token"]
-        expired = RefreshToken(
-            jti_hash="0" * 64,
-            family_id="f" * 32,
-            user_id=records[0].user_id,
-            expires_at=utcnow() - timedelta(seconds=1),
-        )
+        live = await session.get(UserSession, records[0].session_id)
+        assert live is not None
+        past = utcnow() - timedelta(seconds=1)
+        expired = UserSession(user_id=live.user_id, expires_at=past)
         session.add(expired)
+        await session.flush()
+        session.add(RefreshToken(jti_hash="0" * 64, session_id=expired.id, expires_at=past))
         await session.commit()
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     async with app.state.services.sessionmaker() as session:

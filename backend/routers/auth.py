@@ -2,12 +2,24 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from backend import crud
-from backend.deps import ClientIP, CurrentUser, LoginCredentials, ServicesDep, SessionDep
+from backend import crud, sessions
+from backend.deps import (
+    ClientIP,
+    CurrentUser,
+    LoginClient,
+    LoginCredentials,
+    ServicesDep,
+    SessionDep,
+)
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import LoginRequest, LoginResponse, RefreshRequest, RegisterRequest
+from backend.models import (
+    LoginRequest,
+    LoginResponse,
+    RefreshRequest,
+    RegisterRequest,
+    SessionEndReason,
+)
 from backend.problems import problem_responses
-from backend.security import REFRESH, decode_token
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
 
@@ -28,7 +40,11 @@ LOGIN_FORM_SCHEMA: dict[str, Any] = {
     responses=problem_responses(403, 409),
 )
 async def register(
-    body: RegisterRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
+    body: RegisterRequest,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    client: LoginClient,
 ) -> LoginResponse:
     """Create an account and log it in."""
     if not services.settings.REGISTRATION_ENABLED:
@@ -36,7 +52,11 @@ async def register(
     limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
     return await crud.register(
-        session, data=body, hasher=services.password_hasher, settings=services.settings
+        session,
+        data=body,
+        hasher=services.password_hasher,
+        settings=services.settings,
+        client=client,
     )
 
 
@@ -56,7 +76,11 @@ async def register(
     },
 )
 async def login(
-    credentials: LoginCredentials, session: SessionDep, services: ServicesDep, ip: ClientIP
+    credentials: LoginCredentials,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    client: LoginClient,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
     limiter = services.rate_limiter
@@ -71,6 +95,7 @@ async def login(
         password=credentials.password,
         hasher=services.password_hasher,
         settings=services.settings,
+        client=client,
     )
     if tokens is None:
         services.metrics.login_failures.inc()
@@ -89,16 +114,12 @@ async def refresh(
     body: RefreshRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
-    a used one again revokes its whole session."""
-    settings = services.settings
+    a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    claims = decode_token(body.refresh_token, REFRESH, settings)
-    user = await crud.get_token_user(session, claims=claims)
-    record = await crud.get_refresh_token(session, claims=claims)
-    if record is None:
-        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
-    return await crud.rotate_refresh_token(session, record=record, user=user, settings=settings)
+    return await sessions.rotate(
+        session, refresh_token=body.refresh_token, settings=services.settings
+    )
 
 
 @router.post(
@@ -109,12 +130,9 @@ async def refresh(
     responses=problem_responses(401),
 )
 async def logout(body: RefreshRequest, session: SessionDep, services: ServicesDep) -> None:
-    """End the session the refresh token belongs to (other devices stay logged in)."""
-    claims = decode_token(body.refresh_token, REFRESH, services.settings)
-    record = await crud.get_refresh_token(session, claims=claims)
-    if record is None:
-        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
-    await crud.revoke_family(session, family_id=record.family_id)
+    """End the session the refresh token belongs to, its access tokens included (other
+    devices stay logged in)."""
+    await sessions.log_out(session, refresh_token=body.refresh_token, settings=services.settings)
 
 
 @router.post(
@@ -126,4 +144,4 @@ async def logout(body: RefreshRequest, session: SessionDep, services: ServicesDe
 )
 async def logout_all(user: CurrentUser, session: SessionDep) -> None:
     """End every session of the current user, on every device, at once."""
-    await crud.revoke_all_tokens(session, user=user)
+    await sessions.end_all(session, user=user, reason=SessionEndReason.LOGOUT_ALL)

@@ -1,10 +1,8 @@
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
-from starlette.convertors import Convertor, register_url_convertor
 
 from backend import crud
 from backend.deps import (
@@ -13,6 +11,7 @@ from backend.deps import (
     ClientIP,
     CurrentUser,
     ExpectedVersions,
+    LoginClient,
     ServicesDep,
     SessionDep,
     TargetUser,
@@ -68,26 +67,6 @@ Filterable fields: {", ".join(USERS.fields)}. Without paging parameters, the das
 conventions return up to 100 records."""
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
-
-class DigitsConvertor(Convertor[str]):
-    """A path segment of ASCII digits, handed on as text for the endpoint to validate.
-
-    Starlette's `int` convertor calls int() while routing, before any handler runs, so
-    5,000 digits raised ValueError there: a 500 even without a token. Here the route
-    still matches only digits (/users/me stays its own route, /users/abc a 404), and
-    the endpoint's parameter type bounds the number, with a 422 naming it.
-    """
-
-    regex = "[0-9]+"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: Any) -> str:
-        return str(value)
-
-
-register_url_convertor("digits", DigitsConvertor())
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
@@ -166,8 +145,9 @@ async def change_password(
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,
+    client: LoginClient,
 ) -> LoginResponse:
-    """Change your password. Every other session ends; this call returns a fresh pair."""
+    """Change your password. Every session ends; this call returns a new session's pair."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
     return await crud.change_password(
@@ -177,6 +157,7 @@ async def change_password(
         new_password=body.new_password,
         hasher=services.password_hasher,
         settings=services.settings,
+        client=client,
     )
 
 

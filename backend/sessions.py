@@ -1,0 +1,421 @@
+"""Login sessions: the one place their protocol lives.
+
+A session is one login. Its refresh tokens rotate within it, each usable once; every
+token names it (`sid`), and every request checks it with the user in one query, so
+ending a session ends its access tokens at their next request.
+
+- start: a login (also registration and a password change): a session and its first pair;
+- rotate: a refresh: the presented token retired, a new pair in the same session;
+- end, log_out: one session (logout, its user or an admin ending it);
+- end_all: every session of a user (logout-all, an admin, the CLI); end_all_staged does
+  it inside a caller's transaction (an account change that revokes);
+- check: the per-request look-up of a token's user and session.
+
+Transactions: start, rotate, end and end_all commit once. start commits whatever its
+caller staged with it (a new account, a rehash, a new password), so a login is one
+transaction. A refusal rolls back, except that a session ended for its lifetime or for
+a reused token is committed before the 401.
+
+Lock order, the same everywhere, so that no two transactions wait on each other in a
+cycle. PostgreSQL takes row locks; SQLite has one database write lock, which each of
+these functions takes with its first statement, a write.
+1. The user's row: start (FOR NO KEY UPDATE), end_all and revoking account changes
+   (their UPDATE of it), the user's deletion (its DELETE).
+2. Then a session's row: rotate and end (SELECT ... FOR UPDATE), end_all (its UPDATE),
+   the deletion (its cascade).
+3. Then that session's refresh tokens.
+rotate and end never lock the user's row: they only read it, and a refresh token
+references its session alone, so inserting one locks no user row either. (Taking the
+session and then the user deadlocks against the user's deletion, which holds the user's
+row while its cascade waits for the session's.) Holding the session's row, nothing else
+can change its tokens or end it meanwhile: a refresh and a logout, a reuse or a
+revocation happen one after the other, and none leaves a rotated token alive.
+end_all changes the user's row (token_version) first so that a login, which takes that
+row before creating its session, is either all before it (and ended by it) or all after.
+"""
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import NoReturn
+
+from sqlalchemy import and_, delete, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.config import Settings
+from backend.errors import DomainError, ForbiddenError, UnauthorizedError
+from backend.models import (
+    IP_ADDRESS_MAX_CHARS,
+    USER_AGENT_MAX_CHARS,
+    AuditAction,
+    AuditEvent,
+    LoginResponse,
+    RefreshToken,
+    SessionEndReason,
+    TokenClaims,
+    User,
+    UserPublic,
+    UserSession,
+    utcnow,
+)
+from backend.security import ACCESS, REFRESH, create_token, decode_token, hash_token_id
+
+NOT_HONOURED = "The token is invalid or has been revoked."
+SESSION_ENDED = "This session has ended; log in again."
+DEACTIVATED = "This account is deactivated."
+REFUSALS = {
+    SessionEndReason.EXPIRED: "This session has expired; log in again.",
+    SessionEndReason.IDLE: "This session has expired; log in again.",
+    SessionEndReason.REUSE: "Refresh token reuse detected: this session has been revoked.",
+}
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who logged in, as the session list shows it: the User-Agent and the address."""
+
+    user_agent: str | None
+    ip_address: str | None
+
+    @classmethod
+    def bounded(cls, user_agent: str | None, ip_address: str | None) -> "ClientInfo":
+        return cls(
+            user_agent=_printable(user_agent, USER_AGENT_MAX_CHARS),
+            ip_address=_printable(ip_address, IP_ADDRESS_MAX_CHARS),
+        )
+
+
+def _printable(value: str | None, max_chars: int) -> str | None:
+    """At most max_chars characters (the column's limit, counted as PostgreSQL does),
+    without control characters, which PostgreSQL refuses (NUL) or a terminal obeys."""
+    if value is None:
+        return None
+    kept = "".join(char for char in value if unicodedata.category(char) not in {"Cc", "Cs"})
+    return kept.strip()[:max_chars] or None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whom an access token speaks for, and the live session it belongs to."""
+
+    user: User
+    user_session: UserSession
+
+
+async def start(
+    db: AsyncSession, *, user: User, client: ClientInfo, settings: Settings
+) -> LoginResponse:
+    """A new session for the user and its first pair; commits (see the module's note)."""
+    assert user.id is not None
+    locked = await _lock_user(db, user_id=user.id)
+    if locked is None:
+        await _refuse(db, UnauthorizedError("This account was deleted meanwhile."))
+    if not locked.is_active:  # deactivated while the password was being checked
+        await _refuse(db, ForbiddenError(DEACTIVATED))
+    now = utcnow()
+    # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
+    await db.exec(
+        delete(UserSession).where(
+            col(UserSession.user_id) == user.id, col(UserSession.expires_at) <= now
+        )
+    )
+    user_session = UserSession(
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(days=settings.SESSION_MAX_DAYS),
+        user_agent=client.user_agent,
+        ip_address=client.ip_address,
+    )
+    db.add(user_session)
+    await db.flush()  # the session's row before its token's, which references it
+    tokens = _issue_pair(db, user=locked, user_session=user_session, settings=settings)
+    await db.commit()
+    return tokens
+
+
+async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) -> LoginResponse:
+    """Trade a refresh token for a new pair in its session, once and only once; commits.
+
+    A token presented again after its rotation means it leaked (or a client kept an old
+    copy): the session ends, unless the second use comes within the grace window, which
+    is what two tabs refreshing at the same moment look like.
+    """
+    claims = decode_token(refresh_token, REFRESH, settings)
+    locked = await _lock_session(db, session_id=claims.sid, user_id=claims.sub)
+    if locked is None:
+        await _refuse(db, UnauthorizedError("The refresh token is unknown or has been revoked."))
+    user_session, user = locked
+    await _check_user(db, user, claims)
+    now = utcnow()
+    ended = user_session.end_reason(now, settings.SESSION_IDLE_DAYS)
+    if ended is not None and user_session.revoked_reason is None:
+        await _end_now(db, user_session, ended)  # its lifetime is over: recorded, refused
+    if ended is not None:
+        await _refuse(db, UnauthorizedError(SESSION_ENDED))
+    # Conditional: the token is retired only if unused. Under the session's lock nothing
+    # else rotates it meanwhile; the condition is the check, in the same statement.
+    jti_hash = hash_token_id(claims.jti)
+    retired = await db.exec(
+        update(RefreshToken)
+        .where(
+            col(RefreshToken.jti_hash) == jti_hash,
+            col(RefreshToken.session_id) == user_session.id,
+            col(RefreshToken.used_at).is_(None),
+        )
+        .values(used_at=now)
+    )
+    if retired.rowcount != 1:
+        await _refuse_retired(db, user_session, jti_hash, now, settings)
+    user_session.last_used_at = now
+    tokens = _issue_pair(db, user=user, user_session=user_session, settings=settings)
+    await db.commit()
+    return tokens
+
+
+async def _refuse_retired(
+    db: AsyncSession, user_session: UserSession, jti_hash: str, now: datetime, settings: Settings
+) -> NoReturn:
+    """Why a token could not be retired: unknown, rotated just now, or reused."""
+    statement = select(RefreshToken.used_at).where(
+        col(RefreshToken.jti_hash) == jti_hash, col(RefreshToken.session_id) == user_session.id
+    )
+    used_at = (await db.exec(statement)).first()
+    if used_at is None:
+        await _refuse(db, UnauthorizedError("The refresh token is unknown or has been revoked."))
+    if now - used_at <= timedelta(seconds=settings.REFRESH_REUSE_GRACE_SECONDS):
+        await _refuse(
+            db,
+            UnauthorizedError(
+                "This refresh token was just rotated by another request; use the new one."
+            ),
+        )
+    await _end_now(db, user_session, SessionEndReason.REUSE)
+
+
+async def _end_now(
+    db: AsyncSession, user_session: UserSession, reason: SessionEndReason
+) -> NoReturn:
+    """End a locked session, commit, and refuse the request that found it ending."""
+    user_session.revoked_at = utcnow()
+    user_session.revoked_reason = reason
+    await db.commit()
+    raise UnauthorizedError(REFUSALS.get(reason, SESSION_ENDED))
+
+
+async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -> None:
+    """End the session a refresh token belongs to; commits."""
+    claims = decode_token(refresh_token, REFRESH, settings)
+    ended = await _end(
+        db,
+        user_id=claims.sub,
+        session_id=claims.sid,
+        reason=SessionEndReason.LOGOUT,
+        settings=settings,
+        actor_id=None,
+        audit=False,
+    )
+    if not ended:
+        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
+
+
+async def end(
+    db: AsyncSession,
+    *,
+    user: User,
+    session_id: str,
+    reason: SessionEndReason,
+    settings: Settings,
+    actor_id: int | None = None,
+    audit: bool = False,
+) -> bool:
+    """End one live session of the user; False (nothing changed) when the user has no
+    such live session. With `audit`, recorded as `actor_id`'s doing. Commits."""
+    assert user.id is not None
+    return await _end(
+        db,
+        user_id=user.id,
+        session_id=session_id,
+        reason=reason,
+        settings=settings,
+        actor_id=actor_id,
+        audit=audit,
+    )
+
+
+async def _end(
+    db: AsyncSession,
+    *,
+    user_id: int,
+    session_id: str | None,
+    reason: SessionEndReason,
+    settings: Settings,
+    actor_id: int | None,
+    audit: bool,
+) -> bool:
+    locked = await _lock_session(db, session_id=session_id, user_id=user_id)
+    if locked is None or locked[0].end_reason(utcnow(), settings.SESSION_IDLE_DAYS) is not None:
+        await db.rollback()
+        return False
+    user_session = locked[0]
+    user_session.revoked_at = utcnow()
+    user_session.revoked_reason = reason
+    if audit:
+        db.add(
+            AuditEvent(
+                actor_id=actor_id,
+                action=AuditAction.SESSION_END,
+                target_id=user_id,
+                details={"session_id": user_session.id},
+            )
+        )
+    await db.commit()
+    return True
+
+
+async def end_all(
+    db: AsyncSession,
+    *,
+    user: User,
+    reason: SessionEndReason,
+    actor_id: int | None = None,
+    audit: bool = False,
+) -> int:
+    """End every session of the user and refuse every token it holds; how many sessions
+    were live. With `audit`, recorded as `actor_id`'s doing. Commits."""
+    assert user.id is not None
+    await db.exec(
+        update(User)
+        .where(col(User.id) == user.id)
+        .values(token_version=col(User.token_version) + 1)
+    )
+    ended = await end_all_staged(db, user_id=user.id, reason=reason)
+    if audit:
+        db.add(
+            AuditEvent(
+                actor_id=actor_id,
+                action=AuditAction.SESSIONS_END_ALL,
+                target_id=user.id,
+                details={"sessions": ended},
+            )
+        )
+    await db.commit()
+    return ended
+
+
+async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndReason) -> int:
+    """end_all's sessions part, for a caller that already changed the user's row (the
+    lock order) and commits itself; how many sessions were live."""
+    result = await db.exec(
+        update(UserSession)
+        .where(col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return result.rowcount
+
+
+async def check(db: AsyncSession, *, access_token: str, settings: Settings) -> Caller:
+    """The user an access token speaks for and its session, if both still honour it:
+    one query, the user's row joined with the session's."""
+    claims = decode_token(access_token, ACCESS, settings)
+    statement = (
+        select(User, UserSession)
+        .outerjoin(
+            UserSession,
+            and_(col(UserSession.id) == claims.sid, col(UserSession.user_id) == col(User.id)),
+        )
+        .where(col(User.id) == claims.sub)
+    )
+    row = (await db.exec(statement)).first()
+    user, user_session = row if row is not None else (None, None)
+    await _check_user(db, user, claims)
+    if (
+        user_session is None
+        or user_session.end_reason(utcnow(), settings.SESSION_IDLE_DAYS) is not None
+    ):
+        raise UnauthorizedError(NOT_HONOURED)
+    assert user is not None
+    return Caller(user=user, user_session=user_session)
+
+
+async def _check_user(db: AsyncSession, user: User | None, claims: TokenClaims) -> None:
+    # One message for a deleted user, another account that has its id now (of which
+    # nothing may show, not even that it is deactivated) and a revoked token.
+    if user is None or user.account_key != claims.acc:
+        await _refuse(db, UnauthorizedError(NOT_HONOURED))
+    if not user.is_active:
+        await _refuse(db, ForbiddenError(DEACTIVATED))
+    if user.token_version != claims.ver:
+        await _refuse(db, UnauthorizedError(NOT_HONOURED))
+
+
+async def _refuse(db: AsyncSession, error: DomainError) -> NoReturn:
+    """Roll back (releasing any lock at once, not when the request ends) and raise."""
+    await db.rollback()
+    raise error
+
+
+async def _lock_user(db: AsyncSession, *, user_id: int) -> User | None:
+    """The user's row, locked against its deletion and against end_all, and reloaded:
+    what a concurrent change committed meanwhile is what the new tokens carry."""
+    if db.get_bind().dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE and begins a transaction only at its first write: a
+        # no-op UPDATE takes the single write lock at once, and returns the row.
+        statement = update(User).where(col(User.id) == user_id).values(id=User.id).returning(User)
+        locked: User | None = (
+            await db.exec(statement.execution_options(populate_existing=True))
+        ).scalar_one_or_none()
+        return locked
+    select_locked = select(User).where(col(User.id) == user_id).with_for_update(key_share=True)
+    return (await db.exec(select_locked.execution_options(populate_existing=True))).first()
+
+
+async def _lock_session(
+    db: AsyncSession, *, session_id: str | None, user_id: int
+) -> tuple[UserSession, User] | None:
+    """The user's session, its row locked (FOR UPDATE; SQLite's write lock), with the
+    user's row read, not locked (see the lock order)."""
+    if session_id is None:
+        return None
+    statement = (
+        select(UserSession, User)
+        .join(User, col(User.id) == col(UserSession.user_id))
+        .where(col(UserSession.id) == session_id, col(UserSession.user_id) == user_id)
+        .execution_options(populate_existing=True)
+    )
+    if db.get_bind().dialect.name == "sqlite":
+        await db.exec(
+            update(UserSession).where(col(UserSession.id) == session_id).values(id=UserSession.id)
+        )
+    else:
+        statement = statement.with_for_update(of=UserSession)
+    row = (await db.exec(statement)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _issue_pair(
+    db: AsyncSession, *, user: User, user_session: UserSession, settings: Settings
+) -> LoginResponse:
+    """An access + refresh pair of the session; the refresh token is recorded (hashed)
+    for the caller to commit. Neither outlives the session."""
+    access_token, _ = create_token(
+        user, ACCESS, settings, session_id=user_session.id, session_expires=user_session.expires_at
+    )
+    refresh_token, claims = create_token(
+        user, REFRESH, settings, session_id=user_session.id, session_expires=user_session.expires_at
+    )
+    db.add(
+        RefreshToken(
+            jti_hash=hash_token_id(claims.jti),
+            session_id=user_session.id,
+            created_at=utcnow(),
+            expires_at=datetime.fromtimestamp(claims.exp, UTC),
+        )
+    )
+    return LoginResponse(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=settings.ACCESS_TOKEN_EXPIRE_MINUTES * 60,
+        user=UserPublic.model_validate(user),
+    )
