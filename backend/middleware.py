@@ -1,5 +1,7 @@
 """Plain ASGI middleware: no BaseHTTPMiddleware, which costs throughput and breaks streaming."""
 
+import asyncio
+import logging
 import re
 import uuid
 from http import HTTPStatus
@@ -12,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.parsing import parse_int
 from backend.problems import problem_response, unexpected_error_response
 
+logger = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "x-request-id"
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -19,6 +23,9 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A client cut off by a shutdown can retry at once against another instance; this one,
+# restarted, is ready again within a few seconds (the readiness probe's Retry-After too).
+SHUTDOWN_RETRY_AFTER_SECONDS = 5
 
 
 class ResponseHeadersMiddleware:
@@ -81,6 +88,57 @@ class UnexpectedErrorMiddleware:
             request_id = scope.get("state", {}).get("request_id")
             response = unexpected_error_response(error, request_id=request_id)
             await response(scope, receive, send)
+
+
+class ShutdownCutoffMiddleware:
+    """Requests still running when the server stops waiting for them at shutdown get
+    503 problem+json with Retry-After, and one line logs how many there were.
+
+    After SHUTDOWN_GRACE_SECONDS uvicorn cancels the tasks still running. Left alone, the
+    CancelledError leaves the app and uvicorn answers a plain-text 500 and logs a
+    traceback for each. Uvicorn cancels only then, so a cancelled request is a cut one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight = 0
+        self.cut_off = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except asyncio.CancelledError:
+            if response_started:
+                raise  # too late for another status: the server drops the connection
+            self.cut_off += 1
+            response = problem_response(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "The server is shutting down and stopped this request; retry shortly.",
+                headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_SECONDS)},
+                request_id=scope.get("state", {}).get("request_id"),
+            )
+            await response(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            # The server cancels them all at once, so the last one out has the count.
+            if self.in_flight == 0 and self.cut_off:
+                logger.warning(
+                    "shutdown grace period exceeded: %d requests cut off, answered 503",
+                    self.cut_off,
+                )
+                self.cut_off = 0
 
 
 class BodySizeLimitMiddleware:

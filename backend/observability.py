@@ -6,7 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -89,6 +95,11 @@ class Metrics:
         self.rate_limit_storage_errors = Counter(
             "rate_limit_storage_errors",
             "Rate-limit checks skipped (failed open) because the storage was unreachable.",
+            registry=self.registry,
+        )
+        self.rate_limit_storage_down = Gauge(
+            "rate_limit_storage_down",
+            "1 while the rate-limit storage is unavailable and checks fail open, else 0.",
             registry=self.registry,
         )
         self.database_unavailable = Counter(

@@ -1,34 +1,36 @@
 """A real Redis outage: the rate limiter fails open and readiness says "degraded".
 
+A Redis that is down or hung (SIGSTOP) costs a login at most one storage budget, and
+the outage is one log line when it starts and one when it ends, never one per request.
+
 The test runs its own redis-server on a free loopback port, so killing it never
 disturbs the shared one. Outside CI a machine without redis-server skips it.
 """
 
+import asyncio
 import logging
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from backend.main import create_app
-from tests.helpers import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    free_port,
-    make_settings,
-    post_login,
-    running,
-)
+from backend.config import Settings
+from backend.ratelimit import STORAGE_BUDGET_SECONDS, STORAGE_RETRY_SECONDS
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, free_port, make_settings
 from tests.services import REDIS, require
 
 START_SECONDS = 10.0
 REQUEST_LIMIT_SECONDS = 3.0
+# A login that skips Redis takes 5-60 ms here (bcrypt at 4 rounds), 0.25 s at worst on
+# two busy cores. Before the budget a hung Redis made every login take 4.6 s; without
+# the skipping after a failure, each would still pay 0.2 s per check, 0.6 s a login.
+LOGINS_WITHIN_ONE_BUDGET_SECONDS = STORAGE_BUDGET_SECONDS + 0.6
 
 
 class RedisServer:
@@ -91,19 +93,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def api(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(
-        f"sqlite:///{tmp_path / 'redis-outage.db'}", REDIS_URL=redis_server.url, AUTO_MIGRATE=True
-    )
-    async with running(create_app(settings)) as api_client:
-        yield api_client
+def settings(database_url: str, redis_server: RedisServer) -> Settings:
+    """Conftest's `client` on SQLite and on PostgreSQL, with its counters in this Redis."""
+    return make_settings(database_url, REDIS_URL=redis_server.url, METRICS_ENABLED=True)
 
 
-async def login(client: httpx.AsyncClient) -> httpx.Response:
+async def login(
+    client: httpx.AsyncClient, limit_seconds: float = REQUEST_LIMIT_SECONDS
+) -> httpx.Response:
     started = time.monotonic()
-    response = await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    assert time.monotonic() - started < REQUEST_LIMIT_SECONDS
+    response = await client.post(
+        f"{API}/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert time.monotonic() - started < limit_seconds
     return response
+
+
+async def logins_within_one_budget(client: httpx.AsyncClient, count: int) -> None:
+    """`count` logins one after the other, together paying at most one storage budget."""
+    started = time.monotonic()
+    for _ in range(count):
+        assert (await login(client)).status_code == 200
+    assert time.monotonic() - started < LOGINS_WITHIN_ONE_BUDGET_SECONDS
 
 
 async def ready(client: httpx.AsyncClient) -> httpx.Response:
@@ -121,40 +132,95 @@ def storage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
     ]
 
 
+def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    """The "unavailable" and the "available again" lines; none may carry a traceback."""
+    warnings = storage_warnings(caplog)
+    assert not [record for record in warnings if record.exc_info], "a traceback was logged"
+    messages = [record.getMessage() for record in warnings]
+    return (
+        [message for message in messages if "storage unavailable" in message],
+        [message for message in messages if "storage available again" in message],
+    )
+
+
+async def metric(client: httpx.AsyncClient, name: str) -> float:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
 async def test_redis_outage_fails_open_and_readiness_degrades(
-    api: httpx.AsyncClient, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="backend.ratelimit")
-    up = await ready(api)
+    up = await ready(client)
     assert up.status_code == 200
     assert up.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
-    assert (await login(api)).status_code == 200
+    assert (await login(client)).status_code == 200
     assert not storage_warnings(caplog)
+    assert await metric(client, "rate_limit_storage_down") == 0
 
     redis_server.stop()
-    assert (await login(api)).status_code == 200
-    warnings = storage_warnings(caplog)
-    assert warnings
-    assert "rate-limit storage unavailable; request allowed" in warnings[0].getMessage()
-    down = await ready(api)
+    await logins_within_one_budget(client, 5)
+    started, ended = outage_lines(caplog)
+    assert len(started) == 1, started
+    assert "(ConnectionError)" in started[0]
+    assert not ended
+    assert await metric(client, "rate_limit_storage_down") == 1
+    # Each login's checks fail open and are counted, though only one line is logged.
+    assert await metric(client, "rate_limit_storage_errors_total") >= 5 * 3
+    down = await ready(client)
     assert down.status_code == 200
     assert down.json() == {"status": "ok", "checks": {"database": "ok", "redis": "degraded"}}
 
     redis_server.start()  # the same port: the app reconnects without a restart
-    assert (await ready(api)).json()["checks"]["redis"] == "ok"
+    assert (await ready(client)).json()["checks"]["redis"] == "ok"
+    started, ended = outage_lines(caplog)
+    assert len(started) == 1, started
+    assert len(ended) == 1, ended
+    assert await metric(client, "rate_limit_storage_down") == 0
     caplog.clear()
-    assert (await login(api)).status_code == 200
+    assert (await login(client)).status_code == 200
     assert not storage_warnings(caplog)
 
 
+async def test_a_hung_redis_costs_logins_one_budget_per_retry_interval(
+    client: httpx.AsyncClient, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="backend.ratelimit")
+    assert (await login(client)).status_code == 200
+    redis_server.pause()  # accepts connections, never answers
+    try:
+        await logins_within_one_budget(client, 5)
+        assert await metric(client, "rate_limit_storage_down") == 1
+        # Past the interval one check probes the still hung Redis: one budget, again.
+        await asyncio.sleep(STORAGE_RETRY_SECONDS)
+        await logins_within_one_budget(client, 5)
+    finally:
+        redis_server.resume()
+    started, ended = outage_lines(caplog)
+    assert len(started) == 1, started
+    assert "(TimeoutError)" in started[0]
+    assert not ended
+
+    # No readiness probe here: the logins' own probe finds Redis answering again.
+    await asyncio.sleep(STORAGE_RETRY_SECONDS)
+    assert (await login(client)).status_code == 200
+    started, ended = outage_lines(caplog)
+    assert len(started) == 1, started
+    assert len(ended) == 1, ended
+    assert await metric(client, "rate_limit_storage_down") == 0
+
+
 async def test_a_hung_redis_cannot_hang_readiness(
-    api: httpx.AsyncClient, redis_server: RedisServer
+    client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:
     redis_server.pause()  # accepts connections, never answers
     try:
-        hung = await ready(api)
+        hung = await ready(client)
     finally:
         redis_server.resume()
     assert hung.status_code == 200
     assert hung.json()["checks"] == {"database": "ok", "redis": "degraded"}
-    assert (await ready(api)).json()["checks"]["redis"] == "ok"
+    assert (await ready(client)).json()["checks"]["redis"] == "ok"
