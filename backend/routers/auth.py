@@ -5,9 +5,10 @@ from fastapi import APIRouter, Response, status
 from backend import crud
 from backend.deps import ClientIP, CurrentUser, LoginCredentials, ServicesDep, SessionDep
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import LoginRequest, LoginResponse, RefreshRequest, RegisterRequest
+from backend.models import LoginRequest, LoginResponse, RegisterRequest
 from backend.problems import problem_responses
 from backend.security import REFRESH, decode_token
+from backend.transport import PresentedRefreshToken, TokenDeliveryDep
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
 
@@ -28,16 +29,21 @@ LOGIN_FORM_SCHEMA: dict[str, Any] = {
     responses=problem_responses(403, 409),
 )
 async def register(
-    body: RegisterRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
+    body: RegisterRequest,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Create an account and log it in."""
     if not services.settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
     limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    return await crud.register(
+    tokens = await crud.register(
         session, data=body, hasher=services.password_hasher, settings=services.settings
     )
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -56,7 +62,11 @@ async def register(
     },
 )
 async def login(
-    credentials: LoginCredentials, session: SessionDep, services: ServicesDep, ip: ClientIP
+    credentials: LoginCredentials,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
     limiter = services.rate_limiter
@@ -76,7 +86,7 @@ async def login(
         services.metrics.login_failures.inc()
         await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
         raise UnauthorizedError("Incorrect email or password.")
-    return tokens
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -86,19 +96,24 @@ async def login(
     responses=problem_responses(401, 403),
 )
 async def refresh(
-    body: RefreshRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
+    refresh_token: PresentedRefreshToken,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
     a used one again revokes its whole session."""
     settings = services.settings
     limiter = services.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    claims = decode_token(body.refresh_token, REFRESH, settings)
+    claims = decode_token(refresh_token, REFRESH, settings)
     user = await crud.get_token_user(session, claims=claims)
     record = await crud.get_refresh_token(session, claims=claims)
     if record is None:
         raise UnauthorizedError("The refresh token is unknown or has been revoked.")
-    return await crud.rotate_refresh_token(session, record=record, user=user, settings=settings)
+    tokens = await crud.rotate_refresh_token(session, record=record, user=user, settings=settings)
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -106,15 +121,21 @@ async def refresh(
     name="auth-logout",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401),
+    responses=problem_responses(401, 403),
 )
-async def logout(body: RefreshRequest, session: SessionDep, services: ServicesDep) -> None:
+async def logout(
+    refresh_token: PresentedRefreshToken,
+    session: SessionDep,
+    services: ServicesDep,
+    delivery: TokenDeliveryDep,
+) -> None:
     """End the session the refresh token belongs to (other devices stay logged in)."""
-    claims = decode_token(body.refresh_token, REFRESH, services.settings)
+    claims = decode_token(refresh_token, REFRESH, services.settings)
     record = await crud.get_refresh_token(session, claims=claims)
     if record is None:
         raise UnauthorizedError("The refresh token is unknown or has been revoked.")
     await crud.revoke_family(session, family_id=record.family_id)
+    delivery.end()
 
 
 @router.post(
