@@ -6,105 +6,28 @@ loopback is aborted and recorded, and a proxy that does not exist catches anythi
 escapes the routing, so a page that needs a CDN shows up as a failure, not a slow load.
 """
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect, sync_playwright
 
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY
+from tests.browser import CHROMIUM_ARGS, UI_TIMEOUT_MS, require_chromium, served_app
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, API
 
-CHROMIUM = Path("/usr/bin/chromium")
-# What Debian's Chromium needs headless as root; Playwright adds its own flags after these.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    # Port 9 (discard) has no proxy behind it: whatever is not routed here fails at once.
-    "--proxy-server=127.0.0.1:9",
-    "--proxy-bypass-list=127.0.0.1;localhost",
-]
 LOOPBACK = {"127.0.0.1", "localhost"}
-SERVER_START_SECONDS = 30
-UI_TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app under uvicorn, as deployed, in a folder with no .env to pick up."""
-    workdir = tmp_path_factory.mktemp("docs-server")
-    port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "DATABASE_URL": f"sqlite:///{workdir / 'docs.db'}",
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "STAGE": "test",
-        "BCRYPT_ROUNDS": "4",
-        "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
-        "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
-    }
-    log_path = workdir / "server.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_healthy(base_url, process, log_path)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    pytest.fail(f"the server was not healthy after {SERVER_START_SECONDS}s:\n{log.read_text()}")
+    with served_app(tmp_path_factory.mktemp("docs-server")) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +55,6 @@ def browser(
             headless=True,
             args=CHROMIUM_ARGS,
         )
-        # Generous for a loaded 2-core CI machine; a healthy run takes about a second a step.
         context.set_default_timeout(UI_TIMEOUT_MS)
         expect.set_options(timeout=UI_TIMEOUT_MS)
         context.route("**/*", keep_to_loopback)
