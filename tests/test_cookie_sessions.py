@@ -81,6 +81,27 @@ async def test_cookie_registration_sets_the_cookie(client: httpx.AsyncClient) ->
     assert refresh_cookie(response)["httponly"] is True
 
 
+async def test_a_password_change_moves_the_session_to_a_new_cookie(
+    client: httpx.AsyncClient,
+) -> None:
+    body, old = await cookie_login(client)
+    response = await client.post(
+        f"{API}/users/me/password{COOKIE}",
+        json={"current_password": ADMIN_PASSWORD, "new_password": "New-Admin-Password-1"},
+        headers={**FROM_FRONT_END, **bearer(body["access_token"])},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["refresh_token"] is None
+    new = refresh_cookie(response)
+    assert new["path"] == f"{API}/auth"  # where refresh will read it, not this route's path
+    assert (
+        await client.post(f"{API}/auth/refresh{COOKIE}", headers=sending(old))
+    ).status_code == 401
+    assert (
+        await client.post(f"{API}/auth/refresh{COOKIE}", headers=sending(new["value"]))
+    ).status_code == 200
+
+
 async def test_refresh_reads_the_cookie_and_rotates_it(client: httpx.AsyncClient) -> None:
     _, first = await cookie_login(client)
     response = await client.post(f"{API}/auth/refresh{COOKIE}", headers=sending(first))

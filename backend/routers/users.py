@@ -36,6 +36,7 @@ from backend.models import (
     UserUpdateMe,
 )
 from backend.problems import problem_responses
+from backend.transport import TokenDeliveryDep
 
 USERS = Resource(
     name="users",
@@ -135,7 +136,7 @@ async def update_me(
     "/me/password",
     name="users-change-password",
     response_model=LoginResponse,
-    responses=problem_responses(400, 429),
+    responses=problem_responses(400, 403, 429),
 )
 async def change_password(
     body: PasswordChange,
@@ -143,11 +144,12 @@ async def change_password(
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Change your password. Every other session ends; this call returns a fresh pair."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    return await crud.change_password(
+    tokens = await crud.change_password(
         session,
         user=user,
         current_password=body.current_password,
@@ -155,6 +157,7 @@ async def change_password(
         hasher=services.password_hasher,
         settings=services.settings,
     )
+    return delivery.send(tokens)
 
 
 @router.get(
