@@ -433,7 +433,9 @@ class RefreshRequest(SQLModel):
 
 class LoginResponse(SQLModel):
     access_token: str
-    refresh_token: str
+    refresh_token: str | None = Field(
+        description="null with transport=cookie: the token is in an HttpOnly cookie instead"
+    )
     token_type: str = "bearer"  # noqa: S105  (the OAuth2 token type, not a secret)
     expires_in: int = Field(description="Seconds until the access token expires")
     user: UserPublic

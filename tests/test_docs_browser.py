@@ -6,8 +6,6 @@ loopback is aborted and recorded, and a proxy that does not exist catches anythi
 escapes the routing, so a page that needs a CDN shows up as a failure, not a slow load.
 """
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,69 +13,21 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect, sync_playwright
 
-from tests.helpers import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    API,
-    free_port,
-    server_env,
-    wait_until_healthy,
-)
-from tests.services import CHROMIUM as CHROMIUM_SERVICE
-from tests.services import require
+from tests.browser import CHROMIUM_ARGS, UI_TIMEOUT_MS, require_chromium, served_app
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API
 
-CHROMIUM = Path("/usr/bin/chromium")
-# What Debian's Chromium needs headless as root; Playwright adds its own flags after these.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    # Port 9 (discard) has no proxy behind it: whatever is not routed here fails at once.
-    "--proxy-server=127.0.0.1:9",
-    "--proxy-bypass-list=127.0.0.1;localhost",
-]
 LOOPBACK = {"127.0.0.1", "localhost"}
-SERVER_START_SECONDS = 30
-UI_TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        require(CHROMIUM_SERVICE, f"{CHROMIUM} is missing")
-    return CHROMIUM
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app under uvicorn, as deployed, in a folder with no .env to pick up."""
-    workdir = tmp_path_factory.mktemp("docs-server")
-    port = free_port()
-    env = server_env(workdir / "docs.db")
-    log_path = workdir / "server.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(base_url, process, log_path, SERVER_START_SECONDS)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with served_app(tmp_path_factory.mktemp("docs-server")) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +55,6 @@ def browser(
             headless=True,
             args=CHROMIUM_ARGS,
         )
-        # Generous for a loaded 2-core CI machine; a healthy run takes about a second a step.
         context.set_default_timeout(UI_TIMEOUT_MS)
         expect.set_options(timeout=UI_TIMEOUT_MS)
         context.route("**/*", keep_to_loopback)

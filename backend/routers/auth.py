@@ -12,14 +12,9 @@ from backend.deps import (
     SessionDep,
 )
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import (
-    LoginRequest,
-    LoginResponse,
-    RefreshRequest,
-    RegisterRequest,
-    SessionEndReason,
-)
+from backend.models import LoginRequest, LoginResponse, RegisterRequest, SessionEndReason
 from backend.problems import problem_responses
+from backend.transport import PresentedRefreshToken, TokenDeliveryDep
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
 
@@ -45,19 +40,21 @@ async def register(
     services: ServicesDep,
     ip: ClientIP,
     client: LoginClient,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Create an account and log it in."""
     if not services.settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
     limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    return await crud.register(
+    tokens = await crud.register(
         session,
         data=body,
         hasher=services.password_hasher,
         settings=services.settings,
         client=client,
     )
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -81,6 +78,7 @@ async def login(
     services: ServicesDep,
     ip: ClientIP,
     client: LoginClient,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
     limiter = services.rate_limiter
@@ -101,7 +99,7 @@ async def login(
         services.metrics.login_failures.inc()
         await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
         raise UnauthorizedError("Incorrect email or password.")
-    return tokens
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -111,15 +109,18 @@ async def login(
     responses=problem_responses(401, 403),
 )
 async def refresh(
-    body: RefreshRequest, session: SessionDep, services: ServicesDep, ip: ClientIP
+    refresh_token: PresentedRefreshToken,
+    session: SessionDep,
+    services: ServicesDep,
+    ip: ClientIP,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
     a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    return await sessions.rotate(
-        session, refresh_token=body.refresh_token, settings=services.settings
-    )
+    tokens = await sessions.rotate(session, refresh_token=refresh_token, settings=services.settings)
+    return delivery.send(tokens)
 
 
 @router.post(
@@ -127,12 +128,18 @@ async def refresh(
     name="auth-logout",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(401),
+    responses=problem_responses(401, 403),
 )
-async def logout(body: RefreshRequest, session: SessionDep, services: ServicesDep) -> None:
+async def logout(
+    refresh_token: PresentedRefreshToken,
+    session: SessionDep,
+    services: ServicesDep,
+    delivery: TokenDeliveryDep,
+) -> None:
     """End the session the refresh token belongs to, its access tokens included (other
     devices stay logged in)."""
-    await sessions.log_out(session, refresh_token=body.refresh_token, settings=services.settings)
+    await sessions.log_out(session, refresh_token=refresh_token, settings=services.settings)
+    delivery.end()
 
 
 @router.post(

@@ -37,6 +37,7 @@ from backend.models import (
     UserUpdateMe,
 )
 from backend.problems import problem_responses
+from backend.transport import TokenDeliveryDep
 
 USERS = Resource(
     name="users",
@@ -137,7 +138,7 @@ async def update_me(
     "/me/password",
     name="users-change-password",
     response_model=LoginResponse,
-    responses=problem_responses(400, 429),
+    responses=problem_responses(400, 403, 429),
 )
 async def change_password(
     body: PasswordChange,
@@ -146,11 +147,12 @@ async def change_password(
     services: ServicesDep,
     ip: ClientIP,
     client: LoginClient,
+    delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Change your password. Every session ends; this call returns a new session's pair."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    return await crud.change_password(
+    tokens = await crud.change_password(
         session,
         user=user,
         current_password=body.current_password,
@@ -159,6 +161,7 @@ async def change_password(
         settings=services.settings,
         client=client,
     )
+    return delivery.send(tokens)
 
 
 @router.get(

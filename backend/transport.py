@@ -1,0 +1,167 @@
+"""How a refresh token travels: in the JSON body (`bearer`, the default) or, for browser
+apps, in an HttpOnly cookie that the page's JavaScript cannot read (`?transport=cookie`).
+
+A browser attaches the cookie to every request to the auth paths, whoever's page makes
+it, so a request that relies on it must show it comes from one of our own front ends:
+its `Origin` is listed in CORS_ORIGINS, and it carries `X-Requested-With`, which a form
+or a plain link cannot send and which another origin cannot add without a CORS
+preflight that is refused. Cookie logins and registrations are held to the same rules,
+so another page cannot plant its own account's session in the user's browser either.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Literal, TypedDict
+
+from fastapi import Body, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from backend.config import Settings
+from backend.deps import ServicesDep
+from backend.errors import ForbiddenError, UnauthorizedError
+from backend.models import LoginResponse, RefreshRequest, utcnow
+from backend.security import REFRESH, decode_token
+
+
+class Transport(StrEnum):
+    BEARER = "bearer"
+    COOKIE = "cookie"
+
+
+REFRESH_COOKIE = "refresh_token"
+CSRF_HEADER = "X-Requested-With"
+
+TRANSPORT_DESCRIPTION = (
+    "`bearer` (default): the refresh token is in the JSON body, both ways. `cookie`, for "
+    "browser apps: the refresh token is set in an HttpOnly, SameSite=Strict cookie scoped "
+    "to the auth paths, `refresh_token` in the response is null, and refresh and logout "
+    "read the cookie instead of a body. Every cookie request must come from an `Origin` "
+    f"listed in CORS_ORIGINS and carry `{CSRF_HEADER}` (any value); otherwise 403."
+)
+
+
+async def get_transport(
+    services: ServicesDep,
+    transport: Annotated[Transport, Query(description=TRANSPORT_DESCRIPTION)] = Transport.BEARER,
+    requested_with: Annotated[
+        str | None,
+        Header(alias=CSRF_HEADER, description="Required, with any value, with `transport=cookie`."),
+    ] = None,
+    # The browser sets it; a client cannot, so it is left out of the schema.
+    origin: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Transport:
+    if transport is Transport.COOKIE:
+        _check_own_front_end(requested_with, origin, services.settings)
+    return transport
+
+
+def _check_own_front_end(
+    requested_with: str | None, origin: str | None, settings: Settings
+) -> None:
+    if not requested_with:
+        raise ForbiddenError(
+            f"Cookie transport requires the {CSRF_HEADER} header (any value), which "
+            "cross-site forms and links cannot send."
+        )
+    if origin is None:
+        raise ForbiddenError("Cookie transport requires an Origin header, as browsers send.")
+    # Listed, not matched: a wildcard in CORS_ORIGINS admits no cookie request.
+    if origin not in settings.CORS_ORIGINS:
+        raise ForbiddenError(
+            f"Origin {origin} is not in CORS_ORIGINS: cookie transport is only for the "
+            "front ends listed there."
+        )
+
+
+TransportDep = Annotated[Transport, Depends(get_transport)]
+
+
+MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
+NULL_BODY = {
+    "type": "model_attributes_type",
+    "loc": ("body",),
+    "msg": "Input should be a valid dictionary or object to extract fields from",
+    "input": None,
+}
+
+
+async def get_presented_refresh_token(
+    request: Request,
+    transport: TransportDep,
+    body: Annotated[
+        RefreshRequest | None,
+        Body(description="Required, except with `transport=cookie`, which ignores it."),
+    ] = None,
+) -> str:
+    """The refresh token the client presents: the body's, or with cookie transport the
+    cookie's."""
+    if transport is Transport.COOKIE:
+        token = request.cookies.get(REFRESH_COOKIE)
+        if not token:
+            raise UnauthorizedError(
+                "No refresh token cookie: log in with transport=cookie first "
+                "(and send the request with credentials)."
+            )
+        return token
+    if body is None:
+        # FastAPI's own answers when a required body is absent or JSON null, so that
+        # bearer clients see no change.
+        raise RequestValidationError([NULL_BODY if await request.body() else MISSING_BODY])
+    return body.refresh_token
+
+
+PresentedRefreshToken = Annotated[str, Depends(get_presented_refresh_token)]
+
+
+class CookieScope(TypedDict):
+    path: str
+    httponly: bool
+    samesite: Literal["strict"]
+    secure: bool
+
+
+@dataclass(frozen=True)
+class TokenDelivery:
+    """Hands issued tokens to the client the way it asked for them."""
+
+    transport: Transport
+    response: Response
+    settings: Settings
+
+    def send(self, tokens: LoginResponse) -> LoginResponse:
+        if self.transport is Transport.BEARER:
+            return tokens
+        assert tokens.refresh_token is not None  # issued tokens always include one
+        expires_at = decode_token(tokens.refresh_token, REFRESH, self.settings).exp
+        self.response.set_cookie(
+            REFRESH_COOKIE,
+            tokens.refresh_token,
+            max_age=max(0, expires_at - int(utcnow().timestamp())),
+            **self._cookie_scope(),
+        )
+        return tokens.model_copy(update={"refresh_token": None})
+
+    def end(self) -> None:
+        """After logout: the browser drops the cookie (a bearer client has none)."""
+        if self.transport is Transport.COOKIE:
+            self.response.delete_cookie(REFRESH_COOKIE, **self._cookie_scope())
+
+    def _cookie_scope(self) -> CookieScope:
+        return {
+            # Only the auth routes ever see it: not the user routes, not other apps.
+            "path": f"{self.settings.API_V1_PREFIX}/auth",
+            "httponly": True,
+            "samesite": "strict",
+            # A local server speaks plain http, and browsers drop Secure cookies sent over
+            # it from any host but localhost.
+            "secure": self.settings.STAGE != "local",
+        }
+
+
+async def get_token_delivery(
+    transport: TransportDep, response: Response, services: ServicesDep
+) -> TokenDelivery:
+    return TokenDelivery(transport=transport, response=response, settings=services.settings)
+
+
+TokenDeliveryDep = Annotated[TokenDelivery, Depends(get_token_delivery)]
