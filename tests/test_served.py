@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, free_port
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    TEST_SECRET_KEY,
+    free_port,
+    wait_until_healthy,
+)
 
 START_SECONDS = 60.0
 BIN = Path(sys.executable).parent
@@ -56,17 +63,7 @@ class ServerProcess:
         return self.stdout.read_text() + self.stderr.read_text()
 
     def wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server was not healthy after {START_SECONDS} s:\n{self.output()}")
+        wait_until_healthy(self.base_url, self.process, self.stderr, START_SECONDS)
 
     def exit_code(self) -> int:
         return self.process.wait(timeout=START_SECONDS)

@@ -28,6 +28,7 @@ from tests.helpers import (
     TEST_SECRET_KEY,
     free_port,
     make_settings,
+    wait_until_healthy,
 )
 
 GRACE_SECONDS = 20
@@ -69,17 +70,7 @@ class Server:
         return self.log.read_text()
 
     def wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server was not healthy after {START_SECONDS} s:\n{self.output()}")
+        wait_until_healthy(self.base_url, self.process, self.log, START_SECONDS)
 
     def kill(self) -> None:
         if self.process.poll() is None:
