@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlmodel import SQLModel
 
 from backend.config import Settings
 from backend.db import upgrade_to_head
@@ -25,7 +26,6 @@ from tests.helpers import (
     USER_PASSWORD,
     RegisterUser,
     bearer,
-    empty_tables,
     login,
     make_settings,
 )
@@ -87,7 +87,9 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
-        await empty_tables(application)
+        async with application.state.services.engine.begin() as connection:
+            for table in reversed(SQLModel.metadata.sorted_tables):
+                await connection.execute(table.delete())
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlmodel import SQLModel
 
 from backend.config import Settings
 
@@ -74,22 +73,15 @@ async def create_user(
 async def running(
     app: FastAPI, client_host: str = "127.0.0.1", *, raise_app_exceptions: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for an app of the test's own making, inside that app's lifespan; the
-    app's rows are deleted afterwards, as the `app` fixture does."""
+    """A client for an app of the test's own making, inside that app's lifespan."""
     transport = httpx.ASGITransport(
         app=app, client=(client_host, 1234), raise_app_exceptions=raise_app_exceptions
     )
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-        await empty_tables(app)
-
-
-async def empty_tables(app: FastAPI) -> None:
-    """Delete every row the test wrote, children first; the schema stays for the session."""
-    async with app.state.services.engine.begin() as connection:
-        for table in reversed(SQLModel.metadata.sorted_tables):
-            await connection.execute(table.delete())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield client
 
 
 # --- the app as a process -------------------------------------------------------------

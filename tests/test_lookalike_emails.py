@@ -14,8 +14,8 @@ from sqlalchemy import Connection, text
 from backend.confusables import email_skeleton, skeleton
 from backend.db import alembic_config, create_engine
 from backend.main import create_app
-from backend.models import AccountRules, use_account_rules
-from tests.helpers import API, USER_PASSWORD, RegisterUser, login, make_settings, running
+from backend.models import AccountRules, User, use_account_rules
+from tests.helpers import API, USER_PASSWORD, RegisterUser, login, make_settings
 
 ROOT = "root@example.com"
 LOOKALIKES = {
@@ -84,8 +84,12 @@ async def test_ascii_lookalikes_are_refused_too(
 @pytest.fixture
 async def international_client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(make_settings(database_url, ALLOW_INTERNATIONAL_EMAILS=True))
-    async with running(application) as client:
-        yield client
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+        async with application.state.services.engine.begin() as connection:
+            await connection.execute(User.__table__.delete())  # type: ignore[attr-defined]
 
 
 async def test_international_addresses_are_allowed_but_not_lookalikes(

@@ -19,7 +19,7 @@ from backend.main import create_app
 from backend.models import AccountRules, User, use_account_rules
 from backend.passwords import normalise_password, password_problem
 from backend.security import PasswordHasher
-from tests.helpers import API, RegisterUser, bearer, login, make_settings, running
+from tests.helpers import API, RegisterUser, bearer, login, make_settings
 
 USER = {"email": "policy@example.com", "name": "Policy"}
 
@@ -166,8 +166,12 @@ async def test_the_raw_fallback_costs_the_same_for_unknown_users() -> None:
 @pytest.fixture
 async def strict_client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(make_settings(database_url, PASSWORD_MIN_LENGTH=16))
-    async with running(application) as client:
-        yield client
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+        async with application.state.services.engine.begin() as connection:
+            await connection.execute(User.__table__.delete())  # type: ignore[attr-defined]
 
 
 async def test_the_minimum_length_is_a_setting_and_the_schema_says_it(

@@ -14,6 +14,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel
 
 from backend import crud
 from backend.main import create_app
@@ -26,7 +27,6 @@ from tests.helpers import (
     bearer,
     login,
     make_settings,
-    running,
 )
 
 NEW_PASSWORD = "Brand-New-Password-2"
@@ -159,24 +159,30 @@ async def test_logins_waiting_for_a_hash_hold_no_connection_and_reads_go_on(
     )
     app = create_app(settings)
     logins = 8
-    async with running(app) as client:
+    async with app.router.lifespan_context(app):
         services = app.state.services
-        headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
-        hasher = GatedHasher(services.engine, expected=logins)
-        services.password_hasher = hasher
-        form = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
-        burst = [
-            asyncio.create_task(client.post(f"{API}/auth/login", data=form)) for _ in range(logins)
-        ]
-        try:
-            await asyncio.wait_for(hasher.all_waiting.wait(), timeout=10)
-            assert hasher.checked_out_while_waiting == 0
-            # Every login is waiting for the hasher; reads still get connections.
-            reads = [client.get(f"{API}/users/me", headers=headers) for _ in range(4)]
-            for read in await asyncio.gather(*reads):
-                assert read.status_code == 200, read.text
-        finally:
-            hasher.release.set()
-            responses = await asyncio.gather(*burst)
-            hasher.close()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
+            hasher = GatedHasher(services.engine, expected=logins)
+            services.password_hasher = hasher
+            form = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+            burst = [
+                asyncio.create_task(client.post(f"{API}/auth/login", data=form))
+                for _ in range(logins)
+            ]
+            try:
+                await asyncio.wait_for(hasher.all_waiting.wait(), timeout=10)
+                assert hasher.checked_out_while_waiting == 0
+                # Every login is waiting for the hasher; reads still get connections.
+                reads = [client.get(f"{API}/users/me", headers=headers) for _ in range(4)]
+                for read in await asyncio.gather(*reads):
+                    assert read.status_code == 200, read.text
+            finally:
+                hasher.release.set()
+                responses = await asyncio.gather(*burst)
+                hasher.close()
+        async with services.engine.begin() as connection:
+            for table in reversed(SQLModel.metadata.sorted_tables):
+                await connection.execute(table.delete())
     assert [response.status_code for response in responses] == [200] * logins
