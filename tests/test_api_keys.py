@@ -458,7 +458,7 @@ async def test_each_key_has_its_own_rate_limit(settings: Settings) -> None:
 
 
 async def test_malformed_keys_are_401_never_500(
-    client: httpx.AsyncClient, user_headers: dict[str, str]
+    app: FastAPI, client: httpx.AsyncClient, user_headers: dict[str, str]
 ) -> None:
     real = (await make_key(client, user_headers))["secret"]
     malformed = [
@@ -475,7 +475,10 @@ async def test_malformed_keys_are_401_never_500(
     ]
     for value in malformed:
         headers = {"Authorization": f"Bearer {value}".encode("latin-1")}
-        response = await client.get(f"{API}/users/me", headers=headers)  # type: ignore[arg-type]
+        with counting_statements(app.state.services.engine) as statements:
+            response = await client.get(f"{API}/users/me", headers=headers)  # type: ignore[arg-type]
+        # What cannot be a key is refused before any table is read; a near miss is looked up.
+        assert len(statements) == (1 if KEY_SHAPE.match(value) else 0), value
         assert response.status_code == 401, value
         assert response.json()["detail"] == REFUSED
         assert response.headers["www-authenticate"] == "Bearer"
