@@ -43,6 +43,10 @@ from backend.models import (
 )
 
 KEY_REFUSED = "The API key is invalid, expired or revoked."
+OWNER_CHANGED = (
+    "The account changed meanwhile (its password, role or activation, or a logout "
+    "everywhere): log in again."
+)
 # last_used_at is news at this resolution: a script calling every second writes once a
 # minute, not once a request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -69,6 +73,22 @@ async def create(
     """A new key for the user, recorded in the audit trail as `actor_id`'s doing; the
     answer is the only place its secret ever appears. Commits."""
     assert user.id is not None
+    # The owner's row, locked (SQLite: its write lock) and still as the caller was
+    # authenticated: a password or role change, a deactivation or a logout everywhere
+    # either commits before this (and the key is refused) or waits for it, and then
+    # revokes it with the others. Without the lock a key minted meanwhile would survive.
+    owner_unchanged = await db.exec(
+        update(User)
+        .where(
+            col(User.id) == user.id,
+            col(User.token_version) == user.token_version,
+            col(User.is_active).is_(True),
+        )
+        .values(id=User.id)
+    )
+    if owner_unchanged.rowcount != 1:
+        await db.rollback()
+        raise UnauthorizedError(OWNER_CHANGED)
     secret = new_api_key_secret()
     now = utcnow()
     api_key = ApiKey(

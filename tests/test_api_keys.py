@@ -9,12 +9,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlmodel import SQLModel, col, select
 
+from backend import api_keys
 from backend.config import Settings
+from backend.errors import UnauthorizedError
 from backend.main import create_app
-from backend.models import ApiKey, Clock
+from backend.models import ApiKey, ApiKeyCreate, ApiKeyScope, Clock, User
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -508,3 +511,24 @@ async def test_an_admin_can_create_a_key_for_themselves_and_use_it_on_others(
     )
     assert deactivated.status_code == 200
     assert deactivated.json()["is_active"] is False
+
+
+async def test_no_key_is_minted_for_an_owner_changed_since_the_caller_was_checked(
+    app: FastAPI, client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    """The race a request loses when the owner's password changes between its token
+    check and the key's creation: the stale view of the owner mints nothing."""
+    async with app.state.services.sessionmaker() as session:
+        user = (await session.exec(select(User).where(User.email == "user@example.com"))).one()
+    stale = user.model_copy()
+    changed = await client.post(
+        f"{API}/users/me/password",
+        json={"current_password": USER_PASSWORD, "new_password": "Another-Password-2"},
+        headers=user_headers,
+    )
+    assert changed.status_code == 200
+    data = ApiKeyCreate(name="late", scope=ApiKeyScope.WRITE)
+    async with app.state.services.sessionmaker() as session:
+        with pytest.raises(UnauthorizedError, match="changed meanwhile"):
+            await api_keys.create(session, user=stale, data=data, actor_id=stale.id)
+    assert await stored_keys(app) == []
