@@ -40,6 +40,11 @@ TAGS = [
         "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
+    {
+        "name": "tokens",
+        "description": "Personal API keys for scripts (`Authorization: Bearer uak_...`), "
+        "managed with a login's access token.",
+    },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]

@@ -37,7 +37,7 @@ NEWEST_FIRST = (("created_at", True),)
 # so that no key mints or revokes keys.
 router = APIRouter(
     prefix="/users",
-    tags=["api keys"],
+    tags=["tokens"],
     responses=problem_responses(400, 401, 403, 422),
     dependencies=[Depends(get_session_caller)],
 )
@@ -56,7 +56,7 @@ async def _list(
 
 @router.post(
     "/me/tokens",
-    name="api-keys-create",
+    name="tokens-create",
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyCreated,
 )
@@ -71,7 +71,7 @@ async def create_api_key(
 
 @router.get(
     "/me/tokens",
-    name="api-keys-list-mine",
+    name="tokens-list-mine",
     response_model=list[ApiKeyPublic],
     openapi_extra={"parameters": list_parameters(API_KEYS)},
     responses={200: {"headers": LIST_HEADERS}},
@@ -86,7 +86,7 @@ async def list_my_api_keys(
 
 @router.delete(
     "/me/tokens/{token_id:digits}",
-    name="api-keys-revoke-mine",
+    name="tokens-revoke-mine",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(404),
@@ -100,7 +100,7 @@ async def revoke_my_api_key(token_id: ApiKeyId, user: SessionUser, session: Sess
 
 @router.get(
     "/{user_id:digits}/tokens",
-    name="api-keys-list",
+    name="tokens-list",
     response_model=list[ApiKeyPublic],
     openapi_extra={"parameters": list_parameters(API_KEYS)},
     responses={**problem_responses(404), 200: {"headers": LIST_HEADERS}},
@@ -114,7 +114,7 @@ async def list_api_keys(
 
 @router.delete(
     "/{user_id:digits}/tokens/{token_id:digits}",
-    name="api-keys-revoke",
+    name="tokens-revoke",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(404),
