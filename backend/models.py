@@ -13,10 +13,10 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     GetJsonSchemaHandler,
     StrictBool,
-    StrictInt,
     WithJsonSchema,
     field_validator,
 )
@@ -610,9 +610,15 @@ class ApiKeyBase(SQLModel):
     )
 
 
+def _json_number(value: object) -> object:
+    # A JSON number, 30 or 30.0 (both are JSON Schema integers), never "30" or true.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a number")
+    return value
+
+
 class ApiKeyCreate(ApiKeyBase):
-    # Strict: a JSON number, not "30" or true.
-    expires_in_days: StrictInt = Field(
+    expires_in_days: Annotated[int, BeforeValidator(_json_number)] = Field(
         default=API_KEY_DEFAULT_DAYS,
         ge=1,
         le=API_KEY_MAX_DAYS,

@@ -143,6 +143,7 @@ async def test_the_request_is_validated_with_the_field_named(
     cases = [
         ({"name": "n", "scope": "read", "expires_in_days": 0}, "expires_in_days"),
         ({"name": "n", "scope": "read", "expires_in_days": 367}, "expires_in_days"),
+        ({"name": "n", "scope": "read", "expires_in_days": 7.5}, "expires_in_days"),
         ({"name": "n", "scope": "read", "expires_in_days": "30"}, "expires_in_days"),
         ({"name": "n", "scope": "read", "expires_in_days": True}, "expires_in_days"),
         ({"name": "n", "scope": "admin"}, "scope"),
@@ -156,7 +157,7 @@ async def test_the_request_is_validated_with_the_field_named(
         assert response.status_code == 422, body
         assert [error["field"] for error in response.json()["errors"]] == [field], body
     # The bounds themselves are accepted; 30 days when none is said.
-    for days in (1, 366):
+    for days in (1, 366, 7.0):  # 7.0 is an integer to JSON Schema, and so here
         await make_key(client, user_headers, expires_in_days=days)
     default = await make_key(client, user_headers)
     lifetime = datetime.fromisoformat(default["expires_at"]) - datetime.fromisoformat(
