@@ -120,3 +120,22 @@ def test_help_names_the_tokens_commands() -> None:
     tokens_help = runner.invoke(app, ["tokens", "--help"]).output
     for command in ("create", "list", "revoke"):
         assert command in tokens_help
+
+
+def test_a_role_change_or_deactivation_on_the_cli_revokes_the_keys(
+    sqlite_env: Path,  # noqa: F811
+) -> None:
+    for email in ("ada@example.com", "linus@example.com"):
+        assert create_user(email, "Someone").exit_code == 0
+        assert create_token("--email", email, "--name", "job", "--scope", "read")[0] == 0
+    assert runner.invoke(app, ["users", "set-role", "ada@example.com", "admin"]).exit_code == 0
+    assert runner.invoke(app, ["users", "deactivate", "linus@example.com"]).exit_code == 0
+    reasons = sqlite3.connect(sqlite_env).execute(
+        "SELECT users.email, revoked_reason FROM api_keys JOIN users ON users.id = user_id"
+        " ORDER BY users.email"
+    )
+    assert reasons.fetchall() == [
+        ("ada@example.com", "role_change"),
+        ("linus@example.com", "deactivated"),
+    ]
+    assert "No API keys." in runner.invoke(app, ["tokens", "list"]).stdout
