@@ -1,6 +1,7 @@
 """The `backend` command: serve the API, migrate the database, manage accounts."""
 
 import asyncio
+import json
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -9,6 +10,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import api_keys, crud, sessions
@@ -22,6 +24,7 @@ from backend.db import (
 )
 from backend.errors import ConflictError, DomainError, NotFoundError
 from backend.listing import Filter, ListQuery
+from backend.main import create_app
 from backend.models import (
     API_KEY_DEFAULT_DAYS,
     API_KEY_MAX_DAYS,
@@ -171,6 +174,40 @@ def migrate() -> None:
     except DatabaseStartupError as error:
         _exit_with(error)
     typer.echo("Database is at the newest migration.")
+
+
+class _ShippedSettings(Settings):
+    """Every setting at its default: neither the environment nor .env is read."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+@app.command()
+def openapi(
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults",
+            help="Ignore the environment and .env: the document of the API as shipped, "
+            "which clients/typescript is generated from.",
+        ),
+    ] = False,
+) -> None:
+    """Print the OpenAPI document `serve` answers at API_V1_PREFIX/openapi.json, as JSON."""
+    # Some of it follows the settings: the title, the prefix, the password length.
+    settings = _ShippedSettings() if defaults else get_settings()
+    # No server and no database: building the app connects to nothing.
+    schema = create_app(settings).openapi()
+    typer.echo(json.dumps(schema, indent=2, ensure_ascii=False))
 
 
 @app.command("create-admin")
