@@ -58,11 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--hash-concurrency",
         type=int,
         default=max(1, (os.cpu_count() or 1) // 2),
-        help="HASH_CONCURRENCY for both servers (default: the app's, half the cores)",
+        help="HASH_CONCURRENCY for the app and bare server (default: the app's, half the "
+        "cores); the peer verifies on its event loop",
     )
     parser.add_argument("--hash-queue-limit", type=int, default=32)
-    parser.add_argument("--db-pool-size", type=int, default=10)
-    parser.add_argument("--db-max-overflow", type=int, default=10)
+    parser.add_argument(
+        "--db-pool-size", type=int, default=10, help="every server's pool, the peer's too"
+    )
+    parser.add_argument("--db-max-overflow", type=int, default=10, help="likewise")
     parser.add_argument(
         "--profile-seconds", type=int, help="py-spy sampling time (default 20; smoke 1)"
     )

@@ -2,16 +2,18 @@
 
     uvicorn --factory bench.peers.fastapi_users_app:create_app
 
-Written from fastapi-users' "Full example" (configuration/full-example, the SQLAlchemy
-variant: db.py, schemas.py, users.py, app.py, here in one file) with the documented
-changes a real deployment makes: integer ids (`SQLAlchemyBaseUserTable[int]` with
-`IntegerIDMixin`, databases/sqlalchemy), bcrypt through `PasswordHelper` (configuration/
-password-hash) so the seeded hashes verify, PostgreSQL through asyncpg, and the secret,
-database URL, pool size and token lifetime from the same environment the app reads. Its
-own routers are mounted under /api/v1 so wrk's scripts hit the same paths on every
-server; `/health` is one plain route. Everything else is the library's: its users table
-(`peer_users`, seeded by bench/database.py with the app's users and password hash), its
-user manager, JWT strategy (one `session.get` of the caller per request) and routers.
+Written from fastapi-users' "Full example" page (configuration/full-example, the
+SQLAlchemy variant: db.py, schemas.py, users.py, app.py, here in one file) with the
+documented changes a real deployment makes: integer ids (`SQLAlchemyBaseUserTable[int]`
+and `IntegerIDMixin`, from the SQLAlchemy database page), bcrypt through `PasswordHelper`
+(the password hash page) so the seeded hashes verify, PostgreSQL through asyncpg, and the
+secret, database URL, pool size (the app's 10+10, not SQLAlchemy's default 5+10) and
+token lifetime from the environment the app reads. The example's routers are mounted
+under /api/v1 instead of at the root (login at /api/v1/auth/login, not /auth/jwt/login),
+so that wrk's scripts hit the same paths on every server; its demo route gives way to a
+plain `/health`. Everything else is the library's: its users table (`peer_users`, seeded
+by bench/database.py with the app's users and password hash), its user manager, its JWT
+strategy (a SELECT of the caller per request) and its routers.
 
 The table is created by the harness before the server starts, with the same
 `Base.metadata.create_all` the example runs in its lifespan: two workers starting at once
@@ -49,6 +51,10 @@ class User(SQLAlchemyBaseUserTable[int], Base):
 
 
 class UserRead(schemas.BaseUser[int]):
+    pass
+
+
+class UserCreate(schemas.BaseUserCreate):
     pass
 
 
@@ -112,6 +118,18 @@ def create_app() -> FastAPI:
     app = FastAPI(lifespan=lifespan)
     app.include_router(
         fastapi_users.get_auth_router(auth_backend), prefix=f"{API}/auth", tags=["auth"]
+    )
+    # The example's other routers too, so route matching walks the same table it would.
+    app.include_router(
+        fastapi_users.get_register_router(UserRead, UserCreate),
+        prefix=f"{API}/auth",
+        tags=["auth"],
+    )
+    app.include_router(
+        fastapi_users.get_reset_password_router(), prefix=f"{API}/auth", tags=["auth"]
+    )
+    app.include_router(
+        fastapi_users.get_verify_router(UserRead), prefix=f"{API}/auth", tags=["auth"]
     )
     app.include_router(
         fastapi_users.get_users_router(UserRead, UserUpdate),
