@@ -411,8 +411,13 @@ def server_bars(
     width = 0.27
     for index, (name, colour) in enumerate(COLOURS.items()):
         offset = (index - 1) * width
-        present = [(position, per_server) for position, per_server in enumerate(runs.values())
-                   if name in per_server]  # fmt: skip
+        present = [
+            (position, per_server)
+            for position, per_server in enumerate(runs.values())
+            if name in per_server
+        ]
+        if not present:  # no bars, and no legend entry, for a server that did not run
+            continue
         bars = axis.bar(
             [position + offset for position, _ in present],
             [value(per_server[name]) for _, per_server in present],
