@@ -108,8 +108,18 @@ def refused_share(runs: list[WrkResult]) -> float:
 
 
 def ratio(per_server: dict[str, list[WrkResult]], other: str) -> float | None:
-    """The app's mean req/s over another server's, when that server ran this scenario."""
-    return rps(per_server["app"]) / rps(per_server[other]) if other in per_server else None
+    """The app's mean req/s over another server's, when that server ran this scenario and
+    answered at all (a 1 s smoke run can end before a slow login does)."""
+    if other not in per_server or rps(per_server[other]) == 0:
+        return None
+    return rps(per_server["app"]) / rps(per_server[other])
+
+
+def ratio_text(per_server: dict[str, list[WrkResult]], other: str) -> str:
+    value = ratio(per_server, other)
+    if value is not None:
+        return f"{value:.2f}x"
+    return f"no {other}" if other not in per_server else f"{other} answered none"
 
 
 def targets(results: Results) -> list[str]:
@@ -198,7 +208,7 @@ def runs_table(runs: Runs, *, show_refused: bool = False) -> list[str]:
     headings += ["app/peer", "app/bare"]
     rows = []
     for key, per_server in runs.items():
-        ratios = [ratio(per_server, "peer"), ratio(per_server, "bare")]
+        ratios = [ratio_text(per_server, "peer"), ratio_text(per_server, "bare")]
         for name, server_runs in per_server.items():
             row: list[object] = [LABELS[key], name]
             row += [", ".join(f"{run.rps:.0f}" for run in server_runs)]
@@ -206,7 +216,7 @@ def runs_table(runs: Runs, *, show_refused: bool = False) -> list[str]:
             row += [f"{p99(server_runs):.2f}", failed(server_runs)]
             row += [f"{refused_share(server_runs):.1%}"] if show_refused else []
             if name == "app":
-                row += ["no peer" if value is None else f"{value:.2f}x" for value in ratios]
+                row += ratios
             else:
                 row += ["", ""]
             rows.append(row)
