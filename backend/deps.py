@@ -64,7 +64,9 @@ async def get_caller(
 ) -> Caller:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
-    caller = await sessions.check(session, access_token=token, settings=services.settings)
+    caller = await sessions.check(
+        session, access_token=token, settings=services.settings, auth_cache=services.auth_cache
+    )
     request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
     return caller
 
