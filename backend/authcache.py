@@ -41,11 +41,12 @@ from sqlalchemy import BinaryExpression, BindParameter, Column, event, inspect
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement
+from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, TextClause
 from sqlmodel import Session as SQLModelSession
 
 from backend.config import Settings
 from backend.models import User, UserSession
+from backend.observability import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ PING_SECONDS = 0.02
 # a ping answered that was sent at most this long ago.
 FRESH_SECONDS = 0.08
 RECONNECT_SECONDS = 0.5
+LISTENER_NAME = "auth-cache-listener"  # its application_name in pg_stat_activity
 # Bounds memory (~2 KB each): past it, the user cached longest ago is dropped.
 MAX_ENTRIES = 4096
 EVERYONE = "*"  # a TRUNCATE's payload: drop everything
@@ -73,7 +75,10 @@ class AuthCache:
     """Cached token checks of one worker; inert unless enabled (PostgreSQL, and
     AUTH_CACHE_SECONDS above 0)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._hits = metrics.auth_checks.labels(source="cache")
+        self._misses = metrics.auth_checks.labels(source="database")
+        self._listening = metrics.auth_cache_listening
         self.enabled = not settings.is_sqlite and settings.AUTH_CACHE_SECONDS > 0
         self._ttl = settings.AUTH_CACHE_SECONDS
         self._dsn = settings.DATABASE_URL
@@ -109,8 +114,10 @@ class AuthCache:
         if fresh and session_id is not None:
             entry = self._entries.get(user_id, {}).get(session_id)
             if entry is not None and time.monotonic() - entry.stored_at <= self._ttl:
+                self._hits.inc()
                 return _detached(User, entry.user), _detached(UserSession, entry.user_session)
         epoch = self.epoch
+        self._misses.inc()
         user, user_session = await load()
         if fresh and user is not None and user_session is not None and epoch == self.epoch:
             self._store(
@@ -145,9 +152,11 @@ class AuthCache:
         while True:
             try:
                 connection = await asyncpg.connect(
-                    _plain_dsn(self._dsn), timeout=self._connect_timeout
+                    _plain_dsn(self._dsn),
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": LISTENER_NAME},
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except Exception as error:  # an outage, or a bug: off until the next attempt
                 if not lost_logged:
                     logger.warning("auth cache off: cannot listen for changes: %r", error)
                     lost_logged = True
@@ -159,15 +168,18 @@ class AuthCache:
                 if lost_logged:
                     logger.warning("auth cache on again: listening for changes")
                     lost_logged = False
+                self._listening.set(1)
                 while True:
                     sent = time.monotonic()
-                    await connection.execute("SELECT 1", timeout=FRESH_SECONDS)
+                    # A slow answer (a busy loop) only pauses the cache; no answer drops it.
+                    await connection.execute("SELECT 1", timeout=self._connect_timeout)
                     self._confirmed_at = sent
                     await asyncio.sleep(PING_SECONDS)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except Exception as error:
                 logger.warning("auth cache off: lost the listening connection: %r", error)
                 lost_logged = True
             finally:
+                self._listening.set(0)
                 self._confirmed_at = -math.inf
                 self._drop_everything()
                 connection.terminate()
@@ -234,7 +246,11 @@ def _note_flush(session: OrmSession, _context: Any) -> None:
 
 
 def _note_statement(state: ORMExecuteState) -> None:
-    """UPDATE and DELETE statements on users or sessions."""
+    """UPDATE and DELETE statements on users or sessions; SQL text, unless a SELECT."""
+    if isinstance(state.statement, TextClause):
+        if not state.statement.text.lstrip().upper().startswith("SELECT"):
+            _note(state.session, None)
+        return
     if not (state.is_update or state.is_delete):
         return
     table = getattr(getattr(state.statement, "table", None), "name", "")

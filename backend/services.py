@@ -34,7 +34,7 @@ class Services:
             queue_limit=settings.HASH_QUEUE_LIMIT,
         )
         metrics.watch(engine, password_hasher)
-        auth_cache = AuthCache(settings)
+        auth_cache = AuthCache(settings, metrics)
         return cls(
             settings=settings,
             metrics=metrics,
