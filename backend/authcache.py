@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "auth_cache"  # the migration's trigger notifies this
 PING_SECONDS = 0.02
+# No check for this long, and the pings pause until the next one (which queries): an
+# idle worker does not ping PostgreSQL 50 times a second. Notifications still arrive.
+IDLE_SECONDS = 1.0
 # Revocation reaches every other worker within this (the bound is 100 ms): a hit needs
 # a ping answered that was sent at most this long ago.
 FRESH_SECONDS = 0.08
@@ -87,6 +90,8 @@ class AuthCache:
         self._count = 0
         self.epoch = 0
         self._confirmed_at = -math.inf  # when the last answered ping was sent
+        self._checked_at = -math.inf  # the latest check, cached or not
+        self._checking = asyncio.Event()  # set while checks come in: keep pinging
         self._listener: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -110,10 +115,14 @@ class AuthCache:
         """The user's row and the session's, from the cache when it may answer, else
         from `load` (the query), stored for the next time. Each call gets its own
         detached instances: a handler may change them as it could a loaded row."""
-        fresh = self.enabled and time.monotonic() - self._confirmed_at <= FRESH_SECONDS
+        now = time.monotonic()
+        self._checked_at = now
+        if not self._checking.is_set():
+            self._checking.set()
+        fresh = self.enabled and now - self._confirmed_at <= FRESH_SECONDS
         if fresh and session_id is not None:
             entry = self._entries.get(user_id, {}).get(session_id)
-            if entry is not None and time.monotonic() - entry.stored_at <= self._ttl:
+            if entry is not None and now - entry.stored_at <= self._ttl:
                 self._hits.inc()
                 return _detached(User, entry.user), _detached(UserSession, entry.user_session)
         epoch = self.epoch
@@ -140,8 +149,8 @@ class AuthCache:
         self._count = 0
 
     def _store(self, user_id: int, session_id: str, entry: _Entry) -> None:
-        if self._count >= MAX_ENTRIES:
-            self.forget([next(iter(self._entries))])
+        if self._count >= MAX_ENTRIES:  # an eviction, not a change: the epoch stays
+            self._count -= len(self._entries.pop(next(iter(self._entries))))
         sessions = self._entries.setdefault(user_id, {})
         self._count += session_id not in sessions
         sessions[session_id] = entry
@@ -175,6 +184,9 @@ class AuthCache:
                     await connection.execute("SELECT 1", timeout=self._connect_timeout)
                     self._confirmed_at = sent
                     await asyncio.sleep(PING_SECONDS)
+                    if time.monotonic() - self._checked_at > IDLE_SECONDS:
+                        self._checking.clear()
+                        await self._checking.wait()
             except Exception as error:
                 logger.warning("auth cache off: lost the listening connection: %r", error)
                 lost_logged = True
