@@ -24,7 +24,7 @@ Entries also expire after AUTH_CACHE_SECONDS, a backstop for a write no trigger 
 (a restore with triggers disabled, session_replication_role=replica).
 
 A look-up that raced a change must not store what it read before the change: every
-drop bumps `epoch`, and a row read is stored only if no drop happened since its query
+drop bumps `_epoch`, and a row read is stored only if no drop happened since its query
 was sent.
 """
 
@@ -88,7 +88,7 @@ class AuthCache:
         self._connect_timeout = settings.connect_timeout_seconds
         self._entries: dict[int, dict[str, _Entry]] = {}  # user id -> session id -> rows
         self._count = 0
-        self.epoch = 0
+        self._epoch = 0
         self._confirmed_at = -math.inf  # when the last answered ping was sent
         self._checked_at = -math.inf  # the latest check, cached or not
         self._checking = asyncio.Event()  # set while checks come in: keep pinging
@@ -125,10 +125,10 @@ class AuthCache:
             if entry is not None and now - entry.stored_at <= self._ttl:
                 self._hits.inc()
                 return _detached(User, entry.user), _detached(UserSession, entry.user_session)
-        epoch = self.epoch
+        epoch = self._epoch
         self._misses.inc()
         user, user_session = await load()
-        if fresh and user is not None and user_session is not None and epoch == self.epoch:
+        if fresh and user is not None and user_session is not None and epoch == self._epoch:
             self._store(
                 user_id, user_session.id, _Entry(_row(user), _row(user_session), time.monotonic())
             )
@@ -139,12 +139,12 @@ class AuthCache:
         if user_ids is None:
             self._drop_everything()
             return
-        self.epoch += 1
+        self._epoch += 1
         for user_id in user_ids:
             self._count -= len(self._entries.pop(user_id, ()))
 
     def _drop_everything(self) -> None:
-        self.epoch += 1
+        self._epoch += 1
         self._entries.clear()
         self._count = 0
 
