@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     REFRESH_REUSE_GRACE_SECONDS: int = Field(default=10, ge=0)
+    # How long a worker may answer a token's check from memory (PostgreSQL only; 0: never).
+    # A backstop: changes reach every worker's cache at once (see backend/authcache.py).
+    AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0)
     AUTO_MIGRATE: bool | None = None
     # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
     SHUTDOWN_GRACE_SECONDS: int = Field(default=20, ge=1)

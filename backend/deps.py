@@ -81,7 +81,9 @@ async def get_caller(
     if token.startswith(API_KEY_PREFIX):
         caller = await _key_caller(request, session, services, token)
     else:
-        caller = await sessions.check(session, access_token=token, settings=services.settings)
+        caller = await sessions.check(
+            session, access_token=token, settings=services.settings, auth_cache=services.auth_cache
+        )
     request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
     return caller
 

@@ -62,6 +62,7 @@ def _lifespan(
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
                 await _ensure_first_admin(services)
+            services.auth_cache.start()
             yield
         finally:
             await services.close()

@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import Scope
 
+from backend.authcache import AuthCache
 from backend.config import Settings
 from backend.db import create_engine, create_sessionmaker
 from backend.observability import Metrics
@@ -21,6 +22,7 @@ class Services:
     sessionmaker: async_sessionmaker[AsyncSession]
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
+    auth_cache: AuthCache
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> "Services":
@@ -32,16 +34,19 @@ class Services:
             queue_limit=settings.HASH_QUEUE_LIMIT,
         )
         metrics.watch(engine, password_hasher)
+        auth_cache = AuthCache(settings, metrics)
         return cls(
             settings=settings,
             metrics=metrics,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine, settings),
+            sessionmaker=create_sessionmaker(engine, settings, auth_cache),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
+            auth_cache=auth_cache,
         )
 
     async def close(self) -> None:
+        await self.auth_cache.close()
         self.password_hasher.close()
         await self.engine.dispose()
 

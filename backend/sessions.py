@@ -44,6 +44,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import api_keys
+from backend.authcache import AuthCache
 from backend.config import Settings
 from backend.errors import DomainError, ForbiddenError, UnauthorizedError
 from backend.models import (
@@ -329,20 +330,27 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
     return result.rowcount
 
 
-async def check(db: AsyncSession, *, access_token: str, settings: Settings) -> Caller:
+async def check(
+    db: AsyncSession, *, access_token: str, settings: Settings, auth_cache: AuthCache
+) -> Caller:
     """The user an access token speaks for and its session, if both still honour it:
-    one query, the user's row joined with the session's."""
+    one query, the user's row joined with the session's, or none when the worker's
+    auth cache has both rows (see backend/authcache.py)."""
     claims = decode_token(access_token, ACCESS, settings)
-    statement = (
-        select(User, UserSession)
-        .outerjoin(
-            UserSession,
-            and_(col(UserSession.id) == claims.sid, col(UserSession.user_id) == col(User.id)),
+
+    async def load() -> tuple[User | None, UserSession | None]:
+        statement = (
+            select(User, UserSession)
+            .outerjoin(
+                UserSession,
+                and_(col(UserSession.id) == claims.sid, col(UserSession.user_id) == col(User.id)),
+            )
+            .where(col(User.id) == claims.sub)
         )
-        .where(col(User.id) == claims.sub)
-    )
-    row = (await db.exec(statement)).first()
-    user, user_session = row if row is not None else (None, None)
+        row = (await db.exec(statement)).first()
+        return (row[0], row[1]) if row is not None else (None, None)
+
+    user, user_session = await auth_cache.read(claims.sub, claims.sid, load)
     await _check_user(db, user, claims)
     if (
         user_session is None
