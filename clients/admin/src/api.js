@@ -20,6 +20,9 @@ let accessToken = null;
 let currentUser = null;
 let refreshTimer = null;
 let refreshing = null; // the refresh in flight: concurrent callers share it
+// Set when the server said there is no session to refresh (no cookie, or an ended
+// session): the screens' other checks then stop asking until the next login.
+let noSession = false;
 
 export const session = {
     get user() {
@@ -48,6 +51,7 @@ async function toHttpError(response) {
 }
 
 function accept(tokens) {
+    noSession = false;
     accessToken = tokens.access_token;
     currentUser = tokens.user;
     clearTimeout(refreshTimer);
@@ -83,6 +87,7 @@ export async function login(email, password) {
 
 /** Trade the cookie for a new access token; one at a time, whoever asks. */
 export function refresh() {
+    if (noSession) return Promise.reject(new HttpError('Not logged in', 401));
     refreshing ??= authCall('refresh')
         .then(tokens => {
             accept(tokens);
@@ -90,6 +95,7 @@ export function refresh() {
         })
         .catch(error => {
             forget();
+            noSession = error.status === 401;
             throw error;
         })
         .finally(() => {

@@ -1,13 +1,14 @@
 // Sessions: a user's (admin) and your own (My account). Ending one ends its tokens at
 // their next request.
+import { Box, Typography } from '@mui/material';
 import {
     BooleanField,
     Button,
     Datagrid,
     DateField,
     FunctionField,
-    Labeled,
     ListContextProvider,
+    ResourceContextProvider,
     TextField,
     useGetList,
     useList,
@@ -38,16 +39,27 @@ function EndButton({ basePath }) {
     return <Button label="End" onClick={end} />;
 }
 
+// Its own resource (users/5/sessions, users/me/sessions), which the table's buttons and
+// access checks read, whatever screen shows it.
 export function SessionTable({ basePath, showCurrent = false }) {
+    return (
+        <ResourceContextProvider value={basePath.slice(1)}>
+            <Sessions basePath={basePath} showCurrent={showCurrent} />
+        </ResourceContextProvider>
+    );
+}
+
+function Sessions({ basePath, showCurrent }) {
     const { data = [], isPending, error } = useGetList(basePath.slice(1), {
         pagination: ALL,
         sort: NEWEST_FIRST,
     });
     const listContext = useList({ data, isPending });
     if (error) return <p role="alert">{error.message}</p>;
+    if (!isPending && data.length === 0) return <p>No live sessions.</p>;
     return (
         <ListContextProvider value={listContext}>
-            <Datagrid bulkActionButtons={false} rowClick={false} empty={<p>No live sessions.</p>}>
+            <Datagrid bulkActionButtons={false} rowClick={false}>
                 <FunctionField label="Session" render={s => s.id.slice(0, 8)} />
                 <DateField source="created_at" label="Started" showTime />
                 <DateField source="last_used_at" label="Last used" showTime />
@@ -77,11 +89,10 @@ export function UserSessions() {
         }
     };
     return (
-        <Labeled label="Sessions" fullWidth>
-            <div>
-                <SessionTable basePath={basePath} />
-                <Button label="End all sessions" onClick={endAll} />
-            </div>
-        </Labeled>
+        <Box sx={{ width: '100%' }}>
+            <Typography variant="h6">Sessions</Typography>
+            <SessionTable basePath={basePath} />
+            <Button label="End all sessions" onClick={endAll} />
+        </Box>
     );
 }

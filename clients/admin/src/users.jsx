@@ -89,7 +89,7 @@ function EditToolbar() {
 
 export function UserEdit() {
     return (
-        <Edit mutationMode="pessimistic">
+        <Edit mutationMode="pessimistic" redirect="show">
             <SimpleForm toolbar={<EditToolbar />}>
                 <TextInput source="email" validate={validateEmail} />
                 <TextInput source="name" validate={validateName} />
