@@ -131,6 +131,7 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     page.goto(f"{base}/admin")
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     screenshot(page, "01-login")
+    _a_429_shows_its_retry_after(page, base)
     log_in(page, base, ADMIN_EMAIL, ADMIN_PASSWORD)
     expect(page.get_by_role("cell", name=PLAIN_EMAIL)).to_be_visible()
     screenshot(page, "02-users")
@@ -139,8 +140,12 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     page.get_by_role("link", name="Create").click()
     page.get_by_role("textbox", name="Email", exact=True).fill(NEW_EMAIL)
     name_field(page).fill("Grace")
+    # The server's 422 shows under the field it names.
+    page.get_by_role("textbox", name="Password", exact=True).fill("too-short")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("must be at least 12 characters long")).to_be_visible()
+    screenshot(page, "03-user-create-refused")
     page.get_by_role("textbox", name="Password", exact=True).fill("Compilers-Rule-1952")
-    screenshot(page, "03-user-create")
     page.get_by_role("button", name="Save").click()
     page.wait_for_url(re.compile(r"#/users/\d+/show$"))
     user_id = re.search(r"#/users/(\d+)/show$", page.url).group(1)  # type: ignore[union-attr]
@@ -243,3 +248,18 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     expect(page.get_by_text("End all sessions")).to_have_count(0)
     page.close()
     assert errors == []
+
+
+def _a_429_shows_its_retry_after(page: Page, base: str) -> None:
+    """Ten failed logins to one email use up its per-minute limit (RATE_LIMIT_LOGIN); the
+    eleventh, from the login page, shows the problem's detail and the wait."""
+    nobody = {"username": "nobody@example.com", "password": "Not-The-Password-1"}
+    with httpx.Client(base_url=f"{base}{API}") as api:
+        for _ in range(10):
+            assert api.post("/auth/login", data=nobody).status_code == 401
+    page.get_by_role("textbox", name="Username", exact=True).fill(nobody["username"])
+    page.get_by_role("textbox", name="Password", exact=True).fill(nobody["password"])
+    page.get_by_role("button", name="Sign in").click()
+    alert = page.get_by_role("alert").filter(has_text="Too many requests")
+    expect(alert).to_have_text(re.compile(r"Retry in \d+ s\.$"))  # said once, not twice
+    screenshot(page, "01-login-too-many-attempts")

@@ -33,9 +33,11 @@ export const session = {
     },
 };
 
-function retryAfterText(response) {
+// The wait, from Retry-After, unless the detail already gives it ("Retry in 42 s.").
+function withRetryAfter(detail, response) {
     const seconds = response.headers.get('Retry-After');
-    return seconds ? ` Retry after ${seconds} s.` : '';
+    if (!seconds || detail.includes(`${seconds} s`)) return detail;
+    return `${detail} Retry after ${seconds} s.`;
 }
 
 async function toHttpError(response) {
@@ -45,9 +47,17 @@ async function toHttpError(response) {
     } catch {
         // not JSON: a proxy's page, say; the status text will do
     }
-    const detail = body?.detail ?? body?.message ?? response.statusText ?? 'Request failed';
-    const wait = [429, 503].includes(response.status) ? retryAfterText(response) : '';
-    return new HttpError(`${detail}${wait}`, response.status, body);
+    // A 422 names its fields: react-admin shows `body.errors`, by field, under the inputs.
+    if (Array.isArray(body?.errors)) {
+        const byField = {};
+        for (const { field, message } of body.errors) {
+            byField[field] = byField[field] ? `${byField[field]}; ${message}` : message;
+        }
+        body = { ...body, errors: byField };
+    }
+    let detail = body?.detail ?? body?.message ?? response.statusText ?? 'Request failed';
+    if ([429, 503].includes(response.status)) detail = withRetryAfter(detail, response);
+    return new HttpError(detail, response.status, body);
 }
 
 function accept(tokens) {
