@@ -1,8 +1,10 @@
 """The built dashboard (clients/admin) in Debian's headless Chromium, served by the app at
 /admin on PostgreSQL, as deployed: an admin logs in, creates a user, finds it with the
 search box, renames it, meets the If-Match conflict from a second tab, deactivates it,
-reads the audit trail, ends another user's session, opens My account and logs out; a
-plain user sees no admin screen. A screenshot of each screen goes to test-artifacts/admin/.
+reads and filters the audit trail, ends another user's sessions, opens My account,
+deletes the user and logs out; a plain user sees no admin screen. Refusals show the
+server's words: a 429 its wait, a 422 under the field it names. A screenshot of each
+screen goes to test-artifacts/admin/.
 
 The page and the API share an origin (localhost, where Chromium keeps the Secure cookie
 over plain http), which CORS_ORIGINS does not list: the app's own dashboard needs no
@@ -11,7 +13,9 @@ setting.
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,7 +53,7 @@ def base(dist: Path, postgres: Server, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def browser(
-    base: str, plain_user: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    base: str, plain_user: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BrowserContext]:
     # After the server and its data: Playwright's sync API keeps an event loop running in
     # this thread, where making the database (asyncio.run) would then fail.
@@ -71,16 +75,20 @@ def browser(
 
 
 @pytest.fixture(scope="module")
-def plain_user(base: str) -> Iterator[dict[str, str]]:
-    """A plain user made through the API, logged in once there: a session to end."""
+def plain_user(base: str) -> Iterator[dict[str, Any]]:
+    """A plain user made through the API, logged in twice there: sessions to end."""
     with httpx.Client(base_url=f"{base}{API}") as api:
         admin = api.post("/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         headers = {"Authorization": f"Bearer {admin.raise_for_status().json()['access_token']}"}
         user = {"email": PLAIN_EMAIL, "name": "Plain User", "password": USER_PASSWORD}
         created = api.post("/users", json=user, headers=headers).raise_for_status().json()
-        login = api.post("/auth/login", data={"username": PLAIN_EMAIL, "password": USER_PASSWORD})
-        token = login.raise_for_status().json()["access_token"]
-        yield {"id": str(created["id"]), "token": token}
+        tokens = []
+        for _ in range(2):
+            login = api.post(
+                "/auth/login", data={"username": PLAIN_EMAIL, "password": USER_PASSWORD}
+            )
+            tokens.append(login.raise_for_status().json()["access_token"])
+        yield {"id": str(created["id"]), "tokens": tokens}
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -114,7 +122,7 @@ def save_name(page: Page, name: str) -> None:
 
 
 def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
-    browser: BrowserContext, base: str, plain_user: dict[str, str]
+    browser: BrowserContext, base: str, plain_user: dict[str, Any]
 ) -> None:
     page = browser.new_page()
     # React reports a crashed screen on the console; refused requests are expected here.
@@ -202,19 +210,28 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     page.get_by_role("option", name="deactivated").click()
     expect(page.locator("tbody tr")).to_have_count(1)
     expect(page.locator("tbody tr").first).to_contain_text(NEW_EMAIL)
+    today = datetime.now(UTC).date()
+    page.get_by_label("From (UTC)").fill(today.isoformat())
+    expect(page).to_have_url(re.compile("created_at_gte"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    page.get_by_label("Before (UTC)").fill(today.isoformat())
+    expect(page.get_by_text("No Audit trail found using the current filters.")).to_be_visible()
 
-    # End the plain user's session (it logged in through the API)
+    # End one of the plain user's sessions (it logged in twice through the API), then all.
     open_screen(page, base, f"/users/{plain_user['id']}/show")
     sessions = page.locator("tbody tr")
-    expect(sessions).to_have_count(1)
+    expect(sessions).to_have_count(2)
     expect(sessions.first).to_contain_text("python-httpx")
     screenshot(page, "10-user-sessions")
     sessions.first.get_by_role("button", name="End").click()
     expect_notification(page, "Session ended")
+    expect(sessions).to_have_count(1)
+    # Newest first: the second login's token is the one that stopped working.
+    assert plain_user_status(base, plain_user["tokens"]) == [200, 401]
+    page.get_by_role("button", name="End all sessions").click()
+    expect_notification(page, "Every session of this user ended")
     expect(page.get_by_text("No live sessions.")).to_be_visible()
-    with httpx.Client(base_url=f"{base}{API}") as api:
-        me = api.get("/users/me", headers={"Authorization": f"Bearer {plain_user['token']}"})
-        assert me.status_code == 401
+    assert plain_user_status(base, plain_user["tokens"]) == [401, 401]
 
     # My account
     page.get_by_role("menuitem", name="My account").click()
@@ -223,6 +240,16 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     expect(page.locator("tbody tr")).to_have_count(2)
     expect(page.locator("tbody tr").filter(has_text="HeadlessChrome")).to_have_count(1)
     screenshot(page, "11-my-account")
+
+    # Delete, after a confirmation.
+    open_screen(page, base, f"/users/{user_id}")
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("dialog")).to_contain_text(NEW_EMAIL)
+    screenshot(page, "12-delete-confirmation")
+    page.get_by_role("button", name="Confirm").click()
+    page.wait_for_url(re.compile(r"#/users$"))
+    expect_notification(page, "Element deleted")
+    expect(page.get_by_role("cell", name=NEW_EMAIL)).to_have_count(0)
 
     # Log out: back to the login page, and a reload does not bring the session back.
     page.get_by_role("button", name="Profile").click()
@@ -234,20 +261,28 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
 
     # A plain user reads users, and nothing else.
     log_in(page, base, PLAIN_EMAIL, USER_PASSWORD)
-    expect(page.get_by_role("cell", name=NEW_EMAIL)).to_be_visible()
+    expect(page.get_by_role("cell", name=ADMIN_EMAIL)).to_be_visible()
     expect(page.get_by_role("menuitem", name="Audit trail")).to_have_count(0)
     expect(page.get_by_role("link", name="Create")).to_have_count(0)
-    screenshot(page, "12-plain-user")
-    for route in ("/audit", f"/users/{user_id}", "/users/create"):
+    screenshot(page, "13-plain-user")
+    for route in ("/audit", "/users/1", "/users/create"):
         open_screen(page, base, route)
         expect(page.get_by_role("button", name="Save")).to_have_count(0)
         expect(page.get_by_role("cell", name="deactivated")).to_have_count(0)
-    open_screen(page, base, f"/users/{user_id}/show")
-    expect(page.get_by_text("Grace B. Hopper", exact=True)).to_be_visible()
+    open_screen(page, base, "/users/1/show")
+    expect(page.get_by_role("link", name=ADMIN_EMAIL)).to_be_visible()
     expect(page.get_by_role("link", name="Edit")).to_have_count(0)
     expect(page.get_by_text("End all sessions")).to_have_count(0)
     page.close()
     assert errors == []
+
+
+def plain_user_status(base: str, tokens: list[str]) -> list[int]:
+    with httpx.Client(base_url=f"{base}{API}") as api:
+        return [
+            api.get("/users/me", headers={"Authorization": f"Bearer {token}"}).status_code
+            for token in tokens
+        ]
 
 
 def _a_429_shows_its_retry_after(page: Page, base: str) -> None:

@@ -23,17 +23,13 @@ export const ACTIONS = [
     { id: 'user.sessions_end_all', name: 'all sessions ended' },
 ];
 
-// A date picks a whole day (UTC): "until" the 3rd includes the 3rd.
-const startOfDay = value => (value ? `${value}T00:00:00Z` : value);
-const endOfDay = value => (value ? `${value}T23:59:59.999999Z` : value);
-const dayOf = value => (value ? String(value).slice(0, 10) : '');
-
 const auditFilters = [
     <NumberInput key="actor" source="actor_id" label="Actor id" alwaysOn />,
     <NumberInput key="target" source="target_id" label="Target id" alwaysOn />,
     <SelectInput key="action" source="action" choices={ACTIONS} alwaysOn />,
-    <DateInput key="from" source="created_at_gte" label="From (UTC)" parse={startOfDay} format={dayOf} />,
-    <DateInput key="until" source="created_at_lte" label="Until (UTC)" parse={endOfDay} format={dayOf} />,
+    // A day's start, in UTC, as the server reads a date without a time.
+    <DateInput key="from" source="created_at_gte" label="From (UTC)" alwaysOn />,
+    <DateInput key="before" source="created_at_lte" label="Before (UTC)" alwaysOn />,
 ];
 
 function describe(details) {
