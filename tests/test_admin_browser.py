@@ -240,6 +240,18 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     expect(page.locator("tbody tr")).to_have_count(2)
     expect(page.locator("tbody tr").filter(has_text="HeadlessChrome")).to_have_count(1)
     screenshot(page, "11-my-account")
+    page.get_by_role("textbox", name="Name", exact=True).fill("Ada Admin")
+    page.get_by_role("button", name="Save name").click()
+    expect_notification(page, "Name saved")
+    expect(page.get_by_role("button", name="Profile")).to_contain_text("Ada Admin")
+    page.get_by_role("textbox", name="Current password", exact=True).fill(ADMIN_PASSWORD)
+    page.get_by_role("textbox", name="New password", exact=True).fill("Admin-Password-2")
+    page.get_by_role("button", name="Change password").click()
+    expect_notification(page, "Password changed")
+    # Every other session ended; this one goes on with the new cookie, a reload included.
+    page.reload()
+    expect(page.get_by_role("button", name="Change password")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(1)
 
     # Delete, after a confirmation.
     open_screen(page, base, f"/users/{user_id}")
