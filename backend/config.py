@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from functools import lru_cache
 from itertools import pairwise
+from pathlib import Path
 from typing import Annotated, Literal
 
 from limits import parse
@@ -30,6 +31,9 @@ from backend.passwords import (
 
 MIN_SECRET_KEY_BYTES = 32
 HOW_TO_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# The dashboard as `npm run build` leaves it in a checkout; an installed wheel has none.
+DEFAULT_ADMIN_DIR = Path(__file__).resolve().parent.parent / "clients" / "admin" / "dist"
+HOW_TO_BUILD_THE_DASHBOARD = "cd clients/admin && npm ci && npm run build"
 
 # A weak SECRET_KEY lets anyone who holds one token crack the key offline and forge an
 # admin's. A key that is set is refused, in every stage, when it is:
@@ -160,6 +164,9 @@ class Settings(BaseSettings):
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
     METRICS_ENABLED: bool = False
+    # The built dashboard, served at /admin: unset, the checkout's clients/admin/dist when
+    # it has been built (else no /admin); empty, never served.
+    ADMIN_DIR: str | None = None
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
@@ -233,6 +240,23 @@ class Settings(BaseSettings):
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
         return self
+
+    @field_validator("ADMIN_DIR")
+    @classmethod
+    def check_admin_dir(cls, value: str | None) -> str | None:
+        if value and not (Path(value) / "index.html").is_file():
+            raise ValueError(
+                f"{value} has no index.html: build the dashboard ({HOW_TO_BUILD_THE_DASHBOARD}) "
+                "or leave ADMIN_DIR unset"
+            )
+        return value
+
+    @property
+    def admin_dir(self) -> Path | None:
+        """The folder of the dashboard to serve at /admin, or None for no /admin."""
+        if self.ADMIN_DIR is not None:
+            return Path(self.ADMIN_DIR).resolve() if self.ADMIN_DIR else None
+        return DEFAULT_ADMIN_DIR if (DEFAULT_ADMIN_DIR / "index.html").is_file() else None
 
     @model_validator(mode="after")
     def check_first_admin(self) -> "Settings":

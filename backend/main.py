@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import crud
+from backend.admin import install_admin
 from backend.config import Settings, get_settings
 from backend.db import DatabaseStartupError, explained_startup_failure, upgrade_to_head
 from backend.docs import install_docs
@@ -144,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app, settings)
     if settings.METRICS_ENABLED:
         install_metrics_endpoint(app, metrics)
+    if settings.admin_dir is not None:
+        install_admin(app, settings.admin_dir)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s and 500s too.
