@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, delete, false, func, or_, update
+from sqlalchemy import ColumnElement, UnaryExpression, delete, false, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,9 +51,14 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User | None
     return result.first()
 
 
-async def list_users(session: AsyncSession, *, query: ListQuery) -> tuple[Sequence[User], int]:
-    """One page of the users matching the query, and how many match in all."""
-    search = []
+async def list_users(
+    session: AsyncSession, *, query: ListQuery, only_id: int | None = None
+) -> tuple[Sequence[User], int]:
+    """One page of the users matching the query, and how many match in all; with
+    `only_id`, among that one user only (a plain user under USERS_DIRECTORY=admins)."""
+    search: list[ColumnElement[bool]] = []
+    if only_id is not None:
+        search.append(col(User.id) == only_id)
     if query.search:
         term = query.search.lower()
         # lower() on both, to match the trigram indexes on PostgreSQL (see the migrations).
@@ -94,10 +99,7 @@ async def _page(
 ) -> tuple[Sequence[ModelT], int]:
     conditions = [_condition(model, condition) for condition in query.filters]
     conditions += extra_conditions
-    order = [
-        getattr(model, name).desc() if descending else getattr(model, name).asc()
-        for name, descending in query.sort
-    ]
+    order = [_order(model, name, descending) for name, descending in query.sort]
     if "id" not in {name for name, _ in query.sort}:
         # Ties broken by id, in the direction of the last key, so that an index on
         # (key, id) gives the whole order in one scan, forwards or backwards.
@@ -117,6 +119,15 @@ async def _page(
     rows = (await session.exec(page)).all()
     total = (await session.exec(select(func.count()).select_from(model).where(*conditions))).one()
     return rows, total
+
+
+def _order(model: type[SQLModel], name: str, descending: bool) -> UnaryExpression[Any]:
+    column = getattr(model, name)
+    if not model.__table__.c[name].nullable:  # type: ignore[attr-defined]
+        return column.desc() if descending else column.asc()  # type: ignore[no-any-return]
+    # No value (an account that never logged in, an event by nobody) sorts as the
+    # smallest, on both databases: SQLite's order, the opposite of PostgreSQL's default.
+    return column.desc().nulls_last() if descending else column.asc().nulls_first()  # type: ignore[no-any-return]
 
 
 def _condition(model: type[SQLModel], condition: Filter) -> ColumnElement[bool]:

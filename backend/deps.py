@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.convertors import Convertor, register_url_convertor
 
 from backend import crud, sessions
+from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from backend.models import SESSION_ID_PATTERN, LoginRequest, User, UserRole
 from backend.parsing import INT32_MAX, parse_int
@@ -141,8 +142,17 @@ UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 # The caller comes first in each of these: the path's user is looked up only for someone
 # allowed to see it, so an anonymous request (401) or a plain user's on an admin route
 # (403) is answered alike whether that user exists or not, and touches no table.
-async def get_target_user(user_id: UserId, _caller: CurrentUser, session: SessionDep) -> User:
+async def get_target_user(
+    user_id: UserId, caller: CurrentUser, session: SessionDep, services: ServicesDep
+) -> User:
+    if user_id != caller.id and not sees_directory(caller, services.settings):
+        raise ForbiddenError("Only admins may read other accounts here (USERS_DIRECTORY=admins).")
     return await _load_target(session, user_id)
+
+
+def sees_directory(user: User, settings: Settings) -> bool:
+    """Whether the user may read other accounts (USERS_DIRECTORY)."""
+    return settings.USERS_DIRECTORY == "all" or user.role == UserRole.ADMIN
 
 
 async def get_admin_target_user(user_id: UserId, _admin: AdminUser, session: SessionDep) -> User:

@@ -15,6 +15,7 @@ from backend.deps import (
     ServicesDep,
     SessionDep,
     TargetUser,
+    sees_directory,
 )
 from backend.errors import ConflictError
 from backend.listing import (
@@ -49,6 +50,7 @@ USERS = Resource(
         "is_active": TypeAdapter(bool),
         "created_at": ISODateTime,
         "updated_at": ISODateTime,
+        "last_login_at": ISODateTime,
     },
     text_fields=("email", "name"),
     searchable=True,
@@ -64,8 +66,12 @@ unchanged, one convention per request:
 - react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
   `filter={{"q":"bob","role":"user","id":[1,2]}}`.
 
-Filterable fields: {", ".join(USERS.fields)}. Without paging parameters, the dashboard
-conventions return up to 100 records."""
+Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_after`,
+`last_login_before`, ...). Without paging parameters, the dashboard conventions return
+up to `MAX_PER_PAGE` (1,000) records, the most any request may ask for. Accounts that
+never logged in sort as the oldest `last_login_at`.
+
+With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
 
@@ -85,10 +91,16 @@ def etag(user: User) -> str:
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
-    request: Request, response: Response, session: SessionDep, _user: CurrentUser
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    user: CurrentUser,
 ) -> Sequence[User]:
-    query = parse_list_query(request.query_params, USERS)
-    users, total = await crud.list_users(session, query=query)
+    settings = services.settings
+    query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
+    only_id = user.id if not sees_directory(user, settings) else None
+    users, total = await crud.list_users(session, query=query, only_id=only_id)
     set_list_headers(request, response, USERS, query, len(users), total)
     return users
 
@@ -171,7 +183,8 @@ async def change_password(
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
 async def read_user(user: TargetUser, response: Response) -> User:
-    """One user by id, with its version in `ETag` (send it back in `If-Match` to edit)."""
+    """One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
+    With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
     response.headers["ETag"] = etag(user)
     return user
 
