@@ -1,5 +1,4 @@
-from collections.abc import Sequence
-
+import pydantic_core
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
@@ -91,18 +90,19 @@ def etag(user: User) -> str:
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    services: ServicesDep,
-    user: CurrentUser,
-) -> Sequence[User]:
+    request: Request, session: SessionDep, services: ServicesDep, user: CurrentUser
+) -> Response:
     settings = services.settings
     query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
     only_id = user.id if not sees_directory(user, settings) else None
-    users, total = await crud.list_users(session, query=query, only_id=only_id)
-    set_list_headers(request, response, USERS, query, len(users), total)
-    return users
+    rows, total = await crud.list_users(session, query=query, only_id=only_id)
+    # Rows of UserPublic's fields, every value validated on its way into the database:
+    # written as UserPublic writes them, without building and validating a model per
+    # row again, which was a quarter of a 1,000-user export's time (issue 12).
+    body = pydantic_core.to_json([row._asdict() for row in rows])
+    response = Response(body, media_type="application/json")
+    set_list_headers(request, response, USERS, query, len(rows), total)
+    return response
 
 
 @router.post(
