@@ -22,8 +22,8 @@ from backend.config import Settings
 from backend.deps import get_expected_versions
 from backend.errors import UnauthorizedError
 from backend.listing import (
-    JSON_SERVER_KEYS,
     DEFAULT_MAX_PER_PAGE,
+    JSON_SERVER_KEYS,
     MAX_OFFSET,
     NATIVE_KEYS,
     SIMPLE_REST_KEYS,
