@@ -67,8 +67,8 @@ unchanged, one convention per request:
 
 Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_after`,
 `last_login_before`, ...). Without paging parameters, the dashboard conventions return
-up to `MAX_PER_PAGE` (1,000) records, the most any request may ask for. Accounts that
-never logged in sort as the oldest `last_login_at`.
+up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
+Accounts that never logged in sort as the oldest `last_login_at`.
 
 With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
