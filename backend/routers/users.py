@@ -15,6 +15,7 @@ from backend.deps import (
     LoginClient,
     ServicesDep,
     SessionDep,
+    SessionUser,
     TargetUser,
     sees_directory,
 )
@@ -163,7 +164,7 @@ async def update_me(
 )
 async def change_password(
     body: PasswordChange,
-    user: CurrentUser,
+    user: SessionUser,
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,
