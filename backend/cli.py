@@ -9,8 +9,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from sqlalchemy import Row
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import api_keys, crud, sessions
@@ -34,6 +35,7 @@ from backend.models import (
     ApiKeyEndReason,
     ApiKeyPublic,
     ApiKeyScope,
+    Password,
     SessionEndReason,
     User,
     UserCreate,
@@ -111,10 +113,18 @@ def _validated(model: type[ModelT], fields: dict[str, Any]) -> ModelT:
     try:
         return model(**fields)
     except ValidationError as error:
-        for item in error.errors():
-            message = str(item["msg"]).removeprefix("Value error, ")
-            typer.echo(f"{'.'.join(map(str, item['loc']))}: {message}", err=True)
+        _echo_validation_errors(error)
         raise typer.Exit(code=2) from error
+
+
+# The API's password rules alone: UserUpdate's optional field would add its own errors.
+PASSWORD_POLICY: TypeAdapter[str] = TypeAdapter(Password)
+
+
+def _echo_validation_errors(error: ValidationError) -> None:
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        typer.echo(f"{'.'.join(map(str, item['loc']))}: {message}", err=True)
 
 
 def _hasher(settings: Settings) -> PasswordHasher:
@@ -251,7 +261,7 @@ def list_users(
     filters = (Filter("role", "eq", role),) if role else ()
     query = ListQuery(limit=limit, sort=(("id", False),), filters=filters, search=q or None)
 
-    async def fetch(session: AsyncSession, _settings: Settings) -> tuple[Sequence[User], int]:
+    async def fetch(session: AsyncSession, _settings: Settings) -> tuple[Sequence[Row[Any]], int]:
         return await crud.list_users(session, query=query)
 
     users, total = _with_session(fetch)
@@ -405,6 +415,49 @@ def deactivate(email: Annotated[str, typer.Argument(help="The account's email.")
 def activate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
     """Let a deactivated account log in again."""
     _update_by_email(email, UserUpdate(is_active=True), "active", revokes=False)
+
+
+@users_app.command("set-password")
+def set_password(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Set an account's password, typed twice at a prompt (never on the command line,
+    where the shell history and the process list would keep it). The password policy
+    applies; every session of the account ends, as after a password change."""
+    typed = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    use_account_rules(get_settings().account_rules)
+    try:
+        changes = UserUpdate(password=PASSWORD_POLICY.validate_python(typed))
+    except ValidationError as error:
+        for item in error.errors():
+            message = str(item["msg"]).removeprefix("Value error, ")
+            typer.echo(f"password: {message}", err=True)
+        raise typer.Exit(code=2) from error
+
+    async def update(session: AsyncSession, settings: Settings) -> str:
+        user = await _user_by_email(session, email)
+        await crud.update_user(session, user=user, changes=changes, hasher=_hasher(settings))
+        return user.email
+
+    stored_email = _with_session(update)
+    typer.echo(f"Password of {stored_email} set; every session it had is ended.")
+
+
+@users_app.command()
+def delete(
+    email: Annotated[str, typer.Argument(help="The account's email.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an account with its sessions (audited); the last active admin cannot be
+    deleted. Asks for confirmation unless --yes."""
+    if not yes:
+        typer.confirm(f"Delete the account {email} and end its sessions?", abort=True)
+
+    async def remove(session: AsyncSession, _settings: Settings) -> User:
+        user = await _user_by_email(session, email)
+        await crud.delete_user(session, user=user, actor_id=None)
+        return user
+
+    user = _with_session(remove)
+    typer.echo(f"Deleted {user.email} (id {user.id}).")
 
 
 @tokens_app.command("create")

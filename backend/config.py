@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from backend.listing import DEFAULT_MAX_PER_PAGE, MAX_PER_PAGE_CEILING
 from backend.models import AccountRules, normalise_email
 from backend.passwords import (
     DEFAULT_PASSWORD_MIN_LENGTH,
@@ -122,6 +123,12 @@ class Settings(BaseSettings):
     # and cannot come from another script; on, look-alikes are still refused (TR39).
     ALLOW_INTERNATIONAL_EMAILS: bool = False
     REGISTRATION_ENABLED: bool = True
+    # Who may read other accounts: any signed-in user (the seed's contract), or admins
+    # only, a plain user then seeing just their own (internal deployments).
+    USERS_DIRECTORY: Literal["all", "admins"] = "all"
+    # The most records one list request returns, in every dialect (page sizes, ranges,
+    # id lists).
+    MAX_PER_PAGE: int = Field(default=DEFAULT_MAX_PER_PAGE, ge=1, le=MAX_PER_PAGE_CEILING)
     RATE_LIMIT_ENABLED: bool = True
     # limits notation, "N/second|minute|hour|day": see the README for why these values.
     RATE_LIMIT_LOGIN: str = "10/minute"

@@ -306,7 +306,9 @@ def _find_alembic_dir() -> Path:
 
 ALEMBIC_DIR = _find_alembic_dir()
 # PostgreSQL-only indexes that the migrations create by hand (see their comments).
-UNMODELLED_INDEXES = frozenset({"ix_users_email_trgm", "ix_users_name_trgm"})
+UNMODELLED_INDEXES = frozenset(
+    {"ix_users_email_trgm", "ix_users_name_trgm", "ix_users_last_login_at_id"}
+)
 
 
 def include_in_autogenerate(

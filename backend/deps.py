@@ -16,6 +16,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from backend import api_keys, crud, sessions
 from backend.api_keys import KeyCaller
+from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
 from backend.models import (
     API_KEY_PREFIX,
@@ -206,8 +207,17 @@ ApiKeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An API key's id"
 # The caller comes first in each of these: the path's user is looked up only for someone
 # allowed to see it, so an anonymous request (401) or a plain user's on an admin route
 # (403) is answered alike whether that user exists or not, and touches no table.
-async def get_target_user(user_id: UserId, _caller: CurrentUser, session: SessionDep) -> User:
+async def get_target_user(
+    user_id: UserId, caller: CurrentUser, session: SessionDep, services: ServicesDep
+) -> User:
+    if user_id != caller.id and not sees_directory(caller, services.settings):
+        raise ForbiddenError("Only admins may read other accounts here (USERS_DIRECTORY=admins).")
     return await _load_target(session, user_id)
+
+
+def sees_directory(user: User, settings: Settings) -> bool:
+    """Whether the user may read other accounts (USERS_DIRECTORY)."""
+    return settings.USERS_DIRECTORY == "all" or user.role == UserRole.ADMIN
 
 
 async def get_admin_target_user(user_id: UserId, _admin: AdminUser, session: SessionDep) -> User:

@@ -28,10 +28,22 @@ from backend.parsing import INT32_MAX, load_json, parse_int
 Dialect = Literal["native", "json-server", "simple-rest"]
 Operator = Literal["eq", "in", "ne", "gt", "gte", "lt", "lte", "like"]
 
-MAX_PER_PAGE = 100
+# The records one request may ask for is the MAX_PER_PAGE setting: its default is what
+# react-admin's stock Export button asks for at once, and its ceiling keeps one answer
+# to a few megabytes.
+DEFAULT_MAX_PER_PAGE = 1000
+MAX_PER_PAGE_CEILING = 10_000
 DEFAULT_PER_PAGE = 10
 MAX_PAGE = 1_000_000
-MAX_OFFSET = MAX_PAGE * MAX_PER_PAGE
+# Within 32 bits, as every number a client sends us is.
+MAX_OFFSET = MAX_PAGE * DEFAULT_MAX_PER_PAGE
+# Ranges on dates in our own dialect: query key -> (field, operator).
+DATE_RANGES: dict[str, tuple[str, Operator]] = {
+    "created_after": ("created_at", "gt"),
+    "created_before": ("created_at", "lt"),
+    "last_login_after": ("last_login_at", "gt"),
+    "last_login_before": ("last_login_at", "lt"),
+}
 
 
 def _iso_8601_only(value: Any) -> Any:
@@ -76,7 +88,7 @@ class Resource:
 SUFFIXES: dict[str, Operator] = {"_like": "like", "_ne": "ne", "_gte": "gte", "_lte": "lte"}
 JSON_SERVER_KEYS = {"_start", "_end", "_sort", "_order"}
 SIMPLE_REST_KEYS = {"range", "filter"}
-NATIVE_KEYS = {"page", "per_page", "created_after", "created_before"}
+NATIVE_KEYS = {"page", "per_page", *DATE_RANGES}
 
 
 @dataclass(frozen=True)
@@ -99,10 +111,12 @@ class ListQuery:
 
 
 class _Context:
-    """The resource being listed, and the errors found so far (all reported at once)."""
+    """The resource being listed, the page size allowed, and the errors found so far
+    (all reported at once)."""
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, resource: Resource, max_per_page: int) -> None:
         self.resource = resource
+        self.max_per_page = max_per_page
         self.items: list[dict[str, Any]] = []
 
     def add(self, name: str, message: str) -> None:
@@ -113,8 +127,8 @@ class _Context:
             raise RequestValidationError(self.items)
 
 
-def parse_list_query(params: QueryParams, resource: Resource) -> ListQuery:
-    ctx = _Context(resource)
+def parse_list_query(params: QueryParams, resource: Resource, *, max_per_page: int) -> ListQuery:
+    ctx = _Context(resource, max_per_page)
     dialect = _dialect(params, ctx)
     ctx.raise_if_any()
     parse = {"native": _parse_native, "json-server": _parse_json_server}.get(
@@ -161,24 +175,29 @@ def _dialect(params: QueryParams, ctx: _Context) -> Dialect:
 def _parse_native(params: QueryParams, ctx: _Context) -> ListQuery:
     page = _int_param(params, "page", ctx, default=1, low=1, high=MAX_PAGE)
     per_page = _int_param(
-        params, "per_page", ctx, default=DEFAULT_PER_PAGE, low=1, high=MAX_PER_PAGE
+        params, "per_page", ctx, default=DEFAULT_PER_PAGE, low=1, high=ctx.max_per_page
     )
+    if (page - 1) * per_page > MAX_OFFSET:
+        ctx.add("page", f"must be at most {MAX_OFFSET // per_page + 1} with per_page={per_page}")
     sort: list[tuple[str, bool]] = []
     for item in _comma_list(params.get("sort", "")):
         sort.append((_sortable(item.lstrip("-"), "sort", ctx), item.startswith("-")))
     if "sort" in params and not sort:
         ctx.add("sort", "must name at least one field, e.g. sort=-created_at")
     filters = []
-    for name, operator in (("created_after", "gt"), ("created_before", "lt")):
-        if name in params:
-            value = _typed("created_at", params[name], name, ctx)
-            filters.append(Filter("created_at", operator, value))  # type: ignore[arg-type]
+    for name, (field_name, operator) in DATE_RANGES.items():
+        if name not in params:
+            continue
+        if field_name not in ctx.resource.fields:
+            ctx.add(name, f"{ctx.resource.name} have no {field_name}")
+            continue
+        filters.append(Filter(field_name, operator, _typed(field_name, params[name], name, ctx)))
     filters += _equality_filters(params, NATIVE_KEYS | {"sort", "q"}, ctx)
     if "per_page" not in params:
         # id=1&id=2&... is how json-server clients fetch the records a page refers to:
         # answer all of them (up to the maximum), not the first default-sized page.
         wanted = max((len(f.value) for f in filters if f.operator == "in"), default=0)
-        per_page = max(per_page, min(wanted, MAX_PER_PAGE))
+        per_page = max(per_page, min(wanted, ctx.max_per_page))
     return ListQuery(
         dialect="native",
         offset=(page - 1) * per_page,
@@ -192,11 +211,13 @@ def _parse_native(params: QueryParams, ctx: _Context) -> ListQuery:
 
 def _parse_json_server(params: QueryParams, ctx: _Context) -> ListQuery:
     start = _int_param(params, "_start", ctx, default=0, low=0, high=MAX_OFFSET)
-    end = _int_param(params, "_end", ctx, default=start + MAX_PER_PAGE, low=0, high=MAX_OFFSET + 1)
+    end = _int_param(
+        params, "_end", ctx, default=start + ctx.max_per_page, low=0, high=MAX_OFFSET + 1
+    )
     if end <= start and "_end" in params:
         ctx.add("_end", "must be greater than _start")
-    elif end - start > MAX_PER_PAGE:
-        ctx.add("_end", f"at most {MAX_PER_PAGE} records per request (_end - _start)")
+    elif end - start > ctx.max_per_page:
+        ctx.add("_end", f"at most {ctx.max_per_page} records per request (_end - _start)")
     fields = _comma_list(params.get("_sort", ""))
     orders = _comma_list(params.get("_order", ""))
     if len(orders) > len(fields):
@@ -220,13 +241,13 @@ def _parse_json_server(params: QueryParams, ctx: _Context) -> ListQuery:
 
 
 def _parse_simple_rest(params: QueryParams, ctx: _Context) -> ListQuery:
-    offset, limit = 0, MAX_PER_PAGE
+    offset, limit = 0, ctx.max_per_page
     if "range" in params:
         bounds = _json_param(params, "range", ctx)
         if not _is_pair(bounds, int) or not 0 <= bounds[0] <= bounds[1] <= MAX_OFFSET:
             ctx.add("range", "must be [start, end] with 0 <= start <= end, e.g. [0,24]")
-        elif bounds[1] - bounds[0] + 1 > MAX_PER_PAGE:
-            ctx.add("range", f"at most {MAX_PER_PAGE} records per request")
+        elif bounds[1] - bounds[0] + 1 > ctx.max_per_page:
+            ctx.add("range", f"at most {ctx.max_per_page} records per request")
         else:
             offset, limit = bounds[0], bounds[1] - bounds[0] + 1
     sort: tuple[tuple[str, bool], ...] = ()
@@ -285,8 +306,8 @@ def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None
         ctx.add(location, f"_like works on {works_on} only")
         return None
     if isinstance(value, list):
-        if operator != "eq" or not value or len(value) > MAX_PER_PAGE:
-            ctx.add(location, f"a list needs plain equality and 1..{MAX_PER_PAGE} values")
+        if operator != "eq" or not value or len(value) > ctx.max_per_page:
+            ctx.add(location, f"a list needs plain equality and 1..{ctx.max_per_page} values")
             return None
         return Filter(name, "in", [_typed(name, item, location, ctx) for item in value])
     return Filter(name, operator, _typed(name, value, location, ctx))
@@ -413,7 +434,9 @@ def content_range(resource: Resource, query: ListQuery, count: int, total: int) 
 
 
 def list_parameters(resource: Resource) -> list[dict[str, Any]]:
-    """OpenAPI parameters for our own dialect; the dashboard ones are in the text."""
+    """OpenAPI parameters for our own dialect; the dashboard ones are in the text. The
+    page-size bounds are the default MAX_PER_PAGE's: the app writes the configured one
+    into its schema (main._adapt_openapi)."""
     sort_field = f"-?({'|'.join(resource.fields)})"
     parameters: list[dict[str, Any]] = [
         {
@@ -427,7 +450,7 @@ def list_parameters(resource: Resource) -> list[dict[str, Any]]:
             "schema": {
                 "type": "integer",
                 "minimum": 1,
-                "maximum": MAX_PER_PAGE,
+                "maximum": DEFAULT_MAX_PER_PAGE,
                 "default": DEFAULT_PER_PAGE,
             },
         },
@@ -453,7 +476,7 @@ def list_parameters(resource: Resource) -> list[dict[str, Any]]:
             }
         )
     for name, adapter in resource.fields.items():
-        if name in {"created_at", "updated_at", "email", "name"}:
+        if name in {"created_at", "updated_at", "last_login_at", "email", "name"}:
             continue  # ranges below, text through q
         schema = adapter.json_schema()
         if schema.get("type") == "integer":
@@ -464,14 +487,15 @@ def list_parameters(resource: Resource) -> list[dict[str, Any]]:
                     "name": name,
                     "in": "query",
                     "description": f"Repeat for several: {name}=a&{name}=b.",
-                    "schema": {"type": "array", "items": schema, "maxItems": MAX_PER_PAGE},
+                    "schema": {"type": "array", "items": schema, "maxItems": DEFAULT_MAX_PER_PAGE},
                     "style": "form",
                     "explode": True,
                 }
             )
         else:
             parameters.append({"name": name, "in": "query", "schema": schema})
-    for name in ("created_after", "created_before"):
-        date_time = {"type": "string", "format": "date-time"}
-        parameters.append({"name": name, "in": "query", "schema": date_time})
+    for name, (field_name, _) in DATE_RANGES.items():
+        if field_name in resource.fields:
+            date_time = {"type": "string", "format": "date-time"}
+            parameters.append({"name": name, "in": "query", "schema": date_time})
     return parameters

@@ -179,20 +179,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _adapt_openapi(FastAPI.openapi(app), settings.API_V1_PREFIX)
+            _adapt_openapi(FastAPI.openapi(app), settings)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def _adapt_openapi(schema: dict[str, Any], prefix: str) -> None:
-    """Point Swagger's Authorize at the configured prefix; errors are problem+json."""
+def _adapt_openapi(schema: dict[str, Any], settings: Settings) -> None:
+    """Point Swagger's Authorize at the configured prefix; errors are problem+json; list
+    pages and id lists are bounded by the configured MAX_PER_PAGE."""
+    prefix = settings.API_V1_PREFIX
     for scheme in schema.get("components", {}).get("securitySchemes", {}).values():
         if "password" in scheme.get("flows", {}):
             scheme["flows"]["password"]["tokenUrl"] = f"{prefix}/auth/login"
     for path in schema["paths"].values():
         for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                parameter_schema = parameter.get("schema", {})
+                if parameter["name"] == "per_page":
+                    parameter_schema["maximum"] = settings.MAX_PER_PAGE
+                elif "maxItems" in parameter_schema:
+                    parameter_schema["maxItems"] = settings.MAX_PER_PAGE
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 if int(status) >= 400 and "application/json" in content:

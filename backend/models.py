@@ -276,7 +276,9 @@ class User(UserBase, table=True):
     __tablename__ = "users"
     # (sort key, id) pairs: list pages walk them in order, ties broken by id, and find a
     # deep page's ids without reading the table (see crud._page). PostgreSQL also has
-    # trigram indexes on lower(email) and lower(name) for `q`, in the migrations only.
+    # trigram indexes on lower(email) and lower(name) for `q`, and both databases one on
+    # (last_login_at NULLS FIRST, id), whose spelling differs between them: in the
+    # migrations only (backend.db.UNMODELLED_INDEXES).
     __table_args__ = (
         Index("ix_users_created_at_id", "created_at", "id"),
         Index("ix_users_name_id", "name", "id"),
@@ -302,6 +304,14 @@ class User(UserBase, table=True):
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The latest login or refresh, to the minute (see LAST_LOGIN_RESOLUTION); None until
+    # the first. Not a version change: it moves neither `version` nor `updated_at`.
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# last_login_at is written at most this often per user: a dashboard reads it to the
+# minute, and a refresh storm then costs no write to the users table.
+LAST_LOGIN_RESOLUTION = timedelta(minutes=1)
 
 
 class UserCreate(UserBase):
@@ -388,11 +398,15 @@ class UserUpdateMe(SQLModel):
 
 class UserPublic(UserBase):
     # Output only: what the database holds was validated on the way in, and
-    # re-validating every email of every page costs ~50 us a user.
+    # re-validating every email of every page costs ~50 us a user, every name ~25 us.
     email: str
+    name: str
     id: int
     created_at: datetime
     updated_at: datetime
+    last_login_at: datetime | None = Field(
+        description="The latest login or token refresh, to the minute; null if never"
+    )
 
 
 class RegisterRequest(SQLModel):

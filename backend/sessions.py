@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from sqlalchemy import and_, delete, update
+from sqlalchemy import Update, and_, delete, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -49,6 +49,7 @@ from backend.config import Settings
 from backend.errors import DomainError, ForbiddenError, UnauthorizedError
 from backend.models import (
     IP_ADDRESS_MAX_CHARS,
+    LAST_LOGIN_RESOLUTION,
     USER_AGENT_MAX_CHARS,
     ApiKeyEndReason,
     AuditAction,
@@ -111,12 +112,12 @@ async def start(
 ) -> LoginResponse:
     """A new session for the user and its first pair; commits (see the module's note)."""
     assert user.id is not None
-    locked = await _lock_user(db, user_id=user.id)
+    now = utcnow()
+    locked = await _lock_user_noting_login(db, user_id=user.id, now=now)
     if locked is None:
         await _refuse(db, UnauthorizedError("This account was deleted meanwhile."))
     if not locked.is_active:  # deactivated while the password was being checked
         await _refuse(db, ForbiddenError(DEACTIVATED))
-    now = utcnow()
     # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
     await db.exec(
         delete(UserSession).where(
@@ -376,6 +377,46 @@ async def _refuse(db: AsyncSession, error: DomainError) -> NoReturn:
     """Roll back (releasing any lock at once, not when the request ends) and raise."""
     await db.rollback()
     raise error
+
+
+def _note_login(user_id: int, now: datetime) -> Update:
+    """Set the user's last_login_at to now, unless it is already within
+    LAST_LOGIN_RESOLUTION of it: a conditional UPDATE, returning the row it wrote."""
+    return (
+        update(User)
+        .where(
+            col(User.id) == user_id,
+            or_(
+                col(User.last_login_at).is_(None),
+                col(User.last_login_at) <= now - LAST_LOGIN_RESOLUTION,
+            ),
+        )
+        .values(last_login_at=now)
+        .returning(User)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def _lock_user_noting_login(db: AsyncSession, *, user_id: int, now: datetime) -> User | None:
+    """_lock_user's lock, taken by the UPDATE that records the login: the lock a login
+    needs anyway (an UPDATE of a column no key holds locks the row as FOR NO KEY UPDATE
+    does), so last_login_at costs no extra statement. Only a login within a minute of
+    the previous one, which leaves the row alone, takes the plain lock after it."""
+    noted: User | None = (await db.exec(_note_login(user_id, now))).scalar_one_or_none()
+    return noted if noted is not None else await _lock_user(db, user_id=user_id)
+
+
+async def note_refresh(db: AsyncSession, *, user_id: int) -> None:
+    """Record a refresh as the user's latest login; commits.
+
+    Called after the refresh's response is sent (routers/auth.py): its transaction
+    holds the session's row, and the user's row comes before it in the lock order, so
+    writing the user's there could deadlock against the user's deletion; before the
+    lock it would be a statement more on every refresh. After the response it delays
+    nobody, and the condition makes it a write at most once a minute per user.
+    """
+    await db.exec(_note_login(user_id, utcnow()))
+    await db.commit()
 
 
 async def _lock_user(db: AsyncSession, *, user_id: int) -> User | None:

@@ -1,13 +1,24 @@
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
-from tests.helpers import free_port
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    USER_PASSWORD,
+    RegisterUser,
+    bearer,
+    free_port,
+    post_login,
+)
 
 runner = CliRunner()
 
@@ -30,7 +41,7 @@ def test_help_explains_every_command() -> None:
     for command in ("serve", "migrate", "create-admin", "users"):
         assert command in result.output
     users_help = runner.invoke(app, ["users", "--help"])
-    for command in ("list", "create", "set-role", "deactivate", "activate"):
+    for command in ("list", "create", "set-role", "deactivate", "activate", "set-password"):
         assert command in users_help.output
     serve_help = runner.invoke(app, ["serve", "--help"])
     assert "--workers" in serve_help.output
@@ -282,3 +293,111 @@ def test_users_sessions_lists_and_users_logout_ends_them(sqlite_env: Path) -> No
     unknown = runner.invoke(app, ["users", "logout", "nobody@example.com"])
     assert unknown.exit_code == 1
     assert "No user with email nobody@example.com." in unknown.output
+
+
+# --- set-password and delete, on both databases, beside a running app ----------------
+
+
+@pytest.fixture
+def cli_on_test_database(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The CLI's settings point at the database the `client` fixture's app uses."""
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("BCRYPT_ROUNDS", "4")
+    monkeypatch.setenv("AUTO_MIGRATE", "false")
+    monkeypatch.delenv("FIRST_ADMIN_EMAIL", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+async def invoke(args: list[str], input: str | None = None) -> Result:
+    """The command in a thread: it runs its own event loop (asyncio.run)."""
+    return await asyncio.to_thread(runner.invoke, app, args, input=input)
+
+
+async def test_users_set_password_prompts_twice_and_ends_every_session(
+    cli_on_test_database: None,
+    client: httpx.AsyncClient,
+    register: RegisterUser,
+    admin_headers: dict[str, str],
+) -> None:
+    help_text = (await invoke(["users", "set-password", "--help"])).output
+    assert "--password" not in help_text  # never on the command line
+    tokens = await register(email="pat@example.com")
+    new = "Brand-New-Secret-7"
+    # A mistyped confirmation is asked again; what is typed is never shown.
+    typed = f"{new}\nSomething-Else-7\n{new}\n{new}\n"
+    result = await invoke(["users", "set-password", "Pat@Example.com"], input=typed)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("New password") == 2
+    assert "do not match" in result.output
+    assert new not in result.output
+    assert "Password of pat@example.com set; every session it had is ended." in result.output
+
+    me = await client.get(f"{API}/users/me", headers=bearer(tokens["access_token"]))
+    assert me.status_code == 401
+    refresh = await client.post(
+        f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401
+    assert (await post_login(client, "pat@example.com", USER_PASSWORD)).status_code == 401
+    assert (await post_login(client, "pat@example.com", new)).status_code == 200
+    audit = await client.get(
+        f"{API}/audit", params={"sort": "-id", "per_page": "1"}, headers=admin_headers
+    )
+    event = audit.json()[0]
+    assert (event["action"], event["actor_id"], event["details"]) == (
+        "user.update",
+        None,
+        {"fields": ["password"]},
+    )
+
+    weak = await invoke(["users", "set-password", "pat@example.com"], input="password1234\n" * 2)
+    assert weak.exit_code == 2
+    assert "password: is too common" in weak.stderr
+    assert (await post_login(client, "pat@example.com", new)).status_code == 200
+    unknown = await invoke(["users", "set-password", "nobody@example.com"], input=f"{new}\n" * 2)
+    assert unknown.exit_code == 1
+    assert "No user with email nobody@example.com." in unknown.stderr
+
+
+async def test_users_delete_asks_unless_yes_and_keeps_the_last_admin(
+    cli_on_test_database: None,
+    client: httpx.AsyncClient,
+    register: RegisterUser,
+    admin_headers: dict[str, str],
+) -> None:
+    tokens = await register(email="del@example.com")
+    user_id = tokens["user"]["id"]
+
+    declined = await invoke(["users", "delete", "del@example.com"], input="n\n")
+    assert declined.exit_code == 1
+    assert "Delete the account del@example.com and end its sessions? [y/N]" in declined.output
+    assert (await client.get(f"{API}/users/{user_id}", headers=admin_headers)).status_code == 200
+
+    confirmed = await invoke(["users", "delete", "del@example.com"], input="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert f"Deleted del@example.com (id {user_id})." in confirmed.output
+    assert (await client.get(f"{API}/users/{user_id}", headers=admin_headers)).status_code == 404
+    me = await client.get(f"{API}/users/me", headers=bearer(tokens["access_token"]))
+    assert me.status_code == 401
+    audit = await client.get(
+        f"{API}/audit", params={"action": "user.delete"}, headers=admin_headers
+    )
+    assert [(event["target_id"], event["actor_id"]) for event in audit.json()] == [(user_id, None)]
+
+    await register(email="quick@example.com")
+    quick = await invoke(["users", "delete", "quick@example.com", "--yes"])
+    assert quick.exit_code == 0, quick.output
+    assert "[y/N]" not in quick.output
+
+    last_admin = await invoke(["users", "delete", ADMIN_EMAIL, "--yes"])
+    assert last_admin.exit_code == 1
+    assert "last active admin" in last_admin.stderr
+    assert (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 200
+    unknown = await invoke(["users", "delete", "nobody@example.com", "-y"])
+    assert unknown.exit_code == 1
+    assert "No user with email nobody@example.com." in unknown.stderr

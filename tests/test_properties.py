@@ -22,9 +22,9 @@ from backend.config import Settings
 from backend.deps import get_expected_versions
 from backend.errors import UnauthorizedError
 from backend.listing import (
+    DEFAULT_MAX_PER_PAGE,
     JSON_SERVER_KEYS,
     MAX_OFFSET,
-    MAX_PER_PAGE,
     NATIVE_KEYS,
     SIMPLE_REST_KEYS,
     SUFFIXES,
@@ -114,7 +114,7 @@ def assert_storable(value: Any) -> None:
 
 def parse_or_refuse(params: QueryParams, resource: Resource) -> ListQuery | RequestValidationError:
     try:
-        return parse_list_query(params, resource)
+        return parse_list_query(params, resource, max_per_page=DEFAULT_MAX_PER_PAGE)
     except RequestValidationError as error:
         return error
 
@@ -129,7 +129,7 @@ def assert_documented_answer(params: QueryParams, resource: Resource) -> ListQue
             assert item["msg"]
         return None
     assert 0 <= query.offset <= MAX_OFFSET
-    assert 1 <= query.limit <= MAX_PER_PAGE
+    assert 1 <= query.limit <= DEFAULT_MAX_PER_PAGE
     for condition in query.filters:
         assert condition.field in resource.fields
         assert_storable(condition.value)

@@ -1,6 +1,8 @@
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from sqlalchemy.exc import SQLAlchemyError
 
 from backend import crud, sessions
 from backend.deps import (
@@ -15,7 +17,10 @@ from backend.deps import (
 from backend.errors import ForbiddenError, UnauthorizedError
 from backend.models import LoginRequest, LoginResponse, RegisterRequest, SessionEndReason
 from backend.problems import problem_responses
+from backend.services import Services
 from backend.transport import PresentedRefreshToken, TokenDeliveryDep
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=problem_responses(400, 422, 429, 503))
 
@@ -116,13 +121,25 @@ async def refresh(
     services: ServicesDep,
     ip: ClientIP,
     delivery: TokenDeliveryDep,
+    background: BackgroundTasks,
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
     a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = services.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
     tokens = await sessions.rotate(session, refresh_token=refresh_token, settings=services.settings)
+    background.add_task(_note_refresh, services, tokens.user.id)
     return delivery.send(tokens)
+
+
+async def _note_refresh(services: Services, user_id: int) -> None:
+    """last_login_at for a refresh, after its response (see sessions.note_refresh). A
+    timestamp missed while the database is away is not worth an error: a warning."""
+    try:
+        async with services.sessionmaker() as session:
+            await sessions.note_refresh(session, user_id=user_id)
+    except (SQLAlchemyError, OSError, TimeoutError) as error:
+        logger.warning("last_login_at not recorded for user %s: %r", user_id, error)
 
 
 @router.post(

@@ -65,7 +65,9 @@ def _public(user_sessions: list[UserSession], current_id: str | None) -> list[Se
 async def _list(
     request: Request, response: Response, session: SessionDep, services: ServicesDep, user: User
 ) -> list[UserSession]:
-    query = parse_list_query(request.query_params, SESSIONS)
+    query = parse_list_query(
+        request.query_params, SESSIONS, max_per_page=services.settings.MAX_PER_PAGE
+    )
     if not query.sort:
         query = ListQuery(**{**query.__dict__, "sort": NEWEST_FIRST})
     assert user.id is not None

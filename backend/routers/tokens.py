@@ -6,6 +6,7 @@ from backend.deps import (
     AdminTargetUser,
     AdminUser,
     ApiKeyId,
+    ServicesDep,
     SessionDep,
     SessionUser,
     get_session_caller,
@@ -44,9 +45,11 @@ router = APIRouter(
 
 
 async def _list(
-    request: Request, response: Response, session: SessionDep, user: User
+    request: Request, response: Response, session: SessionDep, services: ServicesDep, user: User
 ) -> list[ApiKeyPublic]:
-    query = parse_list_query(request.query_params, API_KEYS)
+    query = parse_list_query(
+        request.query_params, API_KEYS, max_per_page=services.settings.MAX_PER_PAGE
+    )
     if not query.sort:
         query = ListQuery(**{**query.__dict__, "sort": NEWEST_FIRST})
     found, total = await crud.list_api_keys(session, user_id=user.id, query=query)
@@ -77,11 +80,15 @@ async def create_api_key(
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_my_api_keys(
-    request: Request, response: Response, session: SessionDep, user: SessionUser
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    user: SessionUser,
 ) -> list[ApiKeyPublic]:
     """Your API keys that are not revoked (expired ones too), newest first; never their
     secrets."""
-    return await _list(request, response, session, user)
+    return await _list(request, response, session, services, user)
 
 
 @router.delete(
@@ -106,10 +113,14 @@ async def revoke_my_api_key(token_id: ApiKeyId, user: SessionUser, session: Sess
     responses={**problem_responses(404), 200: {"headers": LIST_HEADERS}},
 )
 async def list_api_keys(
-    request: Request, response: Response, session: SessionDep, user: AdminTargetUser
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    user: AdminTargetUser,
 ) -> list[ApiKeyPublic]:
     """A user's API keys that are not revoked (admin only), newest first."""
-    return await _list(request, response, session, user)
+    return await _list(request, response, session, services, user)
 
 
 @router.delete(

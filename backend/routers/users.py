@@ -1,8 +1,9 @@
-from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from typing_extensions import TypedDict
 
 from backend import crud
 from backend.deps import (
@@ -16,6 +17,7 @@ from backend.deps import (
     SessionDep,
     SessionUser,
     TargetUser,
+    sees_directory,
 )
 from backend.errors import ConflictError
 from backend.listing import (
@@ -50,6 +52,7 @@ USERS = Resource(
         "is_active": TypeAdapter(bool),
         "created_at": ISODateTime,
         "updated_at": ISODateTime,
+        "last_login_at": ISODateTime,
     },
     text_fields=("email", "name"),
     searchable=True,
@@ -65,8 +68,19 @@ unchanged, one convention per request:
 - react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
   `filter={{"q":"bob","role":"user","id":[1,2]}}`.
 
-Filterable fields: {", ".join(USERS.fields)}. Without paging parameters, the dashboard
-conventions return up to 100 records."""
+Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_after`,
+`last_login_before`, ...). Without paging parameters, the dashboard conventions return
+up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
+Accounts that never logged in sort as the oldest `last_login_at`.
+
+With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
+# UserPublic's fields as a TypedDict, made from the model so that the two cannot differ:
+# its serializer writes a plain row as UserPublic would, without a model per row.
+UserPublicRow = TypedDict(  # type: ignore[misc]
+    "UserPublicRow",
+    {name: field.annotation for name, field in UserPublic.model_fields.items()},
+)
+USER_ROWS: TypeAdapter[Any] = TypeAdapter(list[UserPublicRow])
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
 
@@ -86,12 +100,19 @@ def etag(user: User) -> str:
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
-    request: Request, response: Response, session: SessionDep, _user: CurrentUser
-) -> Sequence[User]:
-    query = parse_list_query(request.query_params, USERS)
-    users, total = await crud.list_users(session, query=query)
-    set_list_headers(request, response, USERS, query, len(users), total)
-    return users
+    request: Request, session: SessionDep, services: ServicesDep, user: CurrentUser
+) -> Response:
+    settings = services.settings
+    query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
+    only_id = user.id if not sees_directory(user, settings) else None
+    rows, total = await crud.list_users(session, query=query, only_id=only_id)
+    # Rows of UserPublic's fields, every value validated on its way into the database:
+    # written as UserPublic writes them, without building and validating a model per
+    # row again, which was a quarter of a 1,000-user export's time (issue 12).
+    body = USER_ROWS.dump_json([row._asdict() for row in rows])
+    response = Response(body, media_type="application/json")
+    set_list_headers(request, response, USERS, query, len(rows), total)
+    return response
 
 
 @router.post(
@@ -172,7 +193,8 @@ async def change_password(
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
 async def read_user(user: TargetUser, response: Response) -> User:
-    """One user by id, with its version in `ETag` (send it back in `If-Match` to edit)."""
+    """One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
+    With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
     response.headers["ETag"] = etag(user)
     return user
 

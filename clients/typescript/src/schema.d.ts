@@ -126,8 +126,12 @@ export interface paths {
          *     - react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
          *       `filter={"q":"bob","role":"user","id":[1,2]}`.
          *
-         *     Filterable fields: id, email, name, role, is_active, created_at, updated_at. Without paging parameters, the dashboard
-         *     conventions return up to 100 records.
+         *     Filterable fields: id, email, name, role, is_active, created_at, updated_at, last_login_at; dates also as ranges (`created_after`,
+         *     `last_login_before`, ...). Without paging parameters, the dashboard conventions return
+         *     up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
+         *     Accounts that never logged in sort as the oldest `last_login_at`.
+         *
+         *     With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account.
          */
         get: operations["users-list"];
         put?: never;
@@ -196,6 +200,7 @@ export interface paths {
         /**
          * Users-Get
          * @description One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
+         *     With `USERS_DIRECTORY=admins`, a plain user may read only their own (403).
          */
         get: operations["users-get"];
         /**
@@ -771,10 +776,7 @@ export interface components {
         UserPublic: {
             /** Email */
             email: string;
-            /**
-             * Name
-             * @description At most 100 characters, not all spaces; surrounding spaces are trimmed.
-             */
+            /** Name */
             name: string;
             /** @default user */
             role: components["schemas"]["UserRole"];
@@ -795,6 +797,11 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
+            /**
+             * Last Login At
+             * @description The latest login or token refresh, to the minute; null if never
+             */
+            last_login_at: string | null;
         };
         /**
          * UserReplace
@@ -1340,6 +1347,8 @@ export interface operations {
                 is_active?: boolean;
                 created_after?: string;
                 created_before?: string;
+                last_login_after?: string;
+                last_login_before?: string;
             };
             header?: never;
             path?: never;
