@@ -1,7 +1,7 @@
 """last_login_at on users, with a sort index where never-logged-in is the oldest
 
 Revision ID: 3a7f1c0e9b42
-Revises: 1b52a875e69c
+Revises: a7c4e1f20b9d
 Create Date: 2026-12-02 20:00:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "3a7f1c0e9b42"
-down_revision: str | None = "1b52a875e69c"
+down_revision: str | None = "a7c4e1f20b9d"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
