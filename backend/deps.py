@@ -33,8 +33,14 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    async with services.sessionmaker() as session:
+# No GET or HEAD handler writes: their sessions need no transaction (see db.py).
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
+async def get_session(request: Request, services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    read_only = request.method in READ_ONLY_METHODS
+    sessionmaker = services.read_sessionmaker if read_only else services.sessionmaker
+    async with sessionmaker() as session:
         yield session
 
 

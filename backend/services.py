@@ -19,6 +19,7 @@ class Services:
     metrics: Metrics
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]  # for GET and HEAD requests
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
 
@@ -37,6 +38,7 @@ class Services:
             metrics=metrics,
             engine=engine,
             sessionmaker=create_sessionmaker(engine, settings),
+            read_sessionmaker=create_sessionmaker(engine, settings, read_only=True),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
         )
