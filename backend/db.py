@@ -227,6 +227,9 @@ class FirstComeFirstServedQueue(AsyncAdaptedQueue[Any]):
 
 class FirstComeFirstServedPool(AsyncAdaptedQueuePool):
     _queue_class = FirstComeFirstServedQueue
+    # Logs under "sqlalchemy", like SQLAlchemy's own pools: that logger is at WARNING
+    # unless DB_ECHO, so a disposal is not an INFO line in the server's log.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.FirstComeFirstServedPool"
 
 
 def _abort_if_cancelled(dbapi_connection: Any, _record: Any, error: BaseException | None) -> None:
