@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     RATE_LIMIT_REGISTER: str = "20/hour"
     RATE_LIMIT_REFRESH: str = "60/minute"
     RATE_LIMIT_LOGIN_PER_ACCOUNT: str = "100/hour"  # failed logins, from every address
+    RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
     REDIS_URL: str | None = None
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
@@ -180,6 +181,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_LOGIN_PER_ACCOUNT",
         "RATE_LIMIT_REGISTER",
         "RATE_LIMIT_REFRESH",
+        "RATE_LIMIT_API_KEY",
     )
     @classmethod
     def check_rate_limit(cls, value: str) -> str:

@@ -30,7 +30,7 @@ from backend.observability import (
     install_metrics_endpoint,
 )
 from backend.problems import PROBLEM_JSON, install_error_handlers
-from backend.routers import audit, auth, health, sessions, users
+from backend.routers import audit, auth, health, sessions, tokens, users
 from backend.services import Services
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ TAGS = [
         "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
+    {
+        "name": "tokens",
+        "description": "Personal API keys for scripts (`Authorization: Bearer uak_...`), "
+        "managed with a login's access token.",
+    },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
@@ -133,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(tokens.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)

@@ -68,6 +68,7 @@ class RateLimiter:
         self.register = parse(settings.RATE_LIMIT_REGISTER)
         self.refresh = parse(settings.RATE_LIMIT_REFRESH)
         self.login_failures_per_account = parse(settings.RATE_LIMIT_LOGIN_PER_ACCOUNT)
+        self.api_key = parse(settings.RATE_LIMIT_API_KEY)
         self._down_since: float | None = None  # monotonic time of the first failure
         self._next_probe_at = 0.0
         self._failed_open_while_down = 0

@@ -43,11 +43,13 @@ from sqlalchemy import and_, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend import api_keys
 from backend.config import Settings
 from backend.errors import DomainError, ForbiddenError, UnauthorizedError
 from backend.models import (
     IP_ADDRESS_MAX_CHARS,
     USER_AGENT_MAX_CHARS,
+    ApiKeyEndReason,
     AuditAction,
     AuditEvent,
     LoginResponse,
@@ -304,14 +306,26 @@ async def end_all(
     return ended
 
 
+# Account changes that end the user's API keys too, not only their sessions: a logout
+# everywhere leaves the scripts' keys alone, as GitHub does.
+KEYS_END_WITH = {
+    SessionEndReason.PASSWORD_CHANGE: ApiKeyEndReason.PASSWORD_CHANGE,
+    SessionEndReason.ROLE_CHANGE: ApiKeyEndReason.ROLE_CHANGE,
+    SessionEndReason.DEACTIVATED: ApiKeyEndReason.DEACTIVATED,
+}
+
+
 async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndReason) -> int:
     """end_all's sessions part, for a caller that already changed the user's row (the
-    lock order) and commits itself; how many sessions were live."""
+    lock order) and commits itself; how many sessions were live. A password or role
+    change and a deactivation revoke the user's API keys as well."""
     result = await db.exec(
         update(UserSession)
         .where(col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
     )
+    if reason in KEYS_END_WITH:
+        await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return result.rowcount
 
 

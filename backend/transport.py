@@ -17,9 +17,9 @@ from fastapi import Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from backend.config import Settings
-from backend.deps import ServicesDep
+from backend.deps import KEYS_REFUSED, ServicesDep
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import LoginResponse, RefreshRequest, utcnow
+from backend.models import API_KEY_PREFIX, LoginResponse, RefreshRequest, utcnow
 from backend.security import REFRESH, decode_token
 
 
@@ -107,6 +107,8 @@ async def get_presented_refresh_token(
         # FastAPI's own answers when a required body is absent or JSON null, so that
         # bearer clients see no change.
         raise RequestValidationError([NULL_BODY if await request.body() else MISSING_BODY])
+    if body.refresh_token.startswith(API_KEY_PREFIX):
+        raise ForbiddenError(KEYS_REFUSED)
     return body.refresh_token
 
 

@@ -14,6 +14,7 @@ from backend.deps import (
     LoginClient,
     ServicesDep,
     SessionDep,
+    SessionUser,
     TargetUser,
 )
 from backend.errors import ConflictError
@@ -142,7 +143,7 @@ async def update_me(
 )
 async def change_password(
     body: PasswordChange,
-    user: CurrentUser,
+    user: SessionUser,
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,
