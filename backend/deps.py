@@ -46,12 +46,10 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-# No GET or HEAD handler writes: their sessions need no transaction (see db.py).
-READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
-
-
 async def get_session(request: Request, services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    read_only = request.method in READ_ONLY_METHODS
+    # GET and HEAD handlers only read, so their sessions need no transaction (db.py);
+    # the one write on their path, an API key's last_used_at, is a single UPDATE.
+    read_only = request.method in SAFE_METHODS
     sessionmaker = services.read_sessionmaker if read_only else services.sessionmaker
     async with sessionmaker() as session:
         yield session
