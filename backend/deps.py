@@ -47,8 +47,12 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    async with services.sessionmaker() as session:
+async def get_session(request: Request, services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    # GET and HEAD handlers only read, so their sessions need no transaction (db.py);
+    # the one write on their path, an API key's last_used_at, is a single UPDATE.
+    read_only = request.method in SAFE_METHODS
+    sessionmaker = services.read_sessionmaker if read_only else services.sessionmaker
+    async with sessionmaker() as session:
         yield session
 
 

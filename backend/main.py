@@ -1,5 +1,6 @@
 """The app factory: lifespan, middleware, error handlers, routers."""
 
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -217,4 +218,10 @@ def served_app() -> FastAPI:
             "SECRET_KEY is not set: using a random key for this process. Tokens stop "
             "working when it restarts and are not shared between workers."
         )
-    return create_app(settings)
+    app = create_app(settings)
+    # What start-up made (modules, routes, schemas: ~160,000 objects) lives as long as
+    # the process; frozen, the collector stops walking it in every full collection: a
+    # pause of 190 ms each on a busy 2-core machine (bench/README.md), ~0 ms frozen.
+    gc.collect()
+    gc.freeze()
+    return app

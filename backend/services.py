@@ -20,6 +20,7 @@ class Services:
     metrics: Metrics
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]  # for GET and HEAD requests
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
     auth_cache: AuthCache
@@ -39,7 +40,10 @@ class Services:
             settings=settings,
             metrics=metrics,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine, settings, auth_cache),
+            sessionmaker=create_sessionmaker(engine, settings, auth_cache=auth_cache),
+            read_sessionmaker=create_sessionmaker(
+                engine, settings, auth_cache=auth_cache, read_only=True
+            ),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
             auth_cache=auth_cache,

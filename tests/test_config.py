@@ -106,6 +106,21 @@ def test_local_generates_a_key_and_the_served_app_warns() -> None:
     assert "SECRET_KEY is not set: using a random key for this process" in result.stderr
 
 
+def test_the_served_app_takes_what_start_up_made_out_of_garbage_collection() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", f"import gc; {SERVE_APP}; print(gc.get_freeze_count())"],
+        cwd=REPO_ROOT / "tests",
+        env={**env, "STAGE": "local", "DATABASE_URL": "sqlite:///:memory:"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) > 10_000  # modules, routes, schemas
+
+
 def test_invalid_values_name_the_variable() -> None:
     with pytest.raises(SystemExit) as raised:
         load_settings(_env_file=None, DATABASE_URL="mysql://x", BCRYPT_ROUNDS=2)
