@@ -57,6 +57,8 @@ def _lifespan(
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
                 await _ensure_first_admin(services)
+            mailer = services.mailer
+            logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
             yield
         finally:
             await services.close()

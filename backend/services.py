@@ -8,6 +8,7 @@ from starlette.types import Scope
 
 from backend.config import Settings
 from backend.db import create_engine, create_sessionmaker
+from backend.mail import Mailer
 from backend.observability import Metrics
 from backend.ratelimit import RateLimiter
 from backend.security import PasswordHasher
@@ -21,6 +22,7 @@ class Services:
     sessionmaker: async_sessionmaker[AsyncSession]
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
+    mailer: Mailer
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> "Services":
@@ -39,9 +41,12 @@ class Services:
             sessionmaker=create_sessionmaker(engine, settings),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
+            mailer=Mailer(settings),
         )
 
     async def close(self) -> None:
+        # Mail first: work handed over may still need the database.
+        await self.mailer.close()
         self.password_hasher.close()
         await self.engine.dispose()
 
