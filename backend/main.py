@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 TAGS = [
     {
         "name": "auth",
-        "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
+        "description": "Register, log in, refresh (rotating refresh tokens) and log out; "
+        "password reset, invitations and email verification by mailed link.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
