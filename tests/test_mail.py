@@ -266,3 +266,33 @@ async def test_features_turned_off_answer_403(database_url: str) -> None:
         admin_id = (await client.get(f"{API}/users/me", headers=headers)).json()["id"]
         reinvited = await client.post(f"{API}/users/{admin_id}/invite", headers=headers)
         assert reinvited.status_code == 403
+
+
+async def test_starttls_never_falls_back_to_plain_text(
+    database_url: str, smtp: Mailbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SMTP_TLS=starttls with a server that offers no STARTTLS: not sent, said why."""
+    async with app_with(database_url, **mail_settings(smtp.port, SMTP_TLS="starttls")) as (
+        app,
+        client,
+    ):
+        with caplog.at_level(logging.ERROR, logger="backend.mail"):
+            await client.post(f"{API}/auth/password/forgot", json={"email": "admin@example.com"})
+            await services(app).mailer.drain(10)
+    [failure] = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
+    assert "STARTTLS" in failure
+    assert smtp.messages == []
+
+
+async def test_shutdown_cuts_off_mail_still_waiting(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with silent_server() as port:
+        overrides = mail_settings(port, SMTP_TIMEOUT_SECONDS=30)
+        async with app_with(database_url, **overrides) as (app, client):
+            await client.post(f"{API}/auth/password/forgot", json={"email": "admin@example.com"})
+            with caplog.at_level(logging.WARNING, logger="backend.mail"):
+                started = time.monotonic()
+                await services(app).mailer.drain(0.5)
+                assert time.monotonic() - started < 5
+    assert "1 mail tasks cut off at shutdown" in caplog.messages
