@@ -268,10 +268,11 @@ async def set_password_with_link(
     Every session of the user ends, their tokens too, and a new one starts: one
     transaction, in which the link is used, so a link that loses a race changes nothing."""
     link = await links.find(session, token=token, purpose=purpose)
+    user_id = link.user_id  # read now: a rollback expires the loaded rows
     hashed_password = await _hash(session, hasher, new_password)  # ends the read, too
     now = utcnow()
     values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
-    conditions = [col(User.id) == link.user_id]
+    conditions = [col(User.id) == user_id]
     if purpose == LinkPurpose.INVITE:
         values["is_active"] = True
     else:
@@ -279,6 +280,8 @@ async def set_password_with_link(
     updated = await _update_user_row(session, conditions, values, now=now, revoke=True)
     if updated is None:
         await session.rollback()
+        if await get_user(session, user_id=user_id) is None:  # its links went with it
+            raise links.LinkError(links.INVALID)
         raise ForbiddenError("This account is deactivated.")
     await links.consume(session, link=link, now=now)
     fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
@@ -321,7 +324,9 @@ async def _update_user_row(
     now: datetime,
     revoke: bool,
 ) -> User | None:
-    """One UPDATE of a user's row (the first lock of the lock order), returning it."""
+    """One UPDATE of the user's row where `conditions` hold (the first lock of the lock
+    order): the values, a new version, and with `revoke` a new token version (every
+    token refused). The row as updated, or None when the conditions matched none."""
     statement = (
         update(User)
         .where(*conditions)
@@ -413,23 +418,14 @@ async def _update_user(
     if (role_changed or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
     end_reason = _sessions_end_reason(values)
-    statement = (
-        update(User)
-        .where(col(User.id) == user.id)
-        .values(
-            **values,
-            updated_at=utcnow(),
-            version=col(User.version) + 1,
-            token_version=col(User.token_version) + int(end_reason is not None),
-        )
-        .returning(User)
-        .execution_options(populate_existing=True)
-    )
+    conditions = [col(User.id) == user.id]
     if expected_versions is not None:
-        statement = statement.where(col(User.version).in_(expected_versions))
+        conditions.append(col(User.version).in_(expected_versions))
     events = _audit_update(user, values, actor_id)  # before RETURNING refreshes `user`
     async with _email_must_be_free(session, email=values.get("email")):
-        updated: User | None = (await session.exec(statement)).scalar_one_or_none()
+        updated = await _update_user_row(
+            session, conditions, values, now=utcnow(), revoke=end_reason is not None
+        )
         if updated is None:
             await session.rollback()
             raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
