@@ -1,16 +1,19 @@
 """The `backend` command: serve the API, migrate the database, manage accounts."""
 
 import asyncio
+import json
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend import crud, sessions
+from backend import api_keys, crud, sessions
 from backend.config import Settings, get_settings
 from backend.db import (
     DatabaseStartupError,
@@ -19,9 +22,18 @@ from backend.db import (
     explained_startup_failure,
     upgrade_to_head,
 )
-from backend.errors import DomainError, NotFoundError
+from backend.errors import ConflictError, DomainError, NotFoundError
 from backend.listing import Filter, ListQuery
+from backend.main import create_app
 from backend.models import (
+    API_KEY_DEFAULT_DAYS,
+    API_KEY_MAX_DAYS,
+    ApiKey,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyEndReason,
+    ApiKeyPublic,
+    ApiKeyScope,
     SessionEndReason,
     User,
     UserCreate,
@@ -31,6 +43,7 @@ from backend.models import (
     use_account_rules,
 )
 from backend.observability import configure_logging
+from backend.parsing import INT32_MAX
 from backend.security import PasswordHasher
 
 T = TypeVar("T")
@@ -47,6 +60,11 @@ users_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(users_app, name="users")
+tokens_app = typer.Typer(
+    help="Manage personal API keys directly in the configured database (no token needed).",
+    no_args_is_help=True,
+)
+app.add_typer(tokens_app, name="tokens")
 
 
 def _with_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
@@ -83,8 +101,15 @@ def _exit_with(error: DatabaseStartupError) -> NoReturn:
 def _user_create(**fields: Any) -> UserCreate:
     """The API's own validation; a refusal exits 2 (a usage error), one line per field."""
     use_account_rules(get_settings().account_rules)
+    return _validated(UserCreate, fields)
+
+
+ModelT = TypeVar("ModelT", UserCreate, ApiKeyCreate)
+
+
+def _validated(model: type[ModelT], fields: dict[str, Any]) -> ModelT:
     try:
-        return UserCreate(**fields)
+        return model(**fields)
     except ValidationError as error:
         for item in error.errors():
             message = str(item["msg"]).removeprefix("Value error, ")
@@ -149,6 +174,40 @@ def migrate() -> None:
     except DatabaseStartupError as error:
         _exit_with(error)
     typer.echo("Database is at the newest migration.")
+
+
+class _ShippedSettings(Settings):
+    """Every setting at its default: neither the environment nor .env is read."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+@app.command()
+def openapi(
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults",
+            help="Ignore the environment and .env: the document of the API as shipped, "
+            "which clients/typescript is generated from.",
+        ),
+    ] = False,
+) -> None:
+    """Print the OpenAPI document `serve` answers at API_V1_PREFIX/openapi.json, as JSON."""
+    # Some of it follows the settings: the title, the prefix, the password length.
+    settings = _ShippedSettings() if defaults else get_settings()
+    # No server and no database: building the app connects to nothing.
+    schema = create_app(settings).openapi()
+    typer.echo(json.dumps(schema, indent=2, ensure_ascii=False))
 
 
 @app.command("create-admin")
@@ -346,3 +405,98 @@ def deactivate(email: Annotated[str, typer.Argument(help="The account's email.")
 def activate(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
     """Let a deactivated account log in again."""
     _update_by_email(email, UserUpdate(is_active=True), "active", revokes=False)
+
+
+@tokens_app.command("create")
+def create_token(
+    email: Annotated[str, typer.Option(help="The owner's email: the key acts as this account.")],
+    name: Annotated[str, typer.Option(help="What the key is for, as listings show it.")],
+    scope: Annotated[ApiKeyScope, typer.Option(help="read: GET and HEAD only; write: all.")],
+    days: Annotated[
+        int, typer.Option(min=1, max=API_KEY_MAX_DAYS, help="Days until the key expires.")
+    ] = API_KEY_DEFAULT_DAYS,
+) -> None:
+    """Create an API key for a script and print it, once, alone on stdout (the rest goes
+    to stderr, so that KEY=$(backend tokens create ...) keeps just the key)."""
+    data = _validated(ApiKeyCreate, {"name": name, "scope": scope, "expires_in_days": days})
+
+    async def create(session: AsyncSession, _settings: Settings) -> tuple[str, ApiKeyCreated]:
+        user = await _user_by_email(session, email)
+        if not user.is_active:
+            raise ConflictError(f"{user.email} is deactivated: a key of it would not work.")
+        created = await api_keys.create(session, user=user, data=data, actor_id=None)
+        return user.email, created
+
+    owner, created = _with_session(create)
+    typer.echo(
+        f"Created {created.scope.value} API key {created.id} ({created.name}) for {owner}, "
+        f"expiring {created.expires_at:%Y-%m-%d %H:%M} UTC. It is shown this once:",
+        err=True,
+    )
+    typer.echo(created.secret)
+
+
+@tokens_app.command("list")
+def list_tokens(
+    email: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
+) -> None:
+    """List API keys that are not revoked, newest first (times in UTC); never secrets."""
+    query = ListQuery(limit=limit, sort=(("created_at", True),))
+
+    async def fetch(
+        session: AsyncSession, _settings: Settings
+    ) -> tuple[list[tuple[ApiKey, str]], int]:
+        owner = await _user_by_email(session, email) if email else None
+        found, total = await crud.list_api_keys(
+            session, user_id=owner.id if owner else None, query=query
+        )
+        emails: dict[int, str] = {}
+        for api_key in found:
+            if api_key.user_id not in emails:
+                user = await crud.get_user(session, user_id=api_key.user_id)
+                emails[api_key.user_id] = user.email if user else "-"
+        return [(api_key, emails[api_key.user_id]) for api_key in found], total
+
+    found, total = _with_session(fetch)
+    if not found:
+        typer.echo("No API keys.")
+        return
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+    rows = [("ID", "OWNER", "NAME", "PREFIX", "SCOPE", "CREATED", "EXPIRES", "LAST USED")]
+    rows += [
+        (
+            str(api_key.id),
+            owner,
+            api_key.name,
+            api_key.prefix,
+            api_key.scope.value,
+            when(api_key.created_at),
+            when(api_key.expires_at),
+            when(api_key.last_used_at),
+        )
+        for api_key, owner in found
+    ]
+    _echo_table(rows)
+    if total > len(found):
+        typer.echo(f"{len(found)} of {total} keys shown; raise --limit for more.", err=True)
+
+
+@tokens_app.command("revoke")
+def revoke_token(
+    key_id: Annotated[
+        int, typer.Argument(min=1, max=INT32_MAX, help="The key's id (see tokens list).")
+    ],
+) -> None:
+    """Revoke an API key: it stops working at once (audited, by nobody)."""
+
+    async def revoke(session: AsyncSession, _settings: Settings) -> ApiKeyPublic:
+        return await api_keys.revoke(
+            session, key_id=key_id, user_id=None, reason=ApiKeyEndReason.ADMIN, actor_id=None
+        )
+
+    revoked = _with_session(revoke)
+    typer.echo(f"Revoked API key {revoked.id} ({revoked.name}, {revoked.prefix}...).")

@@ -8,6 +8,7 @@ from collections import Counter
 from email.utils import parseaddr
 from functools import lru_cache
 from itertools import pairwise
+from pathlib import Path
 from typing import Annotated, Literal
 
 from limits import parse
@@ -32,6 +33,9 @@ from backend.passwords import (
 
 MIN_SECRET_KEY_BYTES = 32
 HOW_TO_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# The dashboard as `npm run build` leaves it in a checkout; an installed wheel has none.
+DEFAULT_ADMIN_DIR = Path(__file__).resolve().parent.parent / "clients" / "admin" / "dist"
+HOW_TO_BUILD_THE_DASHBOARD = "cd clients/admin && npm ci && npm run build"
 
 # A weak SECRET_KEY lets anyone who holds one token crack the key offline and forge an
 # admin's. A key that is set is refused, in every stage, when it is:
@@ -131,11 +135,15 @@ class Settings(BaseSettings):
     # another verification link): per client address, and per email address as sent.
     RATE_LIMIT_MAIL_PER_IP: str = "20/hour"
     RATE_LIMIT_MAIL_PER_EMAIL: str = "5/hour"
+    RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
     REDIS_URL: str | None = None
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     REFRESH_REUSE_GRACE_SECONDS: int = Field(default=10, ge=0)
+    # How long a worker may answer a token's check from memory (PostgreSQL only; 0: never).
+    # A backstop: changes reach every worker's cache at once (see backend/authcache.py).
+    AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0)
     AUTO_MIGRATE: bool | None = None
     # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
     SHUTDOWN_GRACE_SECONDS: int = Field(default=20, ge=1)
@@ -186,6 +194,9 @@ class Settings(BaseSettings):
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
     METRICS_ENABLED: bool = False
+    # The built dashboard, served at /admin: unset, the checkout's clients/admin/dist when
+    # it has been built (else no /admin); empty, never served.
+    ADMIN_DIR: str | None = None
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
@@ -209,6 +220,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_REFRESH",
         "RATE_LIMIT_MAIL_PER_IP",
         "RATE_LIMIT_MAIL_PER_EMAIL",
+        "RATE_LIMIT_API_KEY",
     )
     @classmethod
     def check_rate_limit(cls, value: str) -> str:
@@ -260,6 +272,23 @@ class Settings(BaseSettings):
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
         return self
+
+    @field_validator("ADMIN_DIR")
+    @classmethod
+    def check_admin_dir(cls, value: str | None) -> str | None:
+        if value and not (Path(value) / "index.html").is_file():
+            raise ValueError(
+                f"{value} has no index.html: build the dashboard ({HOW_TO_BUILD_THE_DASHBOARD}) "
+                "or leave ADMIN_DIR unset"
+            )
+        return value
+
+    @property
+    def admin_dir(self) -> Path | None:
+        """The folder of the dashboard to serve at /admin, or None for no /admin."""
+        if self.ADMIN_DIR is not None:
+            return Path(self.ADMIN_DIR).resolve() if self.ADMIN_DIR else None
+        return DEFAULT_ADMIN_DIR if (DEFAULT_ADMIN_DIR / "index.html").is_file() else None
 
     @model_validator(mode="after")
     def check_first_admin(self) -> "Settings":

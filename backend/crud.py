@@ -27,6 +27,7 @@ from backend.links import Issued
 from backend.listing import Filter, ListQuery
 from backend.models import (
     NO_PASSWORD,
+    ApiKey,
     AuditAction,
     AuditEvent,
     LinkPurpose,
@@ -49,7 +50,7 @@ EMAIL_NOT_VERIFIED = (
     "for a new one with POST /auth/verify/resend."
 )
 
-ModelT = TypeVar("ModelT", User, AuditEvent, UserSession)
+ModelT = TypeVar("ModelT", User, AuditEvent, UserSession, ApiKey)
 
 
 async def get_user(session: AsyncSession, *, user_id: int) -> User | None:
@@ -94,6 +95,17 @@ async def list_live_sessions(
         col(UserSession.last_used_at) > now - timedelta(days=idle_days),
     ]
     return await _page(session, UserSession, query, live)
+
+
+async def list_api_keys(
+    session: AsyncSession, *, user_id: int | None, query: ListQuery
+) -> tuple[Sequence[ApiKey], int]:
+    """One page of the live (unrevoked) keys of a user, or of everyone's with no user;
+    expired ones included, so that their owner sees why a script stopped."""
+    live: list[ColumnElement[bool]] = [col(ApiKey.revoked_at).is_(None)]
+    if user_id is not None:
+        live.append(col(ApiKey.user_id) == user_id)
+    return await _page(session, ApiKey, query, live)
 
 
 async def _page(

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend.authcache import AUTH_CACHE, AuthCache, TrackedSession
 from backend.config import Settings
 
 if TYPE_CHECKING:
@@ -280,12 +281,16 @@ class Session(AsyncSession):
 
 
 def create_sessionmaker(
-    engine: AsyncEngine, settings: Settings
+    engine: AsyncEngine, settings: Settings, auth_cache: AuthCache | None = None
 ) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose writes to users and sessions reach the auth cache, when given
+    one (see backend/authcache.py)."""
     # expire_on_commit=False: returning a committed row must not trigger a reload query.
     return async_sessionmaker(
         engine,
         class_=Session,
+        sync_session_class=TrackedSession,
+        info={AUTH_CACHE: auth_cache} if auth_cache is not None else None,
         expire_on_commit=False,
         database_budget_seconds=settings.request_database_budget_seconds,
     )

@@ -14,9 +14,17 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.convertors import Convertor, register_url_convertor
 
-from backend import crud, sessions
+from backend import api_keys, crud, sessions
+from backend.api_keys import KeyCaller
 from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
-from backend.models import SESSION_ID_PATTERN, LoginRequest, User, UserRole
+from backend.models import (
+    API_KEY_PREFIX,
+    SESSION_ID_PATTERN,
+    ApiKeyScope,
+    LoginRequest,
+    User,
+    UserRole,
+)
 from backend.parsing import INT32_MAX, parse_int
 from backend.ratelimit import client_ip, rate_limit_key
 from backend.services import Services, services_of
@@ -24,6 +32,11 @@ from backend.sessions import Caller, ClientInfo
 
 # The token URL shown in the docs is rewritten to the configured prefix in main.py.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+KEYS_REFUSED = (
+    "API keys cannot be used here: sessions and API keys are managed with an access "
+    "token from a login (POST /auth/login)."
+)
 
 
 async def get_services(request: Request) -> Services:
@@ -61,22 +74,73 @@ async def get_caller(
     session: SessionDep,
     services: ServicesDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> Caller:
+) -> Caller | KeyCaller:
     if not token:
         raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
-    caller = await sessions.check(session, access_token=token, settings=services.settings)
+    caller: Caller | KeyCaller
+    if token.startswith(API_KEY_PREFIX):
+        caller = await _key_caller(request, session, services, token)
+    else:
+        caller = await sessions.check(
+            session, access_token=token, settings=services.settings, auth_cache=services.auth_cache
+        )
     request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
     return caller
 
 
-CurrentCaller = Annotated[Caller, Depends(get_caller)]
+async def _key_caller(
+    request: Request, session: AsyncSession, services: Services, secret: str
+) -> KeyCaller:
+    """An API key's owner: each key has its own rate limit, and a read key may only
+    read."""
+    caller = await api_keys.check(session, secret=secret)
+    limiter = services.rate_limiter
+    await limiter.hit(limiter.api_key, "api-key", str(caller.api_key.id))
+    if caller.api_key.scope is ApiKeyScope.READ and request.method not in SAFE_METHODS:
+        raise ForbiddenError(
+            f"This API key has the read scope: it may only send GET and HEAD, not "
+            f"{request.method}. Create a key with the write scope to make changes."
+        )
+    return caller
 
 
-async def get_current_user(caller: CurrentCaller) -> User:
+AnyCaller = Annotated[Caller | KeyCaller, Depends(get_caller)]
+
+
+async def get_session_caller(caller: AnyCaller) -> Caller:
+    """A caller with a login session: an access token, never an API key."""
+    if isinstance(caller, KeyCaller):
+        raise ForbiddenError(KEYS_REFUSED)
+    return caller
+
+
+# The routes that list, make or end sessions or keys take this: an API key gets 403
+# there, so no key starts a session or mints another key.
+CurrentCaller = Annotated[Caller, Depends(get_session_caller)]
+
+
+async def get_current_user(caller: AnyCaller) -> User:
     return caller.user
 
 
+# An access token's user or an API key's owner.
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_session_user(caller: CurrentCaller) -> User:
+    return caller.user
+
+
+SessionUser = Annotated[User, Depends(get_session_user)]
+
+
+async def refuse_api_keys(request: Request) -> None:
+    """For the refresh and logout routes, which take a refresh token rather than a
+    bearer: a key sent there anyway is told why it cannot be used, not ignored. (The
+    header is read directly: OAuth2PasswordBearer would mark them as needing a token.)"""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith(API_KEY_PREFIX):
+        raise ForbiddenError(KEYS_REFUSED)
 
 
 async def get_current_admin(user: CurrentUser) -> User:
@@ -136,6 +200,7 @@ class DigitsConvertor(Convertor[str]):
 register_url_convertor("digits", DigitsConvertor())
 # Routes take `{user_id:digits}` (see DigitsConvertor), never Starlette's `int`.
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
+ApiKeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An API key's id")]
 
 
 # The caller comes first in each of these: the path's user is looked up only for someone

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import crud
+from backend.admin import install_admin
 from backend.config import Settings, get_settings
 from backend.db import DatabaseStartupError, explained_startup_failure, upgrade_to_head
 from backend.docs import install_docs
@@ -29,7 +30,7 @@ from backend.observability import (
     install_metrics_endpoint,
 )
 from backend.problems import PROBLEM_JSON, install_error_handlers
-from backend.routers import audit, auth, health, sessions, users
+from backend.routers import audit, auth, health, sessions, tokens, users
 from backend.services import Services
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ TAGS = [
         "password reset, invitations and email verification by mailed link.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
+    {
+        "name": "tokens",
+        "description": "Personal API keys for scripts (`Authorization: Bearer uak_...`), "
+        "managed with a login's access token.",
+    },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
@@ -60,6 +66,7 @@ def _lifespan(
                 await _ensure_first_admin(services)
             mailer = services.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
+            services.auth_cache.start()
             yield
         finally:
             await services.close()
@@ -135,11 +142,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(tokens.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)
     if settings.METRICS_ENABLED:
         install_metrics_endpoint(app, metrics)
+    if settings.admin_dir is not None:
+        install_admin(app, settings.admin_dir)
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s and 500s too.

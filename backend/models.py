@@ -13,6 +13,7 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     GetJsonSchemaHandler,
     StrictBool,
@@ -669,6 +670,115 @@ class AuditAction(StrEnum):
     SESSIONS_END_ALL = "user.sessions_end_all"
     LINK_ISSUE = "user.link_issue"  # details: purpose
     LINK_USE = "user.link_use"
+    API_KEY_CREATE = "user.api_key_create"
+    API_KEY_REVOKE = "user.api_key_revoke"
+
+
+API_KEY_PREFIX = "uak_"
+API_KEY_SECRET_BYTES = 32
+# secrets.token_urlsafe(32): 43 characters of base64url, no padding.
+API_KEY_PATTERN = rf"^{API_KEY_PREFIX}[A-Za-z0-9_-]{{43}}$"
+# What listings show of a key, enough to tell keys apart and nowhere near enough to guess.
+API_KEY_SHOWN_CHARS = len(API_KEY_PREFIX) + 8
+API_KEY_MAX_DAYS = 366
+API_KEY_DEFAULT_DAYS = 30  # as GitHub suggests for fine-grained tokens
+
+
+def new_api_key_secret() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_SECRET_BYTES)
+
+
+class ApiKeyScope(StrEnum):
+    READ = "read"  # GET and HEAD only
+    WRITE = "write"  # whatever the owner may do
+
+
+class ApiKeyEndReason(StrEnum):
+    REVOKED = "revoked"  # by its owner
+    ADMIN = "admin"  # by an admin, or on the server (`backend tokens revoke`)
+    PASSWORD_CHANGE = "password_change"  # noqa: S105  (a reason, not a secret)
+    ROLE_CHANGE = "role_change"
+    DEACTIVATED = "deactivated"
+
+
+class ApiKeyBase(SQLModel):
+    name: Name = Field(sa_type=String(NAME_MAX_CHARS))
+    scope: ApiKeyScope = Field(
+        sa_type=Enum(
+            ApiKeyScope,
+            name="api_key_scope",
+            native_enum=False,
+            create_constraint=True,
+            length=8,
+            values_callable=lambda scopes: [scope.value for scope in scopes],
+        )
+    )
+
+
+def _json_number(value: object) -> object:
+    # A JSON number, 30 or 30.0 (both are JSON Schema integers), never "30" or true.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a number")
+    return value
+
+
+class ApiKeyCreate(ApiKeyBase):
+    expires_in_days: Annotated[int, BeforeValidator(_json_number)] = Field(
+        default=API_KEY_DEFAULT_DAYS,
+        ge=1,
+        le=API_KEY_MAX_DAYS,
+        description=f"Days until the key stops working, 1 to {API_KEY_MAX_DAYS}",
+    )
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [{"name": "nightly report", "scope": "read", "expires_in_days": 90}]
+        }
+    )
+
+
+class ApiKey(ApiKeyBase, table=True):
+    """A personal access token for scripts. Only a SHA-256 of its secret is stored: the
+    secret is shown once, when it is made. See backend/api_keys.py."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    prefix: str = Field(sa_type=String(API_KEY_SHOWN_CHARS))
+    secret_hash: str = Field(sa_type=String(64), unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_reason: ApiKeyEndReason | None = Field(
+        default=None,
+        sa_type=Enum(
+            ApiKeyEndReason,
+            name="api_key_end_reason",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda reasons: [reason.value for reason in reasons],
+        ),
+    )
+
+
+class ApiKeyPublic(ApiKeyBase):
+    id: int
+    prefix: str = Field(description="The key's first characters, to tell keys apart")
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None = Field(
+        description="Its latest use, to the minute: updated at most once a minute"
+    )
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    secret: str = Field(
+        description="The key itself, shown this once: send it as `Authorization: Bearer`"
+    )
 
 
 class AuditEventBase(SQLModel):

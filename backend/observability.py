@@ -107,6 +107,17 @@ class Metrics:
             "Requests answered 503 because the database was down or overloaded.",
             registry=self.registry,
         )
+        self.auth_checks = Counter(
+            "auth_checks",
+            "Access tokens checked, by where their user and session rows came from.",
+            ["source"],  # cache or database
+            registry=self.registry,
+        )
+        self.auth_cache_listening = Gauge(
+            "auth_cache_listening",
+            "1 while this worker hears of changes (LISTEN) and may answer from its auth cache.",
+            registry=self.registry,
+        )
 
     def watch(self, engine: AsyncEngine, hasher: PasswordHasher) -> None:
         self.registry.register(_StateCollector(engine, hasher))

@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import Scope
 
+from backend.authcache import AuthCache
 from backend.config import Settings
 from backend.db import create_engine, create_sessionmaker
 from backend.mail import Mailer
@@ -23,6 +24,7 @@ class Services:
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
     mailer: Mailer
+    auth_cache: AuthCache
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> "Services":
@@ -34,19 +36,22 @@ class Services:
             queue_limit=settings.HASH_QUEUE_LIMIT,
         )
         metrics.watch(engine, password_hasher)
+        auth_cache = AuthCache(settings, metrics)
         return cls(
             settings=settings,
             metrics=metrics,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine, settings),
+            sessionmaker=create_sessionmaker(engine, settings, auth_cache),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
             mailer=Mailer(settings),
+            auth_cache=auth_cache,
         )
 
     async def close(self) -> None:
         # Mail first: work handed over may still need the database.
         await self.mailer.close()
+        await self.auth_cache.close()
         self.password_hasher.close()
         await self.engine.dispose()
 

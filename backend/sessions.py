@@ -43,11 +43,14 @@ from sqlalchemy import and_, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend import api_keys
+from backend.authcache import AuthCache
 from backend.config import Settings
 from backend.errors import DomainError, ForbiddenError, UnauthorizedError
 from backend.models import (
     IP_ADDRESS_MAX_CHARS,
     USER_AGENT_MAX_CHARS,
+    ApiKeyEndReason,
     AuditAction,
     AuditEvent,
     LoginResponse,
@@ -304,31 +307,50 @@ async def end_all(
     return ended
 
 
+# Account changes that end the user's API keys too, not only their sessions: a logout
+# everywhere leaves the scripts' keys alone, as GitHub does.
+KEYS_END_WITH = {
+    SessionEndReason.PASSWORD_CHANGE: ApiKeyEndReason.PASSWORD_CHANGE,
+    SessionEndReason.ROLE_CHANGE: ApiKeyEndReason.ROLE_CHANGE,
+    SessionEndReason.DEACTIVATED: ApiKeyEndReason.DEACTIVATED,
+}
+
+
 async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndReason) -> int:
     """end_all's sessions part, for a caller that already changed the user's row (the
-    lock order) and commits itself; how many sessions were live."""
+    lock order) and commits itself; how many sessions were live. A password or role
+    change and a deactivation revoke the user's API keys as well."""
     result = await db.exec(
         update(UserSession)
         .where(col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None))
         .values(revoked_at=utcnow(), revoked_reason=reason)
     )
+    if reason in KEYS_END_WITH:
+        await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return result.rowcount
 
 
-async def check(db: AsyncSession, *, access_token: str, settings: Settings) -> Caller:
+async def check(
+    db: AsyncSession, *, access_token: str, settings: Settings, auth_cache: AuthCache
+) -> Caller:
     """The user an access token speaks for and its session, if both still honour it:
-    one query, the user's row joined with the session's."""
+    one query, the user's row joined with the session's, or none when the worker's
+    auth cache has both rows (see backend/authcache.py)."""
     claims = decode_token(access_token, ACCESS, settings)
-    statement = (
-        select(User, UserSession)
-        .outerjoin(
-            UserSession,
-            and_(col(UserSession.id) == claims.sid, col(UserSession.user_id) == col(User.id)),
+
+    async def load() -> tuple[User | None, UserSession | None]:
+        statement = (
+            select(User, UserSession)
+            .outerjoin(
+                UserSession,
+                and_(col(UserSession.id) == claims.sid, col(UserSession.user_id) == col(User.id)),
+            )
+            .where(col(User.id) == claims.sub)
         )
-        .where(col(User.id) == claims.sub)
-    )
-    row = (await db.exec(statement)).first()
-    user, user_session = row if row is not None else (None, None)
+        row = (await db.exec(statement)).first()
+        return (row[0], row[1]) if row is not None else (None, None)
+
+    user, user_session = await auth_cache.read(claims.sub, claims.sid, load)
     await _check_user(db, user, claims)
     if (
         user_session is None

@@ -5,7 +5,8 @@ A browser attaches the cookie to every request to the auth paths, whoever's page
 it, so a request that relies on it must show it comes from one of our own front ends:
 its `Origin` is listed in CORS_ORIGINS, and it carries `X-Requested-With`, which a form
 or a plain link cannot send and which another origin cannot add without a CORS
-preflight that is refused. Cookie logins and registrations are held to the same rules,
+preflight that is refused. The app's own origin counts as listed: the dashboard it serves
+at /admin is one of our front ends. Cookie logins and registrations are held to the same rules,
 so another page cannot plant its own account's session in the user's browser either.
 """
 
@@ -17,9 +18,9 @@ from fastapi import Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from backend.config import Settings
-from backend.deps import ServicesDep
+from backend.deps import KEYS_REFUSED, ServicesDep
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import LoginResponse, RefreshRequest, utcnow
+from backend.models import API_KEY_PREFIX, LoginResponse, RefreshRequest, utcnow
 from backend.security import REFRESH, decode_token
 
 
@@ -41,6 +42,7 @@ TRANSPORT_DESCRIPTION = (
 
 
 async def get_transport(
+    request: Request,
     services: ServicesDep,
     transport: Annotated[Transport, Query(description=TRANSPORT_DESCRIPTION)] = Transport.BEARER,
     requested_with: Annotated[
@@ -51,12 +53,13 @@ async def get_transport(
     origin: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Transport:
     if transport is Transport.COOKIE:
-        _check_own_front_end(requested_with, origin, services.settings)
+        own_origin = f"{request.url.scheme}://{request.url.netloc}"
+        _check_own_front_end(requested_with, origin, own_origin, services.settings)
     return transport
 
 
 def _check_own_front_end(
-    requested_with: str | None, origin: str | None, settings: Settings
+    requested_with: str | None, origin: str | None, own_origin: str, settings: Settings
 ) -> None:
     if not requested_with:
         raise ForbiddenError(
@@ -65,11 +68,13 @@ def _check_own_front_end(
         )
     if origin is None:
         raise ForbiddenError("Cookie transport requires an Origin header, as browsers send.")
-    # Listed, not matched: a wildcard in CORS_ORIGINS admits no cookie request.
-    if origin not in settings.CORS_ORIGINS:
+    # Listed, not matched: a wildcard in CORS_ORIGINS admits no cookie request. A browser
+    # names the host it sends to in Host, so only our own pages can send a matching Origin
+    # (behind a proxy that ends TLS the schemes differ: list the public origin instead).
+    if origin not in settings.CORS_ORIGINS and origin != own_origin:
         raise ForbiddenError(
             f"Origin {origin} is not in CORS_ORIGINS: cookie transport is only for the "
-            "front ends listed there."
+            "front ends listed there and the app's own origin."
         )
 
 
@@ -107,6 +112,8 @@ async def get_presented_refresh_token(
         # FastAPI's own answers when a required body is absent or JSON null, so that
         # bearer clients see no change.
         raise RequestValidationError([NULL_BODY if await request.body() else MISSING_BODY])
+    if body.refresh_token.startswith(API_KEY_PREFIX):
+        raise ForbiddenError(KEYS_REFUSED)
     return body.refresh_token
 
 

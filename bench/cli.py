@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from bench import database, profiling, report, scenarios
 from bench.harness import RESULTS_DIR, WORK_DIR, Cores, Run, entry_point
 from bench.scenarios import READS, READS_BY_KEY, Load, Options
-from bench.servers import APP, BARE, Server, login, server_env, start_server
+from bench.servers import APP, BARE, PEER, Server, login, server_env, start_server
 from bench.wrk import Wrk, ensure_wrk
 
 # Outlives the longest run, so no access token expires mid-measurement.
@@ -18,7 +18,8 @@ ACCESS_TOKEN_MINUTES = 240
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Load-benchmark the app against a bare reference server (bench/README.md).",
+        description="Load-benchmark the app against a fastapi-users peer and a bare reference "
+        "server, in the same alternating runs (bench/README.md).",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -32,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only profile GET /users/{id} with py-spy; writes bench/results/DATE-profile.md",
     )
     parser.add_argument("--users", type=int, help="seeded users (default 1000; smoke 100)")
-    parser.add_argument("--seconds", type=int, help="length of each measured run (default 15)")
+    parser.add_argument("--seconds", type=int, help="length of each measured run (default 10)")
     parser.add_argument("--warmup", type=int, help="warm-up per server and endpoint (default 2)")
     parser.add_argument("--runs", type=int, help="runs per server and scenario (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="for reads (default 32)")
@@ -57,11 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--hash-concurrency",
         type=int,
         default=max(1, (os.cpu_count() or 1) // 2),
-        help="HASH_CONCURRENCY for both servers (default: the app's, half the cores)",
+        help="HASH_CONCURRENCY for the app and bare server (default: the app's, half the "
+        "cores); the peer verifies on its event loop",
     )
     parser.add_argument("--hash-queue-limit", type=int, default=32)
-    parser.add_argument("--db-pool-size", type=int, default=10)
-    parser.add_argument("--db-max-overflow", type=int, default=10)
+    parser.add_argument(
+        "--db-pool-size", type=int, default=10, help="every server's pool, the peer's too"
+    )
+    parser.add_argument("--db-max-overflow", type=int, default=10, help="likewise")
     parser.add_argument(
         "--profile-seconds", type=int, help="py-spy sampling time (default 20; smoke 1)"
     )
@@ -80,7 +84,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
     return Options(
         users=pick(args.users, 1000, 100),
-        seconds=pick(args.seconds, 15, 1),
+        seconds=pick(args.seconds, 10, 1),
         warmup=pick(args.warmup, 2, 1),
         runs=pick(args.runs, 2, 1),
         connections=args.connections,
@@ -123,13 +127,14 @@ def run(argv: list[str]) -> int:
     wrk_version = wrk.version()
     today = datetime.date.today().isoformat()
     if args.profile:
-        profile = profile_only(load, env, cores)
+        profile_text = profile_only(load, env, cores)
         machine = bench_run.machine(seeded.postgres_version, wrk_version)
         title = f"Profile {today}"
         lines = report.heading(title, bench_run.command, machine)
-        report.save(RESULTS_DIR / f"{today}-profile.md", "\n".join(lines) + "\n\n" + profile)
+        report.save(RESULTS_DIR / f"{today}-profile.md", "\n".join(lines) + "\n\n" + profile_text)
         return 0
 
+    database.seed_peer(seeded.url, options.users, seeded.hashed_password)
     verify_seconds = scenarios.measure_verify_seconds(
         seeded.hashed_password, options.bcrypt_rounds, options.verify_samples
     )
@@ -138,17 +143,21 @@ def run(argv: list[str]) -> int:
         app = started_server(stack, "app", APP, env, str(cores.server), 1)
         print("memory: idle, then read traffic", flush=True)
         memory = scenarios.memory(load, app)
+        peer = started_server(stack, "peer", PEER, env, str(cores.server), 1)
         bare = started_server(stack, "bare", BARE, env, str(cores.server), 1)
-        scenarios.check_same_answers(app, bare, load.token)
-        servers = {"app": app, "bare": bare}
+        load.tokens["bare"] = load.tokens["app"]
+        load.tokens["peer"] = scenarios.peer_token(peer)
+        scenarios.check_same_answers(app, bare, load.tokens["app"])
+        scenarios.check_peer_answers(app, peer, load.tokens)
+        servers = {"app": app, "peer": peer, "bare": bare}
         print("reads, 1 worker each", flush=True)
         reads = scenarios.reads(load, servers, READS)
         print("login", flush=True)
         logins = scenarios.logins(load, servers)
         refresh = None
         if scenarios.refresh_available(app):
-            print("refresh", flush=True)
-            refresh = scenarios.refreshes(load, servers)
+            print("refresh (the peer has none)", flush=True)
+            refresh = scenarios.refreshes(load, {"app": app, "bare": bare})
         else:
             note = "POST /api/v1/auth/refresh answered 404 on the app: refresh scenario skipped."
             print(f"note: {note}", flush=True)
@@ -159,7 +168,9 @@ def run(argv: list[str]) -> int:
         profile = profiling.record(load, app, options.profile_seconds) if args.smoke else None
 
     with ExitStack() as stack:
-        print("reads, 2 workers each", flush=True)
+        print("reads, 2 workers each (app and bare)", flush=True)
+        # Not the peer: three servers of 2 workers with 10+10 pools each could open 120
+        # connections, past PostgreSQL's default max_connections of 100.
         servers = {
             name: started_server(stack, name, target, env, cores.all, 2)
             for name, target in (("app", APP), ("bare", BARE))
@@ -180,7 +191,9 @@ def run(argv: list[str]) -> int:
         storm=storm,
         reads_two_workers=reads_two_workers,
         two_worker_setup=(
-            f"`uvicorn --workers 2` for both servers, allowed on cores {cores.all} (no pinning "
+            f"`uvicorn --workers 2` for the app and the bare server (not the peer: three "
+            f"servers' pools could open more connections than PostgreSQL's default "
+            f"max_connections of 100), allowed on cores {cores.all} (no pinning "
             f"within them); wrk still pinned to core {cores.load}, so it shares a core with a "
             f"worker. Same warm-up, runs and connections as above."
         ),
@@ -202,11 +215,12 @@ def started_server(
 
 def setup_text(options: Options, cores: Cores) -> str:
     return (
-        f"Set-up: {options.users:,} seeded users. App (`{APP}`) and bare reference server "
-        f"(`{BARE}`) each run as 1 uvicorn worker (uvloop, httptools, access log off) pinned "
-        f"to core {cores.server}; wrk is pinned to core {cores.load}; PostgreSQL is not pinned. "
+        f"Set-up: {options.users:,} seeded users. App (`{APP}`), fastapi-users peer "
+        f"(`{PEER}`, on the endpoints it has) and bare reference server (`{BARE}`) each run "
+        f"as 1 uvicorn worker (uvloop, httptools, access log off) pinned to core "
+        f"{cores.server}; wrk is pinned to core {cores.load}; PostgreSQL is not pinned. "
         f"Per endpoint and server a {options.warmup} s warm-up, then {options.runs} runs of "
-        f"{options.seconds} s alternating app, bare. BCRYPT_ROUNDS={options.bcrypt_rounds}, "
+        f"{options.seconds} s alternating app, peer, bare. BCRYPT_ROUNDS={options.bcrypt_rounds}, "
         f"HASH_CONCURRENCY={options.hash_concurrency}, HASH_QUEUE_LIMIT="
         f"{options.hash_queue_limit}, DB pool {options.db_pool_size}+{options.db_max_overflow}."
     )
@@ -216,7 +230,8 @@ def profile_only(load: Load, env: dict[str, str], cores: Cores) -> str:
     """The app alone under GET /users/{id}, sampled with py-spy; the profile in Markdown."""
     with ExitStack() as stack:
         app = started_server(stack, "app", APP, env, str(cores.server), 1)
-        load.token = str(login(app, database.ADMIN_EMAIL, database.USER_PASSWORD)["access_token"])
+        answer = login(app, database.ADMIN_EMAIL, database.USER_PASSWORD)
+        load.tokens["app"] = str(answer["access_token"])
         print(f"profiling GET /users/{{id}} for {load.options.profile_seconds} s", flush=True)
         profile = profiling.markdown(profiling.record(load, app, load.options.profile_seconds))
     print(profile)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from pwdlib.hashers.bcrypt import BcryptHasher
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from backend.models import new_account_key
 from bench.harness import WORK_DIR
+from bench.peers import fastapi_users_app as peer
 from bench.servers import server_env
 
 CLUSTER_VERSION = "15"
@@ -151,5 +153,39 @@ async def seed(url: str, users: int, hashed_password: str) -> str:
         await connection.execute("VACUUM ANALYZE users")
         version: str = await connection.fetchval("SHOW server_version")
         return version
+    finally:
+        await connection.close()
+
+
+def seed_peer(url: str, users: int, hashed_password: str) -> None:
+    """The fastapi-users peer's own table beside the app's, with the same users.
+
+    Created from the peer's model as its documentation's example creates it; the rows are
+    the app's users (same ids, emails and password hash; user1 the superuser), so one
+    wrk script reads the same user on both and login works.
+    """
+    asyncio.run(_seed_peer(url, users, hashed_password))
+    print(f"seeded {users:,} users for the fastapi-users peer", flush=True)
+
+
+async def _seed_peer(url: str, users: int, hashed_password: str) -> None:
+    engine = create_async_engine(peer.async_url(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(peer.Base.metadata.create_all)
+    finally:
+        await engine.dispose()
+    records = (
+        (number, f"user{number}@bench.example", hashed_password, True, number == 1, True)
+        for number in range(1, users + 1)
+    )
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.copy_records_to_table(
+            peer.TABLE,
+            records=records,
+            columns=["id", "email", "hashed_password", "is_active", "is_superuser", "is_verified"],
+        )
+        await connection.execute(f"VACUUM ANALYZE {peer.TABLE}")
     finally:
         await connection.close()

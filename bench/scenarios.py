@@ -28,6 +28,11 @@ class Endpoint:
     script: str
     # The app's throughput target as a share of the bare server's, where there is one.
     target_ratio: float | None = None
+    # Whether the fastapi-users peer has this endpoint (it has no list).
+    on_peer: bool = False
+    # The app's throughput target as a multiple of the peer's, where there is one; its p99
+    # must then also be at most PEER_P99_SHARE of the peer's.
+    peer_ratio: float | None = None
 
     def job(self, server: Server, *, token: str, users: int, connections: int, seconds: int) -> Job:
         return Job(
@@ -40,13 +45,30 @@ class Endpoint:
         )
 
 
+# Issue 13's targets against the fastapi-users peer.
+PEER_RATIO_TARGET = 2.0
+PEER_P99_SHARE = 0.5
 READS = (
     Endpoint(
-        "list", "GET /users?per_page=10", "/api/v1/users?page=1&per_page=10", "static.lua", 0.38
+        "list", "GET /users?per_page=10", "/api/v1/users?page=1&per_page=10", "static.lua", 0.35
     ),
-    Endpoint("by_id", "GET /users/{id}", "/api/v1/users/", "user_by_id.lua", 0.30),
-    Endpoint("me", "GET /users/me", "/api/v1/users/me", "static.lua"),
-    Endpoint("health", "GET /health", "/health", "static.lua"),
+    Endpoint(
+        "by_id",
+        "GET /users/{id}",
+        "/api/v1/users/",
+        "user_by_id.lua",
+        on_peer=True,
+        peer_ratio=PEER_RATIO_TARGET,
+    ),
+    Endpoint(
+        "me",
+        "GET /users/me",
+        "/api/v1/users/me",
+        "static.lua",
+        on_peer=True,
+        peer_ratio=PEER_RATIO_TARGET,
+    ),
+    Endpoint("health", "GET /health", "/health", "static.lua", 0.5, on_peer=True),
 )
 BY_ID = READS[1]
 READS_BY_KEY = {endpoint.key: endpoint for endpoint in READS}
@@ -78,17 +100,21 @@ class Options:
 
 @dataclass
 class Load:
-    """What every scenario needs: wrk, the options, the users and a token to read with."""
+    """What every scenario needs: wrk, the options, the users and tokens to read with.
+
+    `tokens` holds an access token per server name: the app's also works on the bare
+    server (same secret and tables); the peer mints its own.
+    """
 
     wrk: Wrk
     options: Options
     work_dir: Path
-    token: str = ""
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def read_job(self, server: Server, endpoint: Endpoint, seconds: int) -> Job:
         return endpoint.job(
             server,
-            token=self.token,
+            token=self.tokens[server.name],
             users=self.options.users,
             connections=self.options.connections,
             seconds=seconds,
@@ -138,7 +164,7 @@ def memory(load: Load, app: Server) -> Memory:
     (pid,) = app.worker_pids()
     time.sleep(1)  # let start-up garbage settle before calling it idle
     result = Memory(idle_kib=rss_kib(pid))
-    load.token = str(login(app, ADMIN_EMAIL, USER_PASSWORD)["access_token"])
+    load.tokens["app"] = str(login(app, ADMIN_EMAIL, USER_PASSWORD)["access_token"])
     served, rate = 1, 0.0
     for checkpoint in load.options.memory_checkpoints:
         for _ in range(MAX_MEMORY_BURSTS):
@@ -178,10 +204,49 @@ def check_same_answers(app: Server, bare: Server, token: str) -> None:
         raise RuntimeError(f"app and bare logins differ:\n{app_login}\n{bare_login}")
 
 
+# What the peer's user (fastapi-users' UserRead: id, email, is_active, is_superuser,
+# is_verified) has in common with the app's (UserPublic: id, email, name, role,
+# is_active, created_at, updated_at).
+PEER_COMPARED_FIELDS = ("id", "email", "is_active")
+
+
+def peer_token(peer: Server) -> str:
+    """The peer's own token for the admin, from its login route, after checking the answer.
+
+    fastapi-users answers a login with only the token and its type (no refresh token,
+    no user), so that is all there is to check.
+    """
+    answer = login(peer, ADMIN_EMAIL, USER_PASSWORD)
+    if answer.keys() != {"access_token", "token_type"} or answer["token_type"] != "bearer":  # noqa: S105
+        raise RuntimeError(f"the peer's login answered {answer}")
+    return str(answer["access_token"])
+
+
+def check_peer_answers(app: Server, peer: Server, tokens: dict[str, str]) -> None:
+    """The peer must serve the same user on the endpoints it has, in its own shape."""
+    for endpoint in READS:
+        if not endpoint.on_peer:
+            continue
+        path = f"{BY_ID.path}2" if endpoint is BY_ID else endpoint.path
+        answers = []
+        for server in (app, peer):
+            status, body, _ = request("GET", server.url + path, token=tokens[server.name])
+            if status == 200 and endpoint.key != "health":
+                body = {name: body.get(name) for name in PEER_COMPARED_FIELDS}
+            answers.append((status, body))
+        if answers[0] != answers[1]:
+            raise RuntimeError(f"app and peer differ on {path}:\n{answers[0]}\n{answers[1]}")
+
+
+def serving(servers: dict[str, Server], endpoint: Endpoint) -> dict[str, Server]:
+    """The servers that have the endpoint: all but the peer where the peer lacks it."""
+    return {name: server for name, server in servers.items() if name != "peer" or endpoint.on_peer}
+
+
 def alternating(
     load: Load, servers: dict[str, Server], label: str, job_for: Callable[[Server], Job]
 ) -> dict[str, list[WrkResult]]:
-    """`runs` runs per server, alternating app, bare, app, bare... so drift hits both alike."""
+    """`runs` runs per server, alternating app, peer, bare, app... so drift hits all alike."""
     results: dict[str, list[WrkResult]] = {name: [] for name in servers}
     for _ in range(load.options.runs):
         for name, server in servers.items():
@@ -195,10 +260,11 @@ def reads(load: Load, servers: dict[str, Server], endpoints: tuple[Endpoint, ...
     """Per endpoint: warm each server up, then the alternating runs."""
     results: Runs = {}
     for endpoint in endpoints:
-        for server in servers.values():
+        measured = serving(servers, endpoint)
+        for server in measured.values():
             load.wrk.run(load.read_job(server, endpoint, load.options.warmup))
         job_for = partial(load.read_job, endpoint=endpoint, seconds=load.options.seconds)
-        results[endpoint.key] = alternating(load, servers, endpoint.label, job_for)
+        results[endpoint.key] = alternating(load, measured, endpoint.label, job_for)
     return results
 
 

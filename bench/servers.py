@@ -20,6 +20,7 @@ from bench.harness import REPO
 # uvicorn arguments naming each server: the app is built by its factory.
 APP = "--factory backend.main:served_app"
 BARE = "bench.bare:app"
+PEER = "--factory bench.peers.fastapi_users_app:create_app"
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 10
 HTTP_TIMEOUT_SECONDS = 30

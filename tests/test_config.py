@@ -114,6 +114,15 @@ def test_invalid_values_name_the_variable() -> None:
     assert "Configuration error: BCRYPT_ROUNDS:" in message
 
 
+def test_the_api_key_rate_limit_is_checked_like_the_others() -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(_env_file=None, STAGE="local", RATE_LIMIT_API_KEY="600 a minute")
+    assert "Configuration error: RATE_LIMIT_API_KEY: '600 a minute' is not a rate like" in str(
+        raised.value
+    )
+    assert load_settings(_env_file=None, STAGE="local").RATE_LIMIT_API_KEY == "600/minute"
+
+
 def test_first_admin_email_follows_the_international_setting() -> None:
     with pytest.raises(SystemExit, match="FIRST_ADMIN_EMAIL: is not a valid email address"):
         load_settings(_env_file=None, FIRST_ADMIN_EMAIL="jürgen@example.com")

@@ -174,6 +174,24 @@ async def test_cookie_requests_from_elsewhere_are_403_and_change_nothing(
     assert still.status_code == 200, still.text
 
 
+async def test_the_apps_own_origin_may_use_cookies_without_being_listed(
+    client: httpx.AsyncClient,
+) -> None:
+    # The dashboard served at /admin sends its own origin, which CORS_ORIGINS need not list.
+    own = {"Origin": "http://testserver", "X-Requested-With": "fetch"}
+    response = await client.post(f"{API}/auth/login{COOKIE}", data=CREDENTIALS, headers=own)
+    assert response.status_code == 200, response.text
+    token = refresh_cookie(response)["value"]
+    refreshed = await client.post(
+        f"{API}/auth/refresh{COOKIE}", headers={**own, "Cookie": f"refresh_token={token}"}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    # Another port of the same host is another origin: still refused.
+    elsewhere = {**own, "Origin": "http://testserver:8080"}
+    refused = await client.post(f"{API}/auth/login{COOKIE}", data=CREDENTIALS, headers=elsewhere)
+    assert refused.status_code == 403, refused.text
+
+
 async def test_a_wildcard_in_cors_origins_admits_no_cookie_request(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

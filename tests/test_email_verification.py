@@ -23,7 +23,7 @@ from tests.smtp import PUBLIC_URL, Mailbox, app_with, delivered, mail_settings, 
 
 EMAIL = "ada@example.com"
 ACCOUNT = {"email": EMAIL, "name": "Ada", "password": USER_PASSWORD}
-BEFORE_LINKS = "5e55a1d0c0de"
+BEFORE_LINKS = "a7c4e1f20b9d"
 
 
 async def register(client: httpx.AsyncClient) -> httpx.Response:

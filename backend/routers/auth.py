@@ -1,16 +1,17 @@
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import JSONResponse
 
 from backend import crud, links, sessions
 from backend.deps import (
     ClientIP,
-    CurrentUser,
     LoginClient,
     LoginCredentials,
     ServicesDep,
     SessionDep,
+    SessionUser,
+    refuse_api_keys,
 )
 from backend.errors import ForbiddenError, UnauthorizedError
 from backend.models import (
@@ -142,6 +143,7 @@ async def login(
 @router.post(
     "/refresh",
     name="auth-refresh",
+    dependencies=[Depends(refuse_api_keys)],
     response_model=LoginResponse,
     responses=problem_responses(401, 403),
 )
@@ -163,6 +165,7 @@ async def refresh(
 @router.post(
     "/logout",
     name="auth-logout",
+    dependencies=[Depends(refuse_api_keys)],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403),
@@ -186,7 +189,7 @@ async def logout(
     response_class=Response,
     responses=problem_responses(401, 403),
 )
-async def logout_all(user: CurrentUser, session: SessionDep) -> None:
+async def logout_all(user: SessionUser, session: SessionDep) -> None:
     """End every session of the current user, on every device, at once."""
     await sessions.end_all(session, user=user, reason=SessionEndReason.LOGOUT_ALL)
 

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import StringConstraints, TypeAdapter
 
 from backend import crud, sessions
@@ -11,6 +11,7 @@ from backend.deps import (
     ServicesDep,
     SessionDep,
     SessionId,
+    get_session_caller,
 )
 from backend.errors import NotFoundError
 from backend.listing import (
@@ -43,8 +44,12 @@ SESSIONS = Resource(
 )
 NEWEST_FIRST = (("last_used_at", True),)
 
+# No API key reaches a session, its owner's or, with an admin's key, anyone's.
 router = APIRouter(
-    prefix="/users", tags=["sessions"], responses=problem_responses(400, 401, 403, 422)
+    prefix="/users",
+    tags=["sessions"],
+    responses=problem_responses(400, 401, 403, 422),
+    dependencies=[Depends(get_session_caller)],
 )
 
 

@@ -15,6 +15,7 @@ from backend.deps import (
     LoginClient,
     ServicesDep,
     SessionDep,
+    SessionUser,
     TargetUser,
 )
 from backend.errors import ConflictError, ForbiddenError
@@ -198,7 +199,7 @@ async def update_me(
 )
 async def change_password(
     body: PasswordChange,
-    user: CurrentUser,
+    user: SessionUser,
     session: SessionDep,
     services: ServicesDep,
     ip: ClientIP,

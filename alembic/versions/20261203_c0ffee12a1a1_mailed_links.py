@@ -1,8 +1,8 @@
 """mailed links: link_tokens, users.is_verified, accounts without a password yet
 
 Revision ID: c0ffee12a1a1
-Revises: 5e55a1d0c0de
-Create Date: 2026-12-02 20:00:00.000000
+Revises: a7c4e1f20b9d
+Create Date: 2026-12-03 20:30:00.000000
 
 Accounts that exist before this are marked verified: they were made when nobody was
 asked to prove an address, and EMAIL_VERIFICATION=required would otherwise lock every
@@ -24,7 +24,7 @@ from alembic.operations import BatchOperations
 
 # revision identifiers, used by Alembic.
 revision: str = "c0ffee12a1a1"
-down_revision: str | None = "5e55a1d0c0de"
+down_revision: str | None = "a7c4e1f20b9d"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -37,6 +37,8 @@ ACTIONS_BEFORE = (
     "user.delete",
     "user.session_end",
     "user.sessions_end_all",
+    "user.api_key_create",
+    "user.api_key_revoke",
 )
 ACTIONS = (*ACTIONS_BEFORE, "user.link_issue", "user.link_use")
 

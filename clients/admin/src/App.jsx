@@ -1,0 +1,67 @@
+import { QueryClient } from '@tanstack/react-query';
+import PersonIcon from '@mui/icons-material/Person';
+import { Admin, CustomRoutes, Layout, Menu, Resource } from 'react-admin';
+import { Route } from 'react-router-dom';
+
+import { MyAccount } from './account';
+import { AuditList } from './audit';
+import { authProvider } from './authProvider';
+import { dataProvider } from './dataProvider';
+import { UserCreate, UserEdit, UserList, UserShow } from './users';
+
+// No refetch on focus: it would swap the version an open edit form saves against (its
+// If-Match) for the newest, silently overwriting a concurrent edit. No retries: a 429 or
+// a 503 shows at once, with its Retry-After, rather than after three more tries.
+const queryClient = new QueryClient({
+    defaultOptions: { queries: { refetchOnWindowFocus: false, retry: false } },
+});
+
+function AppMenu() {
+    return (
+        <Menu>
+            <Menu.ResourceItems />
+            <Menu.Item to="/my-account" primaryText="My account" leftIcon={<PersonIcon />} />
+        </Menu>
+    );
+}
+
+function AppLayout(props) {
+    return <Layout {...props} menu={AppMenu} />;
+}
+
+// Screens by role: the API refuses plain users every write and the audit trail, so
+// they are not offered. Invitations and API keys become Resources here when they exist.
+function resources(permissions) {
+    const admin = permissions === 'admin';
+    return [
+        <Resource
+            key="users"
+            name="users"
+            list={UserList}
+            show={UserShow}
+            edit={admin ? UserEdit : undefined}
+            create={admin ? UserCreate : undefined}
+            recordRepresentation="email"
+        />,
+        admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
+        <CustomRoutes key="account">
+            <Route path="/my-account" element={<MyAccount />} />
+        </CustomRoutes>,
+    ];
+}
+
+export function App() {
+    return (
+        <Admin
+            title="Users admin"
+            dataProvider={dataProvider}
+            authProvider={authProvider}
+            queryClient={queryClient}
+            layout={AppLayout}
+            requireAuth
+            disableTelemetry
+        >
+            {resources}
+        </Admin>
+    );
+}

@@ -1,0 +1,82 @@
+// My account: your name, your password, your sessions; what every user may change.
+import { Card, CardContent, CardHeader, Stack } from '@mui/material';
+import {
+    Form,
+    PasswordInput,
+    SaveButton,
+    TextInput,
+    Title,
+    maxLength,
+    required,
+    useGetIdentity,
+    useNotify,
+} from 'react-admin';
+
+import { call, changePassword } from './api';
+import { SessionTable } from './sessions';
+
+function NameForm() {
+    const { identity, refetch } = useGetIdentity();
+    const notify = useNotify();
+    if (!identity) return null;
+    const save = async ({ name }) => {
+        try {
+            await call('/users/me', { method: 'PATCH', body: JSON.stringify({ name }) });
+            notify('Name saved', { type: 'info' });
+            refetch();
+        } catch (error) {
+            notify(error.message, { type: 'error' });
+        }
+    };
+    return (
+        <Form defaultValues={{ name: identity.fullName }} onSubmit={save}>
+            <TextInput source="name" validate={[required(), maxLength(100)]} />
+            <SaveButton label="Save name" />
+        </Form>
+    );
+}
+
+function PasswordForm() {
+    const notify = useNotify();
+    const save = async ({ current_password, new_password }) => {
+        try {
+            await changePassword(current_password, new_password);
+            notify('Password changed; your other sessions have ended', { type: 'info' });
+        } catch (error) {
+            notify(error.message, { type: 'error' });
+        }
+    };
+    return (
+        <Form onSubmit={save}>
+            <PasswordInput source="current_password" label="Current password" validate={required()} />
+            <PasswordInput source="new_password" label="New password" validate={required()} />
+            <SaveButton label="Change password" />
+        </Form>
+    );
+}
+
+export function MyAccount() {
+    return (
+        <Stack spacing={2} sx={{ mt: 2 }}>
+            <Title title="My account" />
+            <Card>
+                <CardHeader title="Name" />
+                <CardContent>
+                    <NameForm />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Password" />
+                <CardContent>
+                    <PasswordForm />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="My sessions" />
+                <CardContent>
+                    <SessionTable basePath="/users/me/sessions" showCurrent />
+                </CardContent>
+            </Card>
+        </Stack>
+    );
+}

@@ -1,0 +1,168 @@
+// Every request the dashboard makes goes through here: the access token (kept in memory
+// only; the refresh token lives in an HttpOnly cookie no script can read), one silent
+// refresh when it has expired, and problem+json errors turned into react-admin's
+// HttpError with the problem's `detail`, plus the wait for 429 and 503.
+import { HttpError } from 'react-admin';
+
+// Served by the app, the API is on the same origin; `npm run dev` talks to a server.
+export const API_URL = import.meta.env.DEV
+    ? (import.meta.env.VITE_API_URL ?? 'http://127.0.0.1:8000/api/v1').replace(/\/$/, '')
+    : '/api/v1';
+
+// Cookie transport: the API refuses it without this header, which a cross-site form or
+// link cannot send (see backend/transport.py).
+const COOKIE_TRANSPORT = '?transport=cookie';
+const CSRF_HEADERS = { 'X-Requested-With': 'fetch' };
+// Renew this long before the access token runs out, so requests never meet a 401.
+const REFRESH_MARGIN_MS = 60_000;
+
+let accessToken = null;
+let currentUser = null;
+let refreshTimer = null;
+let refreshing = null; // the refresh in flight: concurrent callers share it
+// Set when the server said there is no session to refresh (no cookie, or an ended
+// session): the screens' other checks then stop asking until the next login.
+let noSession = false;
+
+export const session = {
+    get user() {
+        return currentUser;
+    },
+    get authenticated() {
+        return accessToken !== null;
+    },
+};
+
+// The wait, from Retry-After, unless the detail already gives it ("Retry in 42 s.").
+function withRetryAfter(detail, response) {
+    const seconds = response.headers.get('Retry-After');
+    if (!seconds || detail.includes(`${seconds} s`)) return detail;
+    return `${detail} Retry after ${seconds} s.`;
+}
+
+async function toHttpError(response) {
+    let body = null;
+    try {
+        body = await response.json();
+    } catch {
+        // not JSON: a proxy's page, say; the status text will do
+    }
+    // A 422 names its fields: react-admin shows `body.errors`, by field, under the inputs.
+    if (Array.isArray(body?.errors)) {
+        const byField = {};
+        for (const { field, message } of body.errors) {
+            byField[field] = byField[field] ? `${byField[field]}; ${message}` : message;
+        }
+        body = { ...body, errors: byField };
+    }
+    let detail = body?.detail ?? body?.message ?? response.statusText ?? 'Request failed';
+    if ([429, 503].includes(response.status)) detail = withRetryAfter(detail, response);
+    return new HttpError(detail, response.status, body);
+}
+
+function accept(tokens) {
+    noSession = false;
+    accessToken = tokens.access_token;
+    currentUser = tokens.user;
+    clearTimeout(refreshTimer);
+    const delay = Math.max(tokens.expires_in * 1000 - REFRESH_MARGIN_MS, 5_000);
+    refreshTimer = setTimeout(() => refresh().catch(() => {}), delay);
+}
+
+export function forget() {
+    accessToken = null;
+    currentUser = null;
+    clearTimeout(refreshTimer);
+}
+
+async function authCall(path, options = {}) {
+    const response = await fetch(`${API_URL}/auth/${path}${COOKIE_TRANSPORT}`, {
+        method: 'POST',
+        credentials: 'include',
+        ...options,
+        headers: { ...CSRF_HEADERS, ...options.headers },
+    });
+    if (!response.ok) throw await toHttpError(response);
+    return response.status === 204 ? null : response.json();
+}
+
+export async function login(email, password) {
+    const tokens = await authCall('login', {
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ email, password }),
+    });
+    accept(tokens);
+    return tokens.user;
+}
+
+/** Trade the cookie for a new access token; one at a time, whoever asks. */
+export function refresh() {
+    if (noSession) return Promise.reject(new HttpError('Not logged in', 401));
+    refreshing ??= authCall('refresh')
+        .then(tokens => {
+            accept(tokens);
+            return tokens.user;
+        })
+        .catch(error => {
+            forget();
+            noSession = error.status === 401;
+            throw error;
+        })
+        .finally(() => {
+            refreshing = null;
+        });
+    return refreshing;
+}
+
+export async function logout() {
+    const wasLoggedIn = accessToken !== null;
+    forget();
+    try {
+        await authCall('logout');
+    } catch (error) {
+        // No session left to end (a reload after it expired): nothing more to do.
+        if (wasLoggedIn && error.status !== 401) throw error;
+    }
+}
+
+async function send(url, options) {
+    const headers = new Headers(options.headers);
+    if (!headers.has('Accept')) headers.set('Accept', 'application/json');
+    if (options.body && !headers.has('Content-Type')) {
+        headers.set('Content-Type', 'application/json');
+    }
+    if (accessToken) headers.set('Authorization', `Bearer ${accessToken}`);
+    return fetch(url, { ...options, headers });
+}
+
+/**
+ * fetchUtils.fetchJson's contract ({status, headers, body, json}), which the stock data
+ * provider expects, with the session's token and one refresh-and-retry on a 401.
+ */
+export async function httpClient(url, options = {}) {
+    if (!accessToken) await refresh();
+    let response = await send(url, options);
+    if (response.status === 401) {
+        await refresh();
+        response = await send(url, options);
+    }
+    if (!response.ok) throw await toHttpError(response);
+    const body = await response.text();
+    return { status: response.status, headers: response.headers, body, json: body ? JSON.parse(body) : null };
+}
+
+/** A path under the API, for the screens that call it directly. */
+export function call(path, options = {}) {
+    return httpClient(`${API_URL}${path}`, options);
+}
+
+/** Change your own password: every other session ends, this one gets new tokens. */
+export async function changePassword(currentPassword, newPassword) {
+    const { json } = await call(`/users/me/password${COOKIE_TRANSPORT}`, {
+        method: 'POST',
+        credentials: 'include',
+        headers: CSRF_HEADERS,
+        body: JSON.stringify({ current_password: currentPassword, new_password: newPassword }),
+    });
+    accept(json);
+}
