@@ -5,6 +5,7 @@ import os
 import secrets
 import sys
 from collections import Counter
+from email.utils import parseaddr
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import (
     Field,
     IPvAnyNetwork,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -136,6 +138,10 @@ class Settings(BaseSettings):
     RATE_LIMIT_REGISTER: str = "20/hour"
     RATE_LIMIT_REFRESH: str = "60/minute"
     RATE_LIMIT_LOGIN_PER_ACCOUNT: str = "100/hour"  # failed logins, from every address
+    # Requests that send mail to an address given by the caller (forgotten password,
+    # another verification link): per client address, and per email address as sent.
+    RATE_LIMIT_MAIL_PER_IP: str = "20/hour"
+    RATE_LIMIT_MAIL_PER_EMAIL: str = "5/hour"
     RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
     REDIS_URL: str | None = None
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
@@ -170,6 +176,30 @@ class Settings(BaseSettings):
     DB_STATEMENT_TIMEOUT_SECONDS: float | None = Field(default=None, ge=0)  # 0: no limit
     DB_ECHO: bool = False
 
+    # Mail (backend/mail.py). Without SMTP_HOST nothing is sent: in local and test each
+    # message is logged with its link; in staging and production the features that send
+    # mail are off unless asked for, and asking for one without SMTP_HOST stops start-up.
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int = Field(default=587, ge=1, le=65535)
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    # starttls: upgrade a plain connection (port 587); implicit: TLS from the first byte
+    # (port 465); none: plain text, for a relay on the same host or network only.
+    SMTP_TLS: Literal["none", "starttls", "implicit"] = "starttls"
+    # All one message may take, connecting included: a dead or slow server costs a
+    # background task this long, never a request.
+    SMTP_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)
+    MAIL_FROM: str | None = None
+    # Where the links in mail point: the front end that shows the forms.
+    PUBLIC_URL: str | None = None
+    # None: on where mail can go (SMTP_HOST set, or logged in local and test).
+    INVITATIONS_ENABLED: bool | None = None
+    PASSWORD_RESET_ENABLED: bool | None = None
+    EMAIL_VERIFICATION: Literal["off", "optional", "required"] = "off"
+    INVITE_EXPIRE_HOURS: int = Field(default=72, ge=1, le=24 * 30)
+    RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
+    VERIFY_EXPIRE_HOURS: int = Field(default=48, ge=1, le=24 * 30)
+
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
@@ -198,6 +228,8 @@ class Settings(BaseSettings):
         "RATE_LIMIT_LOGIN_PER_ACCOUNT",
         "RATE_LIMIT_REGISTER",
         "RATE_LIMIT_REFRESH",
+        "RATE_LIMIT_MAIL_PER_IP",
+        "RATE_LIMIT_MAIL_PER_EMAIL",
         "RATE_LIMIT_API_KEY",
     )
     @classmethod
@@ -284,6 +316,68 @@ class Settings(BaseSettings):
                 raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem}")
             self.FIRST_ADMIN_PASSWORD = password
         return self
+
+    @field_validator("SMTP_HOST", "SMTP_USERNAME", "MAIL_FROM", "PUBLIC_URL")
+    @classmethod
+    def empty_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("PUBLIC_URL")
+    @classmethod
+    def check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http:// or https:// URL without a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("MAIL_FROM")
+    @classmethod
+    def check_mail_from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _, address = parseaddr(value)
+        if "@" not in address or any(char in value for char in "\r\n"):
+            raise ValueError(f"{value!r} is not an address like 'Users API <noreply@example.com>'")
+        return value
+
+    @model_validator(mode="after")
+    def check_mail(self) -> "Settings":
+        if self.SMTP_HOST:
+            missing = [name for name in ("MAIL_FROM", "PUBLIC_URL") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"SMTP_HOST is set, so {' and '.join(missing)} must be too")
+        if self.SMTP_PASSWORD is not None and self.SMTP_USERNAME is None:
+            raise ValueError("SMTP_PASSWORD is set without SMTP_USERNAME")
+        can_mail = self.SMTP_HOST is not None or self.STAGE in {"local", "test"}
+        if self.INVITATIONS_ENABLED is None:
+            self.INVITATIONS_ENABLED = can_mail
+        if self.PASSWORD_RESET_ENABLED is None:
+            self.PASSWORD_RESET_ENABLED = can_mail
+        if not can_mail and self.mail_features:
+            raise ValueError(
+                f"{', '.join(self.mail_features)} send mail, and STAGE={self.STAGE} needs "
+                "SMTP_HOST (with MAIL_FROM and PUBLIC_URL) to send it; set them, or turn "
+                "those features off"
+            )
+        return self
+
+    @property
+    def mail_features(self) -> list[str]:
+        """The settings that turn on a feature that sends mail, as they are named."""
+        features = []
+        if self.INVITATIONS_ENABLED:
+            features.append("INVITATIONS_ENABLED=true")
+        if self.PASSWORD_RESET_ENABLED:
+            features.append("PASSWORD_RESET_ENABLED=true")
+        if self.EMAIL_VERIFICATION != "off":
+            features.append(f"EMAIL_VERIFICATION={self.EMAIL_VERIFICATION}")
+        return features
+
+    @property
+    def public_url(self) -> str:
+        """The links' base: PUBLIC_URL, required with SMTP; locally, where the API serves."""
+        return self.PUBLIC_URL or "http://127.0.0.1:8000"
 
     @property
     def account_rules(self) -> AccountRules:

@@ -2,7 +2,8 @@
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -22,7 +23,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from backend import sessions
+from backend import links, sessions
 from backend.config import Settings
 from backend.confusables import email_skeleton
 from backend.errors import (
@@ -34,16 +35,20 @@ from backend.errors import (
     PreconditionFailedError,
     UserGoneError,
 )
+from backend.links import Issued
 from backend.listing import Filter, ListQuery
 from backend.models import (
+    NO_PASSWORD,
     ApiKey,
     AuditAction,
     AuditEvent,
+    LinkPurpose,
     LoginResponse,
     RegisterRequest,
     SessionEndReason,
     User,
     UserCreate,
+    UserInvite,
     UserPublic,
     UserRole,
     UserSession,
@@ -52,6 +57,11 @@ from backend.models import (
 )
 from backend.security import PasswordHasher
 from backend.sessions import ClientInfo
+
+EMAIL_NOT_VERIFIED = (
+    "This account's email address is not verified yet: follow the link mailed to it, or ask "
+    "for a new one with POST /auth/verify/resend."
+)
 
 ModelT = TypeVar("ModelT", User, AuditEvent, UserSession, ApiKey)
 
@@ -222,14 +232,19 @@ async def create_user(
     hasher: PasswordHasher,
     audit: bool,
     actor_id: int | None = None,
+    verified: bool = False,
 ) -> User:
     """Insert a user; the unique indexes (email, and its confusable skeleton), not a
     prior look-up, decide duplicates and look-alikes.
 
     With `audit`, the creation is recorded in the audit trail, in the same transaction,
-    as `actor_id`'s doing (an admin, or None for the CLI).
+    as `actor_id`'s doing (an admin, or None for the CLI). `verified`: the email counts
+    as proven (the operator's own first admin).
     """
-    user = await _insert_user(session, data=data, hasher=hasher)
+    hashed_password = await _hash(session, hasher, data.password)
+    user = await _insert_user(
+        session, data=data, hashed_password=hashed_password, is_verified=verified
+    )
     if audit:
         details = {"email": user.email, "role": str(user.role)}
         session.add(
@@ -241,6 +256,13 @@ async def create_user(
     return user
 
 
+@dataclass(frozen=True)
+class Registered:
+    user: User
+    tokens: LoginResponse | None  # None when EMAIL_VERIFICATION=required: verify first
+    verify_link: Issued | None  # to mail, unless EMAIL_VERIFICATION=off
+
+
 async def register(
     session: AsyncSession,
     *,
@@ -248,23 +270,171 @@ async def register(
     hasher: PasswordHasher,
     settings: Settings,
     client: ClientInfo,
+) -> Registered:
+    """Create an account and, unless its email must be verified first, log it in, in one
+    transaction: a client that gets no answer may retry without finding its email taken
+    by an account it never heard of. The verification link is issued in it too."""
+    hashed_password = await _hash(session, hasher, data.password)
+    user = await _insert_user(session, data=data, hashed_password=hashed_password)
+    assert user.id is not None
+    verify_link = None
+    if settings.EMAIL_VERIFICATION != "off":
+        verify_link = await links.issue(
+            session,
+            user_id=user.id,
+            purpose=LinkPurpose.VERIFY,
+            settings=settings,
+            actor_id=user.id,
+        )
+    if settings.EMAIL_VERIFICATION == "required":
+        await session.commit()
+        return Registered(user=user, tokens=None, verify_link=verify_link)
+    tokens = await sessions.start(session, user=user, client=client, settings=settings)
+    return Registered(user=user, tokens=tokens, verify_link=verify_link)
+
+
+async def invite_user(
+    session: AsyncSession, *, data: UserInvite, settings: Settings, actor_id: int | None
+) -> tuple[User, Issued]:
+    """Create an account without a password, inactive, and its invitation link, in one
+    transaction; it can log in once its owner sets a password through the link."""
+    user = await _insert_user(session, data=data, hashed_password=NO_PASSWORD, is_active=False)
+    assert user.id is not None
+    details = {"email": user.email, "role": str(user.role), "invited": True}
+    session.add(
+        AuditEvent(actor_id=actor_id, action=AuditAction.CREATE, target_id=user.id, details=details)
+    )
+    link = await links.issue(
+        session, user_id=user.id, purpose=LinkPurpose.INVITE, settings=settings, actor_id=actor_id
+    )
+    await session.commit()
+    return user, link
+
+
+async def reinvite_user(
+    session: AsyncSession, *, user: User, settings: Settings, actor_id: int | None
+) -> Issued:
+    """A new invitation link for an account whose owner has not set a password yet; the
+    previous link stops working."""
+    assert user.id is not None
+    if user.hashed_password != NO_PASSWORD:
+        raise ConflictError("This user already has a password: the invitation was accepted.")
+    await _release_connection(session)  # the read ends before issue's write (SQLite)
+    link = await links.issue(
+        session, user_id=user.id, purpose=LinkPurpose.INVITE, settings=settings, actor_id=actor_id
+    )
+    await session.commit()
+    return link
+
+
+async def set_password_with_link(
+    session: AsyncSession,
+    *,
+    token: str,
+    purpose: LinkPurpose,
+    new_password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
 ) -> LoginResponse:
-    """Create an account and log it in, in one transaction: a client that gets no answer
-    may retry without finding its email taken by an account it never heard of."""
-    user = await _insert_user(session, data=data, hasher=hasher)
-    return await sessions.start(session, user=user, client=client, settings=settings)
+    """Accept an invitation (purpose INVITE: the account is activated) or reset a
+    forgotten password (RESET), with a mailed link, used once. Either proves the email.
+    Every session of the user ends, their tokens too, and a new one starts: one
+    transaction, in which the link is used, so a link that loses a race changes nothing."""
+    link = await links.find(session, token=token, purpose=purpose)
+    user_id = link.user_id  # read now: a rollback expires the loaded rows
+    hashed_password = await _hash(session, hasher, new_password)  # ends the read, too
+    now = utcnow()
+    values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
+    conditions = [col(User.id) == user_id]
+    if purpose == LinkPurpose.INVITE:
+        values["is_active"] = True
+    else:
+        conditions.append(col(User.is_active).is_(True))  # no way back in for the deactivated
+    updated = await _update_user_row(session, conditions, values, now=now, revoke=True)
+    if updated is None:
+        await session.rollback()
+        if await get_user(session, user_id=user_id) is None:  # its links went with it
+            raise links.LinkError(links.INVALID)
+        raise ForbiddenError("This account is deactivated.")
+    await links.consume(session, link=link, now=now)
+    fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
+    session.add(
+        AuditEvent(
+            actor_id=updated.id,
+            action=AuditAction.UPDATE,
+            target_id=updated.id,
+            details={"fields": fields},
+        )
+    )
+    assert updated.id is not None
+    await sessions.end_all_staged(
+        session, user_id=updated.id, reason=SessionEndReason.PASSWORD_CHANGE
+    )
+    return await sessions.start(session, user=updated, client=client, settings=settings)
+
+
+async def verify_email(session: AsyncSession, *, token: str) -> User:
+    """Mark the email of the link's user verified, using the link."""
+    link = await links.find(session, token=token, purpose=LinkPurpose.VERIFY)
+    await _release_connection(session)  # the read ends before the write (SQLite)
+    now = utcnow()
+    updated = await _update_user_row(
+        session, [col(User.id) == link.user_id], {"is_verified": True}, now=now, revoke=False
+    )
+    if updated is None:  # deleted meanwhile: its links went with it
+        await session.rollback()
+        raise links.LinkError(links.INVALID)
+    await links.consume(session, link=link, now=now)
+    await session.commit()
+    return updated
+
+
+async def _update_user_row(
+    session: AsyncSession,
+    conditions: list[ColumnElement[bool]],
+    values: dict[str, Any],
+    *,
+    now: datetime,
+    revoke: bool,
+) -> User | None:
+    """One UPDATE of the user's row where `conditions` hold (the first lock of the lock
+    order): the values, a new version, and with `revoke` a new token version (every
+    token refused). The row as updated, or None when the conditions matched none."""
+    statement = (
+        update(User)
+        .where(*conditions)
+        .values(
+            **values,
+            updated_at=now,
+            version=col(User.version) + 1,
+            token_version=col(User.token_version) + int(revoke),
+        )
+        .returning(User)
+        .execution_options(populate_existing=True)
+    )
+    updated: User | None = (await session.exec(statement)).scalar_one_or_none()
+    return updated
 
 
 async def _insert_user(
-    session: AsyncSession, *, data: UserCreate | RegisterRequest, hasher: PasswordHasher
+    session: AsyncSession,
+    *,
+    data: UserCreate | RegisterRequest | UserInvite,
+    hashed_password: str,
+    is_verified: bool = False,
+    is_active: bool | None = None,
 ) -> User:
     """Add a user and flush it (its id assigned, the email's uniqueness and look-alikes
     checked); the caller commits."""
-    hashed_password = await _hash(session, hasher, data.password)
-    user = User.model_validate(
-        data,
-        update={"hashed_password": hashed_password, "email_skeleton": email_skeleton(data.email)},
-    )
+    update_values: dict[str, Any] = {
+        "hashed_password": hashed_password,
+        "email_skeleton": email_skeleton(data.email),
+        "is_verified": is_verified,
+    }
+    if is_active is not None:
+        update_values["is_active"] = is_active
+    user = User.model_validate(data, update=update_values)
     session.add(user)
     async with _email_must_be_free(session, email=user.email):
         await session.flush()
@@ -322,23 +492,14 @@ async def _update_user(
     if (role_changed or deactivated) and user.role == UserRole.ADMIN:
         await _ensure_another_active_admin(session, user=user)
     end_reason = _sessions_end_reason(values)
-    statement = (
-        update(User)
-        .where(col(User.id) == user.id)
-        .values(
-            **values,
-            updated_at=utcnow(),
-            version=col(User.version) + 1,
-            token_version=col(User.token_version) + int(end_reason is not None),
-        )
-        .returning(User)
-        .execution_options(populate_existing=True)
-    )
+    conditions = [col(User.id) == user.id]
     if expected_versions is not None:
-        statement = statement.where(col(User.version).in_(expected_versions))
+        conditions.append(col(User.version).in_(expected_versions))
     events = _audit_update(user, values, actor_id)  # before RETURNING refreshes `user`
     async with _email_must_be_free(session, email=values.get("email")):
-        updated: User | None = (await session.exec(statement)).scalar_one_or_none()
+        updated = await _update_user_row(
+            session, conditions, values, now=utcnow(), revoke=end_reason is not None
+        )
         if updated is None:
             await session.rollback()
             raise PreconditionFailedError() if expected_versions is not None else UserGoneError()
@@ -437,12 +598,14 @@ async def log_in(
     verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
     user = await get_user_by_email(session, email=email)
     matched, new_hash = await _verify(
-        session, hasher, password, user.hashed_password if user else None
+        session, hasher, password, user.hashed_password if user else NO_PASSWORD
     )
     if user is None or not matched:
         return None
     if not user.is_active:
         raise ForbiddenError("This account is deactivated.")
+    if settings.EMAIL_VERIFICATION == "required" and not user.is_verified:
+        raise ForbiddenError(EMAIL_NOT_VERIFIED)
     if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         session.add(user)
@@ -477,10 +640,11 @@ async def _hash(session: AsyncSession, hasher: PasswordHasher, password: str) ->
 
 
 async def _verify(
-    session: AsyncSession, hasher: PasswordHasher, password: str, hashed_password: str | None
+    session: AsyncSession, hasher: PasswordHasher, password: str, hashed_password: str
 ) -> tuple[bool, str | None]:
     await _release_connection(session)
-    return await hasher.verify(password, hashed_password)
+    # No account, or one invited and without a password yet: the same time, no match.
+    return await hasher.verify(password, hashed_password or None)
 
 
 async def _release_connection(session: AsyncSession) -> None:
@@ -535,7 +699,7 @@ async def ensure_user(session: AsyncSession, *, data: UserCreate, hasher: Passwo
     if await get_user_by_email(session, email=data.email) is not None:
         return False
     try:
-        await create_user(session, data=data, hasher=hasher, audit=True)
+        await create_user(session, data=data, hasher=hasher, audit=True, verified=True)
     except EmailTakenError:  # another worker created it meanwhile
         return False
     return True

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 TAGS = [
     {
         "name": "auth",
-        "description": "Register, log in, refresh (rotating refresh tokens) and log out.",
+        "description": "Register, log in, refresh (rotating refresh tokens) and log out; "
+        "password reset, invitations and email verification by mailed link.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
     {
@@ -64,6 +65,8 @@ def _lifespan(
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
                 await _ensure_first_admin(services)
+            mailer = services.mailer
+            logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
             services.auth_cache.start()
             yield
         finally:

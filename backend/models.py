@@ -253,6 +253,9 @@ class UserRole(StrEnum):
     USER = "user"
 
 
+NO_PASSWORD = ""  # the hash of an invited account's password, before it has one
+
+
 class UserBase(SQLModel):
     email: Email = Field(sa_type=String(EMAIL_MAX_CHARS), unique=True, index=True)
     name: Name = Field(sa_type=String(NAME_MAX_CHARS))
@@ -292,7 +295,13 @@ class User(UserBase, table=True):
     # alike, checked by the database without a race. NULL for rows inserted by hand and
     # for look-alikes that predate the column (see its migration).
     email_skeleton: str | None = Field(default=None, sa_type=String(64), unique=True, index=True)
+    # NO_PASSWORD until an invited user sets one (POST /auth/password/set); no password
+    # matches it. Not NULL: making the column nullable rebuilds `users` on SQLite, whose
+    # DROP TABLE deletes every session by cascade.
     hashed_password: str = Field(sa_type=String(255))
+    # The owner proved the address by following a link sent to it (registration's,
+    # an invitation's or a password reset's). See EMAIL_VERIFICATION.
+    is_verified: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     # Part of every token: bumping it revokes all of the user's tokens at once.
     token_version: int = 0
     # Part of every token too, and never changed: it names this account, where an id
@@ -396,12 +405,25 @@ class UserUpdateMe(SQLModel):
     )
 
 
+class UserInvite(SQLModel):
+    """An account made for someone who chooses their own password, from a mailed link."""
+
+    email: Email
+    name: Name
+    role: UserRole = UserRole.USER
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={"examples": [{"email": EXAMPLE_EMAIL, "name": "Ada", "role": "user"}]}
+    )
+
+
 class UserPublic(UserBase):
     # Output only: what the database holds was validated on the way in, and
     # re-validating every email of every page costs ~50 us a user, every name ~25 us.
     email: str
     name: str
     id: int
+    is_verified: bool = Field(description="Whether the owner followed a link mailed to it")
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None = Field(
@@ -440,6 +462,87 @@ class PasswordChange(SQLModel):
             "examples": [{"current_password": EXAMPLE_PASSWORD, "new_password": "Battery-Staple-7"}]
         }
     )
+
+
+class LinkPurpose(StrEnum):
+    INVITE = "invite"
+    RESET = "reset"
+    VERIFY = "verify"
+
+
+LINK_SECRET_BYTES = 32
+# "<row id>.<secret>": the id finds the row, the secret is compared with its hash in
+# constant time (see backend/links.py). 43 characters: 32 bytes in unpadded base64url.
+LINK_TOKEN_PATTERN = r"^[0-9]{1,10}\.[A-Za-z0-9_-]{43}$"  # noqa: S105  (a shape)
+MailedToken = Annotated[
+    str,
+    pydantic.Field(
+        pattern=LINK_TOKEN_PATTERN,
+        description="The token from the link in the mail",
+        examples=["42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo"],
+    ),
+]
+
+
+class LinkToken(SQLModel, table=True):
+    """One link mailed to a user: an invitation, a password reset or an address check.
+    Only a SHA-256 of its secret is stored. Used once (used_at), until expires_at."""
+
+    __tablename__ = "link_tokens"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    purpose: LinkPurpose = Field(
+        sa_type=Enum(
+            LinkPurpose,
+            name="link_purpose",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda purposes: [purpose.value for purpose in purposes],
+        )
+    )
+    token_hash: str = Field(sa_type=String(64))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class LinkUse(SQLModel):
+    token: MailedToken
+
+
+class PasswordSet(SQLModel):
+    """An invitation accepted or a forgotten password replaced, with the mailed token."""
+
+    token: MailedToken
+    new_password: Password
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo",
+                    "new_password": "Battery-Staple-7",
+                }
+            ]
+        }
+    )
+
+
+class MailRequest(SQLModel):
+    """An address to mail a link to, if it belongs to an account that may have one."""
+
+    email: LoginEmail
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={"examples": [{"email": EXAMPLE_EMAIL}]}
+    )
+
+
+class Accepted(SQLModel):
+    detail: str
 
 
 class RefreshRequest(SQLModel):
@@ -579,6 +682,8 @@ class AuditAction(StrEnum):
     DELETE = "user.delete"
     SESSION_END = "user.session_end"
     SESSIONS_END_ALL = "user.sessions_end_all"
+    LINK_ISSUE = "user.link_issue"  # details: purpose
+    LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
 

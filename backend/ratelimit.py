@@ -68,6 +68,8 @@ class RateLimiter:
         self.register = parse(settings.RATE_LIMIT_REGISTER)
         self.refresh = parse(settings.RATE_LIMIT_REFRESH)
         self.login_failures_per_account = parse(settings.RATE_LIMIT_LOGIN_PER_ACCOUNT)
+        self.mail_per_ip = parse(settings.RATE_LIMIT_MAIL_PER_IP)
+        self.mail_per_email = parse(settings.RATE_LIMIT_MAIL_PER_EMAIL)
         self.api_key = parse(settings.RATE_LIMIT_API_KEY)
         self._down_since: float | None = None  # monotonic time of the first failure
         self._next_probe_at = 0.0

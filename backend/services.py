@@ -9,6 +9,7 @@ from starlette.types import Scope
 from backend.authcache import AuthCache
 from backend.config import Settings
 from backend.db import create_engine, create_sessionmaker
+from backend.mail import Mailer
 from backend.observability import Metrics
 from backend.ratelimit import RateLimiter
 from backend.security import PasswordHasher
@@ -23,6 +24,7 @@ class Services:
     read_sessionmaker: async_sessionmaker[AsyncSession]  # for GET and HEAD requests
     password_hasher: PasswordHasher
     rate_limiter: RateLimiter
+    mailer: Mailer
     auth_cache: AuthCache
 
     @classmethod
@@ -46,10 +48,13 @@ class Services:
             ),
             password_hasher=password_hasher,
             rate_limiter=RateLimiter(settings, metrics),
+            mailer=Mailer(settings),
             auth_cache=auth_cache,
         )
 
     async def close(self) -> None:
+        # Mail first: work handed over may still need the database.
+        await self.mailer.close()
         await self.auth_cache.close()
         self.password_hasher.close()
         await self.engine.dispose()

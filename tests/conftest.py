@@ -31,6 +31,7 @@ from tests.helpers import (
 )
 from tests.postgres import Server, postgres_server, session_database
 from tests.services import EMBEDDED_POSTGRES, require, summary_lines
+from tests.smtp import Mailbox, smtp_server
 
 
 @pytest.fixture
@@ -124,6 +125,13 @@ def register(client: httpx.AsyncClient) -> RegisterUser:
 @pytest.fixture
 async def user_headers(register: RegisterUser) -> dict[str, str]:
     return bearer((await register())["access_token"])
+
+
+@pytest.fixture
+def smtp() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) for this test; its mailbox lists what it received."""
+    with smtp_server() as mailbox:
+        yield mailbox
 
 
 @pytest.hookimpl(trylast=True)  # after the coverage report: the closing lines

@@ -20,6 +20,13 @@ PUBLIC_OPERATIONS = {
     ("post", f"{API}/auth/login"),
     ("post", f"{API}/auth/refresh"),
     ("post", f"{API}/auth/logout"),
+    # The mailed links: the token in the body is the credential, or the answer is the
+    # same for any address.
+    ("post", f"{API}/auth/password/forgot"),
+    ("post", f"{API}/auth/password/reset"),
+    ("post", f"{API}/auth/password/set"),
+    ("post", f"{API}/auth/verify"),
+    ("post", f"{API}/auth/verify/resend"),
     ("get", "/health"),
     ("get", "/health/ready"),
 }
@@ -142,6 +149,8 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
         f"GET {API}/users/{{user_id}}/tokens",
         f"PATCH {API}/users/{{user_id}}",
         f"POST {API}/users",
+        f"POST {API}/users/invite",
+        f"POST {API}/users/{{user_id}}/invite",
         f"PUT {API}/users/{{user_id}}",
     ]
 

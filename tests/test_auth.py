@@ -40,7 +40,8 @@ async def test_register_returns_the_full_login_response(client: httpx.AsyncClien
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 30 * 60
     assert set(body["user"]) == {
-        "id", "email", "name", "role", "is_active", "created_at", "updated_at", "last_login_at"
+        "id", "email", "name", "role", "is_active", "is_verified", "created_at", "updated_at",
+        "last_login_at",
     }  # fmt: skip
     assert body["user"]["role"] == "user"
     assert body["user"]["last_login_at"] is not None  # registering logs in

@@ -81,7 +81,7 @@ async def test_unknown_sort_field_names_the_allowed_ones(
         error = response.json()["errors"][0]
         assert error["field"] == field
         assert (
-            "sortable: id, email, name, role, is_active, created_at, updated_at"
+            "sortable: id, email, name, role, is_active, is_verified, created_at, updated_at"
             in (error["message"])
         )
 

@@ -2,9 +2,10 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend import crud, sessions
+from backend import crud, links, sessions
 from backend.deps import (
     ClientIP,
     LoginClient,
@@ -15,7 +16,19 @@ from backend.deps import (
     refuse_api_keys,
 )
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import LoginRequest, LoginResponse, RegisterRequest, SessionEndReason
+from backend.models import (
+    Accepted,
+    LinkPurpose,
+    LinkUse,
+    LoginRequest,
+    LoginResponse,
+    MailRequest,
+    PasswordSet,
+    RegisterRequest,
+    SessionEndReason,
+    User,
+    UserPublic,
+)
 from backend.problems import problem_responses
 from backend.services import Services
 from backend.transport import PresentedRefreshToken, TokenDeliveryDep
@@ -34,11 +47,21 @@ LOGIN_FORM_SCHEMA: dict[str, Any] = {
 }
 
 
+VERIFY_FIRST = "Account created: follow the link mailed to its address to verify it, then log in."
+MAIL_ON_ITS_WAY = (
+    "If an account with this email may have one, a link is on its way to it; it works once, "
+    "for a limited time."
+)
+
+
 @router.post(
     "/register",
     name="auth-register",
     response_model=LoginResponse,
-    responses=problem_responses(403, 409),
+    responses={
+        **problem_responses(403, 409),
+        202: {"model": Accepted, "description": "EMAIL_VERIFICATION=required: verify, then log in"},
+    },
 )
 async def register(
     body: RegisterRequest,
@@ -47,20 +70,33 @@ async def register(
     ip: ClientIP,
     client: LoginClient,
     delivery: TokenDeliveryDep,
-) -> LoginResponse:
-    """Create an account and log it in."""
-    if not services.settings.REGISTRATION_ENABLED:
+) -> LoginResponse | JSONResponse:
+    """Create an account and log it in. Unless EMAIL_VERIFICATION is off, a link to
+    verify the address is mailed to it; when it is `required`, the answer is 202 and
+    login waits until the link is followed."""
+    settings = services.settings
+    if not settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
     limiter = services.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    tokens = await crud.register(
+    registered = await crud.register(
         session,
         data=body,
         hasher=services.password_hasher,
-        settings=services.settings,
+        settings=settings,
         client=client,
     )
-    return delivery.send(tokens)
+    if registered.verify_link is not None:
+        links.send_link(
+            services.mailer,
+            settings,
+            purpose=LinkPurpose.VERIFY,
+            user=registered.user,
+            link=registered.verify_link,
+        )
+    if registered.tokens is None:
+        return JSONResponse(Accepted(detail=VERIFY_FIRST).model_dump(), status_code=202)
+    return delivery.send(registered.tokens)
 
 
 @router.post(
@@ -172,3 +208,120 @@ async def logout(
 async def logout_all(user: SessionUser, session: SessionDep) -> None:
     """End every session of the current user, on every device, at once."""
     await sessions.end_all(session, user=user, reason=SessionEndReason.LOGOUT_ALL)
+
+
+@router.post(
+    "/password/forgot",
+    name="auth-password-forgot",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(403),
+)
+async def forgot_password(body: MailRequest, services: ServicesDep, ip: ClientIP) -> Accepted:
+    """Mail a password-reset link to this address if it is an active account's. The
+    answer is the same, and as fast, whether or not it is: the look-up happens after it."""
+    settings = services.settings
+    if not settings.PASSWORD_RESET_ENABLED:
+        raise ForbiddenError("Password reset by email is not available on this server.")
+    await _limit_mail(services, ip, body.email)
+    links.mail_link_later(
+        services.sessionmaker,
+        services.mailer,
+        settings,
+        email=body.email,
+        purpose=LinkPurpose.RESET,
+    )
+    return Accepted(detail=MAIL_ON_ITS_WAY)
+
+
+@router.post(
+    "/password/reset",
+    name="auth-password-reset",
+    response_model=LoginResponse,
+    responses=problem_responses(403),
+)
+async def reset_password(
+    body: PasswordSet,
+    session: SessionDep,
+    services: ServicesDep,
+    client: LoginClient,
+    delivery: TokenDeliveryDep,
+) -> LoginResponse:
+    """Set a new password with the token of a password-reset link. Every session of the
+    account ends; the answer is a new one's tokens. 400 when the link is not usable."""
+    tokens = await crud.set_password_with_link(
+        session,
+        token=body.token,
+        purpose=LinkPurpose.RESET,
+        new_password=body.new_password,
+        hasher=services.password_hasher,
+        settings=services.settings,
+        client=client,
+    )
+    return delivery.send(tokens)
+
+
+@router.post(
+    "/password/set",
+    name="auth-password-set",
+    response_model=LoginResponse,
+    responses=problem_responses(403),
+)
+async def accept_invitation(
+    body: PasswordSet,
+    session: SessionDep,
+    services: ServicesDep,
+    client: LoginClient,
+    delivery: TokenDeliveryDep,
+) -> LoginResponse:
+    """Accept an invitation: choose the password with the token of the invitation link.
+    The account is activated and its email verified; the answer logs it in."""
+    tokens = await crud.set_password_with_link(
+        session,
+        token=body.token,
+        purpose=LinkPurpose.INVITE,
+        new_password=body.new_password,
+        hasher=services.password_hasher,
+        settings=services.settings,
+        client=client,
+    )
+    return delivery.send(tokens)
+
+
+@router.post("/verify", name="auth-verify", response_model=UserPublic)
+async def verify_email(body: LinkUse, session: SessionDep) -> User:
+    """Verify an email address with the token of a verification link."""
+    return await crud.verify_email(session, token=body.token)
+
+
+@router.post(
+    "/verify/resend",
+    name="auth-verify-resend",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(403),
+)
+async def resend_verification(body: MailRequest, services: ServicesDep, ip: ClientIP) -> Accepted:
+    """Mail a new verification link to this address if it is an active account's whose
+    address is not verified yet (the previous link stops working). The same answer, as
+    fast, whether or not it is."""
+    settings = services.settings
+    if settings.EMAIL_VERIFICATION == "off":
+        raise ForbiddenError("Email verification is off on this server.")
+    await _limit_mail(services, ip, body.email)
+    links.mail_link_later(
+        services.sessionmaker,
+        services.mailer,
+        settings,
+        email=body.email,
+        purpose=LinkPurpose.VERIFY,
+    )
+    return Accepted(detail=MAIL_ON_ITS_WAY)
+
+
+async def _limit_mail(services: Services, ip: str, email: str) -> None:
+    # Per address: one client mailing many inboxes; per email: many clients (or one
+    # rotating addresses) filling one inbox. Keyed by the email as sent, known or not.
+    limiter = services.rate_limiter
+    await limiter.hit(limiter.mail_per_ip, "mail", ip)
+    await limiter.hit(limiter.mail_per_email, "mail-email", email)

@@ -5,7 +5,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
-from backend import crud
+from backend import crud, links
+from backend.config import Settings
 from backend.deps import (
     AdminTargetUser,
     AdminUser,
@@ -19,7 +20,7 @@ from backend.deps import (
     TargetUser,
     sees_directory,
 )
-from backend.errors import ConflictError
+from backend.errors import ConflictError, ForbiddenError
 from backend.listing import (
     LIST_HEADERS,
     ISODateTime,
@@ -29,10 +30,13 @@ from backend.listing import (
     set_list_headers,
 )
 from backend.models import (
+    Accepted,
+    LinkPurpose,
     LoginResponse,
     PasswordChange,
     User,
     UserCreate,
+    UserInvite,
     UserPublic,
     UserReplace,
     UserRole,
@@ -50,6 +54,7 @@ USERS = Resource(
         "name": TypeAdapter(str),
         "role": TypeAdapter(UserRole),
         "is_active": TypeAdapter(bool),
+        "is_verified": TypeAdapter(bool),
         "created_at": ISODateTime,
         "updated_at": ISODateTime,
         "last_login_at": ISODateTime,
@@ -137,6 +142,57 @@ async def create_user(
     response.headers["ETag"] = etag(user)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
+
+
+@router.post(
+    "/invite",
+    name="users-invite",
+    response_model=UserPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409),
+)
+async def invite_user(
+    body: UserInvite,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    admin: AdminUser,
+    services: ServicesDep,
+) -> User:
+    """Create a user without a password and mail them an invitation link (admin only).
+    The account is inactive until its owner chooses a password with the link
+    (`POST /auth/password/set`)."""
+    settings = services.settings
+    _check_invitations(settings)
+    user, link = await crud.invite_user(session, data=body, settings=settings, actor_id=admin.id)
+    links.send_link(services.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    response.headers["ETag"] = etag(user)
+    response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
+    return user
+
+
+@router.post(
+    "/{user_id:digits}/invite",
+    name="users-reinvite",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(404, 409),
+)
+async def reinvite_user(
+    user: AdminTargetUser, session: SessionDep, admin: AdminUser, services: ServicesDep
+) -> Accepted:
+    """Mail a new invitation link (admin only); the previous one stops working. 409 once
+    the invitation was accepted."""
+    settings = services.settings
+    _check_invitations(settings)
+    link = await crud.reinvite_user(session, user=user, settings=settings, actor_id=admin.id)
+    links.send_link(services.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    return Accepted(detail="A new invitation link is on its way; the previous one no longer works.")
+
+
+def _check_invitations(settings: Settings) -> None:
+    if not settings.INVITATIONS_ENABLED:
+        raise ForbiddenError("Invitations by email are not available on this server.")
 
 
 @router.get("/me", name="users-me", response_model=UserPublic)

@@ -15,7 +15,9 @@ export interface paths {
         put?: never;
         /**
          * Auth-Register
-         * @description Create an account and log it in.
+         * @description Create an account and log it in. Unless EMAIL_VERIFICATION is off, a link to
+         *     verify the address is mailed to it; when it is `required`, the answer is 202 and
+         *     login waits until the link is followed.
          */
         post: operations["auth-register"];
         delete?: never;
@@ -106,6 +108,111 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/password/forgot": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Password-Forgot
+         * @description Mail a password-reset link to this address if it is an active account's. The
+         *     answer is the same, and as fast, whether or not it is: the look-up happens after it.
+         */
+        post: operations["auth-password-forgot"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/password/reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Password-Reset
+         * @description Set a new password with the token of a password-reset link. Every session of the
+         *     account ends; the answer is a new one's tokens. 400 when the link is not usable.
+         */
+        post: operations["auth-password-reset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/password/set": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Password-Set
+         * @description Accept an invitation: choose the password with the token of the invitation link.
+         *     The account is activated and its email verified; the answer logs it in.
+         */
+        post: operations["auth-password-set"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Verify
+         * @description Verify an email address with the token of a verification link.
+         */
+        post: operations["auth-verify"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/verify/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Verify-Resend
+         * @description Mail a new verification link to this address if it is an active account's whose
+         *     address is not verified yet (the previous link stops working). The same answer, as
+         *     fast, whether or not it is.
+         */
+        post: operations["auth-verify-resend"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users": {
         parameters: {
             query?: never;
@@ -126,7 +233,7 @@ export interface paths {
          *     - react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
          *       `filter={"q":"bob","role":"user","id":[1,2]}`.
          *
-         *     Filterable fields: id, email, name, role, is_active, created_at, updated_at, last_login_at; dates also as ranges (`created_after`,
+         *     Filterable fields: id, email, name, role, is_active, is_verified, created_at, updated_at, last_login_at; dates also as ranges (`created_after`,
          *     `last_login_before`, ...). Without paging parameters, the dashboard conventions return
          *     up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
          *     Accounts that never logged in sort as the oldest `last_login_at`.
@@ -140,6 +247,49 @@ export interface paths {
          * @description Create a user (admin only).
          */
         post: operations["users-create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/invite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Invite
+         * @description Create a user without a password and mail them an invitation link (admin only).
+         *     The account is inactive until its owner chooses a password with the link
+         *     (`POST /auth/password/set`).
+         */
+        post: operations["users-invite"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/invite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Reinvite
+         * @description Mail a new invitation link (admin only); the previous one stops working. 409 once
+         *     the invitation was accepted.
+         */
+        post: operations["users-reinvite"];
         delete?: never;
         options?: never;
         head?: never;
@@ -465,6 +615,11 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** Accepted */
+        Accepted: {
+            /** Detail */
+            detail: string;
+        };
         /**
          * ApiKeyCreate
          * @example {
@@ -563,7 +718,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.api_key_create" | "user.api_key_revoke";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -602,6 +757,15 @@ export interface components {
                 [key: string]: string;
             } | null;
         };
+        /** LinkUse */
+        LinkUse: {
+            /**
+             * Token
+             * @description The token from the link in the mail
+             * @example 42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo
+             */
+            token: string;
+        };
         /** LoginResponse */
         LoginResponse: {
             /** Access Token */
@@ -624,6 +788,20 @@ export interface components {
             user: components["schemas"]["UserPublic"];
         };
         /**
+         * MailRequest
+         * @description An address to mail a link to, if it belongs to an account that may have one.
+         * @example {
+         *       "email": "ada@example.com"
+         *     }
+         */
+        MailRequest: {
+            /**
+             * Email
+             * Format: email
+             */
+            email: string;
+        };
+        /**
          * PasswordChange
          * @example {
          *       "current_password": "Correct-Horse-9",
@@ -633,6 +811,28 @@ export interface components {
         PasswordChange: {
             /** Current Password */
             current_password: string;
+            /**
+             * New Password
+             * Format: password
+             * @description At least 12 characters (any: spaces, any script, no rules about kinds), at most 72 bytes in UTF-8, no control characters; not a common or breached password, nor a run of repeated or consecutive characters. Compared in Unicode NFKC form.
+             */
+            new_password: string;
+        };
+        /**
+         * PasswordSet
+         * @description An invitation accepted or a forgotten password replaced, with the mailed token.
+         * @example {
+         *       "new_password": "Battery-Staple-7",
+         *       "token": "42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo"
+         *     }
+         */
+        PasswordSet: {
+            /**
+             * Token
+             * @description The token from the link in the mail
+             * @example 42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo
+             */
+            token: string;
             /**
              * New Password
              * Format: password
@@ -772,6 +972,30 @@ export interface components {
              */
             password: string;
         };
+        /**
+         * UserInvite
+         * @description An account made for someone who chooses their own password, from a mailed link.
+         * @example {
+         *       "email": "ada@example.com",
+         *       "name": "Ada",
+         *       "role": "user"
+         *     }
+         */
+        UserInvite: {
+            /**
+             * Email
+             * Format: email
+             * @description ASCII only. Stored lower-case. Refused when it looks like an existing account's (Unicode TR39 confusables).
+             */
+            email: string;
+            /**
+             * Name
+             * @description At most 100 characters, not all spaces; surrounding spaces are trimmed.
+             */
+            name: string;
+            /** @default user */
+            role: components["schemas"]["UserRole"];
+        };
         /** UserPublic */
         UserPublic: {
             /** Email */
@@ -787,6 +1011,11 @@ export interface components {
             is_active: boolean;
             /** Id */
             id: number;
+            /**
+             * Is Verified
+             * @description Whether the owner followed a link mailed to it
+             */
+            is_verified: boolean;
             /**
              * Created At
              * Format: date-time
@@ -935,6 +1164,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description EMAIL_VERIFICATION=required: verify, then log in */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
                 };
             };
             /** @description Bad Request */
@@ -1332,6 +1570,354 @@ export interface operations {
             };
         };
     };
+    "auth-password-forgot": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MailRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-password-reset": {
+        parameters: {
+            query?: {
+                /** @description `bearer` (default): the refresh token is in the JSON body, both ways. `cookie`, for browser apps: the refresh token is set in an HttpOnly, SameSite=Strict cookie scoped to the auth paths, `refresh_token` in the response is null, and refresh and logout read the cookie instead of a body. Every cookie request must come from an `Origin` listed in CORS_ORIGINS and carry `X-Requested-With` (any value); otherwise 403. */
+                transport?: components["schemas"]["Transport"];
+            };
+            header?: {
+                /** @description Required, with any value, with `transport=cookie`. */
+                "X-Requested-With"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordSet"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-password-set": {
+        parameters: {
+            query?: {
+                /** @description `bearer` (default): the refresh token is in the JSON body, both ways. `cookie`, for browser apps: the refresh token is set in an HttpOnly, SameSite=Strict cookie scoped to the auth paths, `refresh_token` in the response is null, and refresh and logout read the cookie instead of a body. Every cookie request must come from an `Origin` listed in CORS_ORIGINS and carry `X-Requested-With` (any value); otherwise 403. */
+                transport?: components["schemas"]["Transport"];
+            };
+            header?: {
+                /** @description Required, with any value, with `transport=cookie`. */
+                "X-Requested-With"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordSet"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LinkUse"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-verify-resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MailRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     "users-list": {
         parameters: {
             query?: {
@@ -1345,6 +1931,7 @@ export interface operations {
                 id?: number[];
                 role?: "admin" | "user";
                 is_active?: boolean;
+                is_verified?: boolean;
                 created_after?: string;
                 created_before?: string;
                 last_login_after?: string;
@@ -1451,6 +2038,151 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-invite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UserInvite"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-reinvite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2733,7 +3465,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.api_key_create" | "user.api_key_revoke")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke")[];
                 created_after?: string;
                 created_before?: string;
             };

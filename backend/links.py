@@ -1,0 +1,267 @@
+"""Mailed links: invitations, password resets and address checks; their tokens and mail.
+
+A link carries `<row id>.<secret>`: 32 random bytes (secrets), of which the database
+keeps only a SHA-256. The id finds the row, and the secret's hash is compared with the
+stored one in constant time, so the time a guess takes says nothing about the secret.
+
+- issue: a new link of a purpose for a user; the older ones of that purpose stop
+  working (deleted); audited; the caller commits;
+- find: the link a token names, checked (secret, purpose, unused, unexpired), read only;
+- consume: marks it used by a conditional UPDATE ... WHERE used_at IS NULL, so that of
+  two requests using one link at the same moment exactly one wins; audited; the caller
+  commits, with whatever the link was for.
+
+Lock order (backend/sessions.py): the user's row, then their links. issue locks the
+user first; the flows that consume a link change the user's row before the link's.
+"""
+
+import hashlib
+import hmac
+import html
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend.config import Settings
+from backend.errors import BadRequestError
+from backend.mail import Mail, Mailer
+from backend.models import (
+    LINK_SECRET_BYTES,
+    NO_PASSWORD,
+    AuditAction,
+    AuditEvent,
+    LinkPurpose,
+    LinkToken,
+    User,
+    utcnow,
+)
+from backend.parsing import INT32_MAX, parse_int
+
+INVALID = (
+    "This link is not valid (it may have been replaced by a newer one): copy the whole "
+    "link from the most recent mail, or ask for a new one."
+)
+USED = "This link has already been used; ask for a new one if you still need it."
+EXPIRED = "This link has expired; ask for a new one."
+WHAT_FOR = {
+    LinkPurpose.INVITE: "accepting an invitation",
+    LinkPurpose.RESET: "resetting a password",
+    LinkPurpose.VERIFY: "verifying an email address",
+}
+# The front end's pages for each link. The token is in the fragment, which browsers
+# never send to a server: it stays out of access logs and Referer headers.
+PAGES = {
+    LinkPurpose.INVITE: "accept-invite",
+    LinkPurpose.RESET: "reset-password",
+    LinkPurpose.VERIFY: "verify-email",
+}
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    expires_at: datetime
+
+
+class LinkError(BadRequestError):
+    """A token that names no usable link: unknown, replaced, used, expired or for
+    something else."""
+
+
+def lifetime(purpose: LinkPurpose, settings: Settings) -> timedelta:
+    match purpose:
+        case LinkPurpose.INVITE:
+            return timedelta(hours=settings.INVITE_EXPIRE_HOURS)
+        case LinkPurpose.RESET:
+            return timedelta(minutes=settings.RESET_EXPIRE_MINUTES)
+        case LinkPurpose.VERIFY:
+            return timedelta(hours=settings.VERIFY_EXPIRE_HOURS)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def issue(
+    db: AsyncSession,
+    *,
+    user_id: int,
+    purpose: LinkPurpose,
+    settings: Settings,
+    actor_id: int | None,
+) -> Issued:
+    """A new link; the user's older links of this purpose are revoked. The
+    caller commits."""
+    await _lock_user(db, user_id=user_id)
+    await db.exec(
+        delete(LinkToken).where(
+            col(LinkToken.user_id) == user_id, col(LinkToken.purpose) == purpose
+        )
+    )
+    secret = secrets.token_urlsafe(LINK_SECRET_BYTES)
+    now = utcnow()
+    link = LinkToken(
+        user_id=user_id,
+        purpose=purpose,
+        token_hash=_hash(secret),
+        created_at=now,
+        expires_at=now + lifetime(purpose, settings),
+    )
+    db.add(link)
+    await db.flush()
+    db.add(
+        AuditEvent(
+            actor_id=actor_id,
+            action=AuditAction.LINK_ISSUE,
+            target_id=user_id,
+            details={"purpose": purpose.value, "expires_at": link.expires_at.isoformat()},
+        )
+    )
+    return Issued(token=f"{link.id}.{secret}", expires_at=link.expires_at)
+
+
+async def find(db: AsyncSession, *, token: str, purpose: LinkPurpose) -> LinkToken:
+    """The usable link of this purpose the token names, or LinkError saying why not.
+    The token's shape is checked at the edge (models.LINK_TOKEN_PATTERN)."""
+    id_text, _, secret = token.partition(".")
+    link_id = parse_int(id_text, low=1, high=INT32_MAX)
+    link = await db.get(LinkToken, link_id) if link_id is not None else None
+    # Only once the secret matches does the answer say more than "not valid".
+    if link is None or not hmac.compare_digest(link.token_hash, _hash(secret)):
+        raise LinkError(INVALID)
+    if link.purpose != purpose:
+        raise LinkError(f"This link is for {WHAT_FOR[link.purpose]}, not for {WHAT_FOR[purpose]}.")
+    if link.used_at is not None:
+        raise LinkError(USED)
+    if link.expires_at <= utcnow():
+        raise LinkError(EXPIRED)
+    return link
+
+
+async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
+    """Mark the link used, unless another request did first (then roll back and refuse).
+    The caller has changed the user's row already (the lock order) and commits."""
+    used = await db.exec(
+        update(LinkToken)
+        .where(
+            col(LinkToken.id) == link.id,
+            col(LinkToken.used_at).is_(None),
+            col(LinkToken.expires_at) > now,
+        )
+        .values(used_at=now)
+    )
+    if used.rowcount != 1:
+        await db.rollback()
+        raise LinkError(USED)
+    db.add(
+        AuditEvent(
+            actor_id=link.user_id,
+            action=AuditAction.LINK_USE,
+            target_id=link.user_id,
+            details={"purpose": link.purpose.value},
+        )
+    )
+
+
+async def _lock_user(db: AsyncSession, *, user_id: int) -> None:
+    """Serialise two links issued at once for one user, so the newer revokes the older."""
+    if db.get_bind().dialect.name == "sqlite":
+        # The database's one write lock, taken by a no-op UPDATE (see backend/sessions.py).
+        await db.exec(update(User).where(col(User.id) == user_id).values(id=User.id))
+    else:
+        await db.exec(
+            select(User.id).where(col(User.id) == user_id).with_for_update(key_share=True)
+        )
+
+
+# --- the mail that carries a link ----------------------------------------------------
+
+SUBJECTS = {
+    LinkPurpose.INVITE: "You are invited to {project}",
+    LinkPurpose.RESET: "Reset your {project} password",
+    LinkPurpose.VERIFY: "Verify your email address for {project}",
+}
+INTROS = {
+    LinkPurpose.INVITE: "An account on {project} was made for you. Choose your password "
+    "to start using it:",
+    LinkPurpose.RESET: "Someone (we hope you) asked to reset the password of your account "
+    "on {project}. Choose a new one here; every device signed in to it will be signed out:",
+    LinkPurpose.VERIFY: "Confirm that this address is yours to finish setting up your "
+    "account on {project}:",
+}
+OUTRO = (
+    "The link works once, until {expires} (UTC). If you did not expect this mail, ignore "
+    "it: nothing changes unless the link is used."
+)
+
+
+def link_url(settings: Settings, purpose: LinkPurpose, token: str) -> str:
+    return f"{settings.public_url}/{PAGES[purpose]}#token={token}"
+
+
+def link_mail(settings: Settings, *, purpose: LinkPurpose, user: User, link: Issued) -> Mail:
+    project = settings.PROJECT_NAME
+    url = link_url(settings, purpose, link.token)
+    intro = INTROS[purpose].format(project=project)
+    outro = OUTRO.format(expires=link.expires_at.strftime("%Y-%m-%d %H:%M"))
+    text = f"Hello {user.name},\n\n{intro}\n\n{url}\n\n{outro}\n"
+    html_body = (
+        f"<p>Hello {html.escape(user.name)},</p>\n<p>{html.escape(intro)}</p>\n"
+        f'<p><a href="{html.escape(url)}">{html.escape(url)}</a></p>\n'
+        f"<p>{html.escape(outro)}</p>\n"
+    )
+    return Mail(
+        to=user.email,
+        subject=SUBJECTS[purpose].format(project=project),
+        text=text,
+        html=html_body,
+    )
+
+
+def send_link(
+    mailer: Mailer, settings: Settings, *, purpose: LinkPurpose, user: User, link: Issued
+) -> None:
+    """Mail a link just issued (and committed), after the response."""
+    mail = link_mail(settings, purpose=purpose, user=user, link=link)
+    mailer.send_later(mail, f"{purpose.value} link for user {user.id}")
+
+
+def mail_link_later(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    mailer: Mailer,
+    settings: Settings,
+    *,
+    email: str,
+    purpose: LinkPurpose,
+) -> None:
+    """Look the address up, and mail it a link if its account may have one, all after
+    the response: the answer is the same, in content and in time, whether or not the
+    account exists."""
+
+    async def look_up_and_send() -> None:
+        async with sessionmaker() as db:
+            found = await db.exec(select(User).where(User.email == email))
+            user = found.first()
+            if user is None or user.id is None or not _may_have(user, purpose):
+                return
+            await db.commit()  # a read-only transaction, ended before issue's write
+            link = await issue(
+                db, user_id=user.id, purpose=purpose, settings=settings, actor_id=None
+            )
+            await db.commit()
+        mail = link_mail(settings, purpose=purpose, user=user, link=link)
+        await mailer.send(mail, f"{purpose.value} link for user {user.id}")
+
+    mailer.run_later(look_up_and_send(), f"{purpose.value} link on request")
+
+
+def _may_have(user: User, purpose: LinkPurpose) -> bool:
+    if purpose == LinkPurpose.RESET:
+        # An invited account has no password to reset: its invitation is its link.
+        return user.is_active and user.hashed_password != NO_PASSWORD
+    return user.is_active and not user.is_verified
