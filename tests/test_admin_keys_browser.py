@@ -30,8 +30,8 @@ from tests.test_admin_browser import (  # noqa: F401  (base, browser, dist, plai
 KEY_SHAPE = re.compile(r"^uak_[A-Za-z0-9_-]{43}$")
 
 
-def status_with_key(base: str, secret: str) -> int:
-    with httpx.Client(base_url=f"{base}{API}") as api:
+def status_with_key(server: str, secret: str) -> int:
+    with httpx.Client(base_url=f"{server}{API}") as api:
         return api.get("/users/me", headers={"Authorization": f"Bearer {secret}"}).status_code
 
 
