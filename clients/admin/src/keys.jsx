@@ -149,9 +149,9 @@ function SecretDialog({ created, onClose }) {
             setCopied(false);
         }
     };
-    // Neither Escape nor a click beside the dialog closes it: the secret would be lost.
+    // No onClose: neither Escape nor a click beside the dialog closes it, losing the secret.
     return (
-        <Dialog open onClose={() => {}} aria-labelledby="new-key-title" maxWidth="md" fullWidth>
+        <Dialog open aria-labelledby="new-key-title" maxWidth="md" fullWidth>
             <DialogTitle id="new-key-title">API key "{created.name}" created</DialogTitle>
             <DialogContent>
                 <Alert severity="warning" sx={{ mb: 2 }}>
