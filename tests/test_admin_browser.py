@@ -96,6 +96,22 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
+def page_errors(page: Page) -> list[str]:
+    """What the page reports going wrong, as it happens: React reports a crashed screen on
+    the console. Refused requests are expected in these tests, so they are left out."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and not message.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    return errors
+
+
 def log_in(page: Page, base: str, email: str, password: str) -> None:
     page.goto(f"{base}/admin")
     page.get_by_role("textbox", name="Username", exact=True).fill(email)
@@ -125,17 +141,7 @@ def test_an_admin_manages_a_user_and_a_plain_user_sees_no_admin_screen(
     browser: BrowserContext, base: str, plain_user: dict[str, Any]
 ) -> None:
     page = browser.new_page()
-    # React reports a crashed screen on the console; refused requests are expected here.
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on(
-        "console",
-        lambda message: (
-            errors.append(message.text)
-            if message.type == "error" and not message.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
+    errors = page_errors(page)
     page.goto(f"{base}/admin")
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     screenshot(page, "01-login")

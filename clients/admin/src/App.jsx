@@ -30,7 +30,8 @@ function AppLayout(props) {
 }
 
 // Screens by role: the API refuses plain users every write and the audit trail, so
-// they are not offered. Invitations and API keys become Resources here when they exist.
+// they are not offered. API keys are no resource of their own: yours are in My account,
+// a user's on their page. Invitations become a Resource here when the API has them.
 function resources(permissions) {
     const admin = permissions === 'admin';
     return [

@@ -1,4 +1,5 @@
-// My account: your name, your password, your sessions; what every user may change.
+// My account: your name, your password, your sessions, your API keys; what every user
+// may change.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -13,6 +14,7 @@ import {
 } from 'react-admin';
 
 import { call, changePassword } from './api';
+import { MyApiKeys } from './keys';
 import { SessionTable } from './sessions';
 
 function NameForm() {
@@ -75,6 +77,12 @@ export function MyAccount() {
                 <CardHeader title="My sessions" />
                 <CardContent>
                     <SessionTable basePath="/users/me/sessions" showCurrent />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="API keys" />
+                <CardContent>
+                    <MyApiKeys />
                 </CardContent>
             </Card>
         </Stack>

@@ -26,6 +26,7 @@ import {
     usePermissions,
 } from 'react-admin';
 
+import { UserApiKeys } from './keys';
 import { UserSessions } from './sessions';
 
 export const ROLES = [
@@ -71,6 +72,7 @@ export function UserShow() {
                 <DateField source="created_at" showTime />
                 <DateField source="updated_at" showTime />
                 {permissions === 'admin' ? <UserSessions /> : null}
+                {permissions === 'admin' ? <UserApiKeys /> : null}
             </SimpleShowLayout>
         </Show>
     );
