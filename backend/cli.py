@@ -166,6 +166,9 @@ def serve(
             reload=reload,
             # Client addresses come from TRUSTED_PROXIES (backend/ratelimit.py) only.
             proxy_headers=False,
+            # The API has no WebSocket route; uvicorn's default would import the
+            # websockets library into every worker anyway (0.7 MB of its memory).
+            ws="none",
             timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,
             # Our logging: one configuration, and one line per request of our own.
             log_config=None,

@@ -9,10 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
 
-# coredis imports this on its first script call, ~50 ms (110 ms on a busy machine) of
-# building its pipeline class: imported here, that is not spent in a check's budget.
-import coredis.pipeline  # noqa: F401
-from coredis.retry import NoRetryPolicy
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -43,6 +39,30 @@ IPV6_CLIENT_PREFIX = 64
 REWRITTEN_CLIENT = "address-rewritten-by-server"
 
 
+def _redis_storage(url: str) -> Storage:
+    """The counters in Redis, through coredis.
+
+    coredis is imported here, only when Redis is configured: with its dependencies
+    (beartype, pympler, which loads numpy when it is installed) it is ~25 MB of the
+    worker's memory (bench/README.md, Memory), which the in-memory storage never uses.
+    """
+    # coredis imports this on its first script call, ~50 ms (110 ms on a busy machine) of
+    # building its pipeline class: imported at start-up, that is not spent in a check's
+    # budget.
+    import coredis.pipeline  # noqa: F401
+    from coredis.retry import NoRetryPolicy
+
+    return storage_from_string(  # type: ignore[return-value]
+        f"async+{url}",
+        # A Redis that stops answering must not hold logins: fail open instead.
+        connect_timeout=REDIS_TIMEOUT_SECONDS,
+        stream_timeout=REDIS_TIMEOUT_SECONDS,
+        # coredis retries twice by default, each try waiting out the timeout again;
+        # within the budget a retry would never get its turn.
+        retry_policy=NoRetryPolicy(),  # type: ignore[arg-type]
+    )
+
+
 class RateLimiter:
     """Counts hits per key in a moving window; refuses with 429 and Retry-After."""
 
@@ -50,17 +70,7 @@ class RateLimiter:
         self.enabled = settings.RATE_LIMIT_ENABLED
         self.metrics = metrics
         self.storage: Storage = (
-            storage_from_string(  # type: ignore[assignment]
-                f"async+{settings.REDIS_URL}",
-                # A Redis that stops answering must not hold logins: fail open instead.
-                connect_timeout=REDIS_TIMEOUT_SECONDS,
-                stream_timeout=REDIS_TIMEOUT_SECONDS,
-                # coredis retries twice by default, each try waiting out the timeout
-                # again; within the budget a retry would never get its turn.
-                retry_policy=NoRetryPolicy(),  # type: ignore[arg-type]
-            )
-            if settings.REDIS_URL
-            else MemoryStorage()
+            _redis_storage(settings.REDIS_URL) if settings.REDIS_URL else MemoryStorage()
         )
         self._strategy = MovingWindowRateLimiter(self.storage)
         self.login = parse(settings.RATE_LIMIT_LOGIN)
