@@ -48,8 +48,8 @@ MAX_ID = 2**31 - 1
 PASSWORD_MAX_BYTES = 72
 
 ALL_COLUMNS = (
-    "id, email, name, hashed_password, role, is_active, token_version, version, created_at,"
-    " updated_at"
+    "id, email, name, hashed_password, role, is_active, is_verified, token_version, version,"
+    " created_at, updated_at, last_login_at"
 )
 BY_ID = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1"
 BY_EMAIL = f"SELECT {ALL_COLUMNS} FROM users WHERE email = $1"
@@ -62,6 +62,14 @@ CALLER = (
     " FROM users LEFT JOIN sessions ON sessions.id = $2 AND sessions.user_id = users.id"
     " WHERE users.id = $1"
 )
+# A login records itself at most once a minute, through the UPDATE that locks the row
+# (the app's sessions._lock_user_noting_login); within the minute a plain lock instead.
+NOTE_LOGIN = (
+    f"UPDATE users SET last_login_at = $2 WHERE id = $1"
+    f" AND (last_login_at IS NULL OR last_login_at <= $3) RETURNING {ALL_COLUMNS}"
+)
+LOCK_USER = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"
+LAST_LOGIN_RESOLUTION = timedelta(minutes=1)
 PRUNE_EXPIRED = "DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2"
 START_SESSION = (
     "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at)"
@@ -79,7 +87,17 @@ END_SESSION = (
     " WHERE id = $1 AND revoked_at IS NULL"
 )
 SESSION_SECONDS = 30 * 24 * 3600  # SESSION_MAX_DAYS' default
-PUBLIC_FIELDS = ("email", "name", "role", "is_active", "id", "created_at", "updated_at")
+PUBLIC_FIELDS = (
+    "email",
+    "name",
+    "role",
+    "is_active",
+    "is_verified",
+    "id",
+    "created_at",
+    "updated_at",
+    "last_login_at",
+)
 # What the app's ResponseHeadersMiddleware adds to every response (plus a request id).
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -259,6 +277,10 @@ class BareApp:
             raise HTTPError(403, "This account is deactivated.")
         async with self.pool.acquire() as connection, connection.transaction():
             now = datetime.now(UTC)
+            noted = await connection.fetchrow(
+                NOTE_LOGIN, row["id"], now, now - LAST_LOGIN_RESOLUTION
+            )
+            row = noted or await connection.fetchrow(LOCK_USER, row["id"])
             await connection.execute(PRUNE_EXPIRED, row["id"], now)
             session_id = uuid.uuid4().hex
             expires = now + timedelta(seconds=SESSION_SECONDS)
