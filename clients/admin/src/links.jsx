@@ -5,7 +5,7 @@
 // paths reach its index.html (backend/admin.py), and the page is chosen by the path here.
 // The token stays in the fragment, which the browser never sends to a server.
 import { useEffect, useState } from 'react';
-import { Alert, Box, Card, CardContent, Link, Typography } from '@mui/material';
+import { Alert, Box, Card, CardContent, CssBaseline, Link, Typography } from '@mui/material';
 import {
     AdminContext,
     Form,
@@ -31,6 +31,17 @@ const MISSING_TOKEN =
 /** The token a mailed link carries in its fragment, or null. */
 function linkToken() {
     return new URLSearchParams(window.location.hash.slice(1)).get('token');
+}
+
+/** The token, kept current when another link replaces the fragment in this tab. */
+function useLinkToken() {
+    const [token, setToken] = useState(linkToken);
+    useEffect(() => {
+        const update = () => setToken(linkToken());
+        window.addEventListener('hashchange', update);
+        return () => window.removeEventListener('hashchange', update);
+    }, []);
+    return token;
 }
 
 function same(value, values) {
@@ -65,10 +76,15 @@ function ToLogin({ children = 'Go to the login page' }) {
  * with the refresh token in the HttpOnly cookie as the dashboard's own login gets it:
  * `onDone` then opens the dashboard, already logged in.
  */
-function NewPasswordForm({ path, submit, onDone, unusable }) {
-    const [token] = useState(linkToken);
-    const [problem, setProblem] = useState(null);
+function NewPasswordForm(props) {
+    const token = useLinkToken();
     if (!token) return <Alert severity="error">{MISSING_TOKEN}</Alert>;
+    // A new link, a new form: nothing typed for or said about the previous one stays.
+    return <PasswordForm key={token} token={token} {...props} />;
+}
+
+function PasswordForm({ token, path, submit, onDone, unusable }) {
+    const [problem, setProblem] = useState(null);
     const save = async ({ new_password }) => {
         setProblem(null);
         try {
@@ -131,27 +147,37 @@ function ResetPassword({ onDone }) {
     );
 }
 
+// One request a token, however often the page mounts (StrictMode mounts twice in
+// development): a second would find the link used and show that instead.
+const verifications = new Map();
+
+function verifyOnce(token) {
+    if (!verifications.has(token)) verifications.set(token, publicCall('/auth/verify', { token }));
+    return verifications.get(token);
+}
+
 // Confirmed as the page opens: following the link is the owner's whole part in it.
 function VerifyEmail() {
-    const [token] = useState(linkToken);
-    const [result, setResult] = useState(token ? null : { error: MISSING_TOKEN });
+    const token = useLinkToken();
+    return (
+        <Page title="Verify your email address">
+            {token ? <Verification key={token} token={token} /> : <Alert severity="error">{MISSING_TOKEN}</Alert>}
+            <ToLogin />
+        </Page>
+    );
+}
+
+function Verification({ token }) {
+    const [result, setResult] = useState(null);
     useEffect(() => {
-        if (!token) return;
-        publicCall('/auth/verify', { token }).then(
+        verifyOnce(token).then(
             user => setResult({ user }),
             error => setResult({ error: error.message })
         );
     }, [token]);
-    return (
-        <Page title="Verify your email address">
-            {result === null ? <Typography>Checking the link…</Typography> : null}
-            {result?.user ? (
-                <Alert severity="success">Your address {result.user.email} is verified.</Alert>
-            ) : null}
-            {result?.error ? <Alert severity="error">{result.error}</Alert> : null}
-            <ToLogin />
-        </Page>
-    );
+    if (result === null) return <Typography>Checking the link…</Typography>;
+    if (result.error) return <Alert severity="error">{result.error}</Alert>;
+    return <Alert severity="success">Your address {result.user.email} is verified.</Alert>;
 }
 
 function ForgotPassword() {
@@ -213,6 +239,7 @@ export function linkPage() {
 export function LinkPage({ page: Component, onLoggedIn }) {
     return (
         <AdminContext i18nProvider={defaultI18nProvider} store={memoryStore()}>
+            <CssBaseline />
             <Component onDone={onLoggedIn} />
         </AdminContext>
     );
