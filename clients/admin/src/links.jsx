@@ -117,7 +117,7 @@ function AcceptInvite({ onDone }) {
     return (
         <Page title="Accept your invitation">
             <Typography variant="body2" sx={{ mb: 2 }}>
-                Choose the password of your new account (at least 12 characters).
+                Choose the password of your new account.
             </Typography>
             <NewPasswordForm
                 path="/auth/password/set"
