@@ -11,7 +11,8 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-ADMIN_PATH = "/admin"
+from backend.config import ADMIN_PATH
+
 # Only the dashboard's own files and its own origin's API: no inline or foreign script.
 # Material UI (emotion) writes <style> elements at run time, hence inline styles.
 CONTENT_SECURITY_POLICY = "; ".join(

@@ -36,6 +36,9 @@ MIN_SECRET_KEY_BYTES = 32
 HOW_TO_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 # The dashboard as `npm run build` leaves it in a checkout; an installed wheel has none.
 DEFAULT_ADMIN_DIR = Path(__file__).resolve().parent.parent / "clients" / "admin" / "dist"
+# Where the app serves it (backend/admin.py); it also serves the pages mailed links open.
+ADMIN_PATH = "/admin"
+LOCAL_URL = "http://127.0.0.1:8000"
 HOW_TO_BUILD_THE_DASHBOARD = "cd clients/admin && npm ci && npm run build"
 
 # A weak SECRET_KEY lets anyone who holds one token crack the key offline and forge an
@@ -376,8 +379,11 @@ class Settings(BaseSettings):
 
     @property
     def public_url(self) -> str:
-        """The links' base: PUBLIC_URL, required with SMTP; locally, where the API serves."""
-        return self.PUBLIC_URL or "http://127.0.0.1:8000"
+        """The links' base: PUBLIC_URL, required with SMTP; locally, where `backend serve`
+        serves the dashboard, whose pages open the links, when there is one to serve."""
+        if self.PUBLIC_URL:
+            return self.PUBLIC_URL
+        return f"{LOCAL_URL}{ADMIN_PATH}" if self.admin_dir is not None else LOCAL_URL
 
     @property
     def account_rules(self) -> AccountRules:

@@ -37,10 +37,11 @@ def require_chromium() -> Path:
 
 
 @contextmanager
-def served_app(workdir: Path, **environment: str) -> Iterator[int]:
+def served_app(workdir: Path, port: int | None = None, **environment: str) -> Iterator[int]:
     """The app under uvicorn on 127.0.0.1, on a SQLite file in `workdir`, with a first
-    admin; yields its port once it is healthy."""
-    port = free_port()
+    admin; yields its port once it is healthy. A `port` chosen beforehand lets settings
+    name the app's own address (PUBLIC_URL)."""
+    port = port or free_port()
     env = server_env(workdir / "app.db", **environment)
     log_path = workdir / "server.log"
     command = [sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app"]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -117,7 +118,9 @@ async def test_without_smtp_the_message_and_its_link_are_logged(
     [logged] = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
     assert "mail not sent (no SMTP_HOST), reset link for user" in logged
     assert "admin@example.com" in logged
-    assert "http://127.0.0.1:8000/reset-password#token=" in logged
+    # The local default (test_defaults): the dashboard's address when it is built.
+    assert settings.public_url.startswith("http://127.0.0.1:8000")
+    assert f"{settings.public_url}/reset-password#token=" in logged
 
 
 async def test_the_start_up_log_says_where_mail_goes(
@@ -244,10 +247,20 @@ def test_defaults() -> None:
     assert settings.RESET_EXPIRE_MINUTES == 30
     assert settings.EMAIL_VERIFICATION == "off"
     assert settings.INVITATIONS_ENABLED is settings.PASSWORD_RESET_ENABLED is True  # local
-    assert settings.public_url == "http://127.0.0.1:8000"
+    assert load_settings(_env_file=None, ADMIN_DIR="").public_url == "http://127.0.0.1:8000"
     assert load_settings(_env_file=None, PUBLIC_URL="https://a.example/").public_url == (
         "https://a.example"
     )
+
+
+def test_links_open_the_served_dashboards_pages_by_default(tmp_path: Path) -> None:
+    """Without PUBLIC_URL (local), a served dashboard is where the logged links point:
+    it has the pages that open them (/admin/accept-invite, ...)."""
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    settings = load_settings(_env_file=None, ADMIN_DIR=str(tmp_path))
+    assert settings.public_url == "http://127.0.0.1:8000/admin"
+    explicit = load_settings(_env_file=None, ADMIN_DIR=str(tmp_path), PUBLIC_URL="https://a.b")
+    assert explicit.public_url == "https://a.b"
 
 
 async def test_features_turned_off_answer_403(database_url: str) -> None:

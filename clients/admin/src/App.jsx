@@ -1,12 +1,15 @@
 import { QueryClient } from '@tanstack/react-query';
 import PersonIcon from '@mui/icons-material/Person';
-import { Admin, CustomRoutes, Layout, Menu, Resource } from 'react-admin';
+import { Link, Typography } from '@mui/material';
+import { Admin, CustomRoutes, Layout, Login, LoginForm, Menu, Resource } from 'react-admin';
 import { Route } from 'react-router-dom';
 
 import { MyAccount } from './account';
 import { AuditList } from './audit';
 import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
+import { INVITE_PATH, InviteUser } from './invite';
+import { FORGOT_PASSWORD_PATH } from './links';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -25,13 +28,26 @@ function AppMenu() {
     );
 }
 
+// A page of its own (src/links.jsx), outside the screens that need a login.
+function LoginPage() {
+    return (
+        <Login>
+            <LoginForm />
+            <Typography variant="body2" align="center" sx={{ pb: 2 }}>
+                <Link href={FORGOT_PASSWORD_PATH}>Forgot password?</Link>
+            </Typography>
+        </Login>
+    );
+}
+
 function AppLayout(props) {
     return <Layout {...props} menu={AppMenu} />;
 }
 
 // Screens by role: the API refuses plain users every write and the audit trail, so
 // they are not offered. API keys are no resource of their own: yours are in My account,
-// a user's on their page. Invitations become a Resource here when the API has them.
+// a user's on their page. Invitations are users (inactive until accepted): invited from
+// the users list, re-sent from the user's page.
 function resources(permissions) {
     const admin = permissions === 'admin';
     return [
@@ -47,6 +63,7 @@ function resources(permissions) {
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />
+            {admin ? <Route path={INVITE_PATH} element={<InviteUser />} /> : null}
         </CustomRoutes>,
     ];
 }
@@ -59,6 +76,7 @@ export function App() {
             authProvider={authProvider}
             queryClient={queryClient}
             layout={AppLayout}
+            loginPage={LoginPage}
             requireAuth
             disableTelemetry
         >

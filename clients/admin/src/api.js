@@ -60,7 +60,7 @@ async function toHttpError(response) {
     return new HttpError(detail, response.status, body);
 }
 
-function accept(tokens) {
+export function accept(tokens) {
     noSession = false;
     accessToken = tokens.access_token;
     currentUser = tokens.user;
@@ -149,6 +149,22 @@ export async function httpClient(url, options = {}) {
     if (!response.ok) throw await toHttpError(response);
     const body = await response.text();
     return { status: response.status, headers: response.headers, body, json: body ? JSON.parse(body) : null };
+}
+
+/**
+ * The pages a mailed link opens, used without a session: a plain POST of JSON, and the
+ * problem turned into an HttpError as for any other request. `cookie` asks for the
+ * session the answer starts to come as the refresh cookie, as a login does.
+ */
+export async function publicCall(path, body, { cookie = false } = {}) {
+    const response = await fetch(`${API_URL}${path}${cookie ? COOKIE_TRANSPORT : ''}`, {
+        method: 'POST',
+        credentials: cookie ? 'include' : 'same-origin',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json', ...CSRF_HEADERS },
+        body: JSON.stringify(body),
+    });
+    if (!response.ok) throw await toHttpError(response);
+    return response.json();
 }
 
 /** A path under the API, for the screens that call it directly. */

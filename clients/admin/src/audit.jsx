@@ -21,6 +21,8 @@ export const ACTIONS = [
     { id: 'user.delete', name: 'deleted' },
     { id: 'user.session_end', name: 'session ended' },
     { id: 'user.sessions_end_all', name: 'all sessions ended' },
+    { id: 'user.link_issue', name: 'link mailed' },
+    { id: 'user.link_use', name: 'link used' },
     { id: 'user.api_key_create', name: 'API key created' },
     { id: 'user.api_key_revoke', name: 'API key revoked' },
 ];

@@ -1,12 +1,17 @@
 import {
     BooleanField,
     BooleanInput,
+    Button,
     Create,
+    CreateButton,
     Datagrid,
     DateField,
     DeleteButton,
     Edit,
     EmailField,
+    ExportButton,
+    FilterButton,
+    FunctionField,
     List,
     NullableBooleanInput,
     PasswordInput,
@@ -20,12 +25,15 @@ import {
     TextField,
     TextInput,
     Toolbar,
+    TopToolbar,
     email,
     maxLength,
     required,
+    useListContext,
     usePermissions,
 } from 'react-admin';
 
+import { InviteButton, PENDING_FILTER, ResendInvitationButton, invitationPending } from './invite';
 import { UserApiKeys } from './keys';
 import { UserSessions } from './sessions';
 
@@ -42,17 +50,45 @@ const userFilters = [
     <SearchInput key="q" source="q" alwaysOn placeholder="Search email or name" />,
     <SelectInput key="role" source="role" choices={ROLES} />,
     <NullableBooleanInput key="is_active" source="is_active" label="Active" />,
+    <NullableBooleanInput key="is_verified" source="is_verified" label="Verified" />,
 ];
+
+// Invitations not accepted yet, as the API shows them (see invite.jsx).
+function PendingInvitationsButton() {
+    const { setFilters } = useListContext();
+    return <Button label="Pending invitations" onClick={() => setFilters(PENDING_FILTER, {})} />;
+}
+
+function UserListActions() {
+    const { permissions } = usePermissions();
+    const admin = permissions === 'admin';
+    return (
+        <TopToolbar>
+            <FilterButton />
+            {admin ? <PendingInvitationsButton /> : null}
+            {admin ? <CreateButton /> : null}
+            {admin ? <InviteButton /> : null}
+            <ExportButton />
+        </TopToolbar>
+    );
+}
+
+function status(user) {
+    if (invitationPending(user)) return 'invited';
+    return user.is_active ? 'active' : 'inactive';
+}
 
 export function UserList() {
     return (
-        <List filters={userFilters} sort={{ field: 'id', order: 'ASC' }}>
+        <List filters={userFilters} actions={<UserListActions />} sort={{ field: 'id', order: 'ASC' }}>
             <Datagrid rowClick="show" bulkActionButtons={false}>
                 <TextField source="id" />
                 <EmailField source="email" />
                 <TextField source="name" />
                 <SelectField source="role" choices={ROLES} />
                 <BooleanField source="is_active" label="Active" />
+                <BooleanField source="is_verified" label="Verified" />
+                <FunctionField label="Status" sortable={false} render={status} />
                 <DateField source="created_at" showTime />
             </Datagrid>
         </List>
@@ -69,8 +105,11 @@ export function UserShow() {
                 <TextField source="name" />
                 <SelectField source="role" choices={ROLES} />
                 <BooleanField source="is_active" label="Active" />
+                <BooleanField source="is_verified" label="Verified" />
+                <FunctionField label="Status" render={status} />
                 <DateField source="created_at" showTime />
                 <DateField source="updated_at" showTime />
+                {permissions === 'admin' ? <ResendInvitationButton /> : null}
                 {permissions === 'admin' ? <UserSessions /> : null}
                 {permissions === 'admin' ? <UserApiKeys /> : null}
             </SimpleShowLayout>
