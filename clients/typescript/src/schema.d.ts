@@ -1950,7 +1950,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
@@ -2773,7 +2773,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
@@ -2914,7 +2914,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
@@ -3128,7 +3128,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
@@ -3329,7 +3329,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
@@ -3482,7 +3482,7 @@ export interface operations {
                     "X-Total-Count"?: number;
                     /** @description RESOURCE START-END/TOTAL */
                     "Content-Range"?: string;
-                    /** @description RFC 8288 first, prev, next, last */
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
                     Link?: string;
                     [name: string]: unknown;
                 };
