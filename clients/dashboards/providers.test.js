@@ -21,6 +21,7 @@ const PUBLIC_FIELDS = [
     'email',
     'id',
     'is_active',
+    'is_verified',
     'last_login_at',
     'name',
     'role',
