@@ -1,6 +1,6 @@
 // The stock data providers of react-admin and Refine, driven through their public
 // methods against a live server, as a dashboard drives them. run.sh starts the server
-// and sets API_URL, ADMIN_EMAIL and ADMIN_PASSWORD.
+// and sets API_URL, ADMIN_EMAIL and ADMIN_PASSWORD (through ../with-api.sh).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { before, describe, test } from 'node:test';
