@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 from bench import database, profiling, report, scenarios
 from bench.harness import RESULTS_DIR, WORK_DIR, Cores, Run, entry_point
-from bench.scenarios import READS, READS_BY_KEY, Load, Options
+from bench.scenarios import READS, READS_BY_KEY, Endpoint, Load, Options
 from bench.servers import APP, BARE, PEER, Server, login, server_env, start_server
 from bench.wrk import Wrk, ensure_wrk
 
@@ -29,8 +29,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     mode.add_argument(
         "--profile",
-        action="store_true",
-        help="only profile GET /users/{id} with py-spy; writes bench/results/DATE-profile.md",
+        nargs="?",
+        const="by_id",
+        choices=list(scenarios.READS_BY_KEY),
+        help="only profile one read endpoint (default by_id: GET /users/{id}) with py-spy; "
+        "writes bench/results/DATE-profile[-ENDPOINT].md",
     )
     parser.add_argument("--users", type=int, help="seeded users (default 1000; smoke 100)")
     parser.add_argument("--seconds", type=int, help="length of each measured run (default 10)")
@@ -127,11 +130,15 @@ def run(argv: list[str]) -> int:
     wrk_version = wrk.version()
     today = datetime.date.today().isoformat()
     if args.profile:
-        profile_text = profile_only(load, env, cores)
+        endpoint = scenarios.READS_BY_KEY[args.profile]
+        profile_text = profile_only(load, env, cores, endpoint)
         machine = bench_run.machine(seeded.postgres_version, wrk_version)
         title = f"Profile {today}"
         lines = report.heading(title, bench_run.command, machine)
-        report.save(RESULTS_DIR / f"{today}-profile.md", "\n".join(lines) + "\n\n" + profile_text)
+        suffix = "" if endpoint is scenarios.BY_ID else f"-{endpoint.key}"
+        report.save(
+            RESULTS_DIR / f"{today}-profile{suffix}.md", "\n".join(lines) + "\n\n" + profile_text
+        )
         return 0
 
     database.seed_peer(seeded.url, options.users, seeded.hashed_password)
@@ -165,7 +172,11 @@ def run(argv: list[str]) -> int:
         print("login storm", flush=True)
         storm = scenarios.login_storm(load, app)
         # Smoke touches the profiler too, so CI notices when py-spy stops working.
-        profile = profiling.record(load, app, options.profile_seconds) if args.smoke else None
+        profile = (
+            profiling.record(load, app, scenarios.BY_ID, options.profile_seconds)
+            if args.smoke
+            else None
+        )
 
     with ExitStack() as stack:
         print("reads, 2 workers each (app and bare)", flush=True)
@@ -226,13 +237,14 @@ def setup_text(options: Options, cores: Cores) -> str:
     )
 
 
-def profile_only(load: Load, env: dict[str, str], cores: Cores) -> str:
-    """The app alone under GET /users/{id}, sampled with py-spy; the profile in Markdown."""
+def profile_only(load: Load, env: dict[str, str], cores: Cores, endpoint: Endpoint) -> str:
+    """The app alone under one read endpoint, sampled with py-spy; the profile in Markdown."""
     with ExitStack() as stack:
         app = started_server(stack, "app", APP, env, str(cores.server), 1)
         answer = login(app, database.ADMIN_EMAIL, database.USER_PASSWORD)
         load.tokens["app"] = str(answer["access_token"])
-        print(f"profiling GET /users/{{id}} for {load.options.profile_seconds} s", flush=True)
-        profile = profiling.markdown(profiling.record(load, app, load.options.profile_seconds))
+        print(f"profiling {endpoint.label} for {load.options.profile_seconds} s", flush=True)
+        recorded = profiling.record(load, app, endpoint, load.options.profile_seconds)
+        profile = profiling.markdown(recorded)
     print(profile)
     return profile

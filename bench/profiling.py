@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import REPO
-from bench.scenarios import BY_ID, Load
+from bench.scenarios import Endpoint, Load
 from bench.servers import Server
 from bench.wrk import collect
 
@@ -51,6 +51,7 @@ class Profile:
     seconds: int
     raw_file: Path
     load_rps: float
+    endpoint: str
     # Self samples per library, stdlib time charged to the library that called it.
     by_library: Counter[str] = field(default_factory=Counter)
     # Self samples per (library, function) with the same charging.
@@ -68,8 +69,10 @@ def library_of(path: str) -> str | None:
     return None  # the standard library (or the interpreter itself)
 
 
-def summarise(raw_file: Path, seconds: int, load_rps: float) -> Profile:
-    profile = Profile(samples=0, seconds=seconds, raw_file=raw_file, load_rps=load_rps)
+def summarise(raw_file: Path, seconds: int, load_rps: float, endpoint: str) -> Profile:
+    profile = Profile(
+        samples=0, seconds=seconds, raw_file=raw_file, load_rps=load_rps, endpoint=endpoint
+    )
     for line in raw_file.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
@@ -107,12 +110,12 @@ def short_path(path: str) -> str:
     return re.sub(r"^.*/lib/python3\.\d+/", "", path)
 
 
-def record(load: Load, app: Server, seconds: int) -> Profile:
-    """py-spy on the one worker for `seconds` while wrk drives GET /users/{id} at it."""
+def record(load: Load, app: Server, endpoint: Endpoint, seconds: int) -> Profile:
+    """py-spy on the one worker for `seconds` while wrk drives one read endpoint at it."""
     (pid,) = app.worker_pids()
-    raw_file = load.work_dir / "profile-users-by-id.txt"
-    load.wrk.run(load.read_job(app, BY_ID, load.options.warmup))
-    job = load.read_job(app, BY_ID, seconds + 2)
+    raw_file = load.work_dir / f"profile-{endpoint.key}.txt"
+    load.wrk.run(load.read_job(app, endpoint, load.options.warmup))
+    job = load.read_job(app, endpoint, seconds + 2)
     with load.wrk.background(job) as wrk_process:
         time.sleep(1)  # sample a loaded worker, not its first connections
         py_spy = Path(sys.executable).parent / "py-spy"
@@ -136,14 +139,14 @@ def record(load: Load, app: Server, seconds: int) -> Profile:
         if sampled.returncode:
             raise RuntimeError(f"py-spy failed ({sampled.returncode}): {sampled.stderr}")
         run = collect(wrk_process, job)
-    return summarise(raw_file, seconds, run.rps)
+    return summarise(raw_file, seconds, run.rps, endpoint.label)
 
 
 def markdown(profile: Profile) -> str:
     total = profile.samples or 1
     lines = [
         f"py-spy, {SAMPLES_PER_SECOND} samples/s for {profile.seconds} s on the app's one "
-        f"worker (core 0) under wrk `GET /users/{{id}}` ({profile.load_rps:.0f} req/s while "
+        f"worker (core 0) under wrk `{profile.endpoint}` ({profile.load_rps:.0f} req/s while "
         f"sampled); {profile.samples} non-idle samples. Raw stacks: `{profile.raw_file.name}` "
         "in bench/.work/ (open in speedscope).",
         "",
