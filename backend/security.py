@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, TypeVar
 
 import jwt
@@ -28,6 +28,10 @@ REFRESH = "refresh"
 HASH_QUEUE_RETRY_AFTER_SECONDS = 1
 LOWEST_PRIORITY = 19  # nice value
 INVALID_OR_EXPIRED = "The token is invalid or has expired."
+# A client sends the same access token with every request until it expires, and its
+# signature check was 7% of a GET /users/{id} (bench/README.md, Where the time goes).
+# ~1 KB each; a token is re-checked in full once it drops out.
+VERIFIED_TOKENS_KEPT = 1024
 
 T = TypeVar("T")
 
@@ -145,22 +149,7 @@ def create_token(
 
 def decode_token(token: str, expected_type: str, settings: Settings) -> TokenClaims:
     try:
-        if not token.isascii():
-            # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate.
-            raise jwt.DecodeError("a token is ASCII")
-        payload = jwt.decode(
-            token,
-            settings.SECRET_KEY,
-            algorithms=[JWT_ALGORITHM],
-            # Times are checked against the clock every lifetime is measured by (below),
-            # not PyJWT's own.
-            options={
-                "require": ["exp", "iat", "sub", "jti"],
-                "verify_exp": False,
-                "verify_iat": False,
-            },
-        )
-        claims = TokenClaims.model_validate(payload)
+        claims = _verified_claims(token, settings.SECRET_KEY)
     except (jwt.InvalidTokenError, ValidationError) as error:
         raise UnauthorizedError(INVALID_OR_EXPIRED) from error
     if claims.exp <= utcnow().timestamp():
@@ -168,3 +157,23 @@ def decode_token(token: str, expected_type: str, settings: Settings) -> TokenCla
     if claims.type != expected_type:
         raise UnauthorizedError(f"A token of type '{expected_type}' is required here.")
     return claims
+
+
+# Only tokens whose signature verified are kept (an exception is never cached), so a
+# flood of forged tokens costs a full check each and evicts nothing it did not pass.
+# Whether the token is still honoured (expiry here, revocation in sessions.check) is
+# decided on every use.
+@lru_cache(maxsize=VERIFIED_TOKENS_KEPT)
+def _verified_claims(token: str, secret_key: str) -> TokenClaims:
+    if not token.isascii():
+        # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate.
+        raise jwt.DecodeError("a token is ASCII")
+    payload = jwt.decode(
+        token,
+        secret_key,
+        algorithms=[JWT_ALGORITHM],
+        # Times are checked against the clock every lifetime is measured by (above), not
+        # PyJWT's own.
+        options={"require": ["exp", "iat", "sub", "jti"], "verify_exp": False, "verify_iat": False},
+    )
+    return TokenClaims.model_validate(payload)

@@ -12,8 +12,9 @@ import httpx
 import jwt
 import pytest
 
-from backend.errors import ServiceUnavailableError
-from backend.security import PasswordHasher
+from backend.config import Settings
+from backend.errors import ServiceUnavailableError, UnauthorizedError
+from backend.security import ACCESS, REFRESH, PasswordHasher, decode_token
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
 
 
@@ -59,6 +60,18 @@ async def test_forged_tokens_are_refused(client: httpx.AsyncClient) -> None:
         assert response.status_code == 401, name
         assert response.headers["www-authenticate"] == "Bearer", name
         assert response.headers["content-type"] == "application/problem+json", name
+
+
+async def test_a_verified_token_is_refused_under_another_secret_key(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    token = (await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"]
+    assert decode_token(token, ACCESS, settings).type == ACCESS  # verified, and now kept
+    rotated = settings.model_copy(update={"SECRET_KEY": "another-secret-key-of-enough-length!!"})
+    with pytest.raises(UnauthorizedError):
+        decode_token(token, ACCESS, rotated)
+    with pytest.raises(UnauthorizedError):
+        decode_token(token, REFRESH, settings)
 
 
 async def test_non_bearer_authorization_is_401(client: httpx.AsyncClient) -> None:
