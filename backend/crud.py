@@ -12,6 +12,7 @@ from sqlalchemy import (
     Select,
     UnaryExpression,
     any_,
+    bindparam,
     delete,
     false,
     func,
@@ -78,6 +79,19 @@ async def get_user_by_email(session: AsyncSession, *, email: str) -> User | None
 # What a list of users shows, read as plain rows: an export page is a thousand users, and
 # building a User object for each cost more than the query (~85 us a row, issue 12).
 PUBLIC_USER_COLUMNS = tuple(UserPublic.model_fields)
+
+
+# One user's public columns and version (its ETag), as a plain row: no ORM object to
+# build, track and expunge for a read (bench/README.md, issue 13).
+_USER_TABLE = User.__table__  # type: ignore[attr-defined]
+_PUBLIC_USER_BY_ID = select(
+    *(_USER_TABLE.c[name] for name in (*PUBLIC_USER_COLUMNS, "version"))
+).where(_USER_TABLE.c.id == bindparam("user_id"))
+
+
+async def get_public_user(session: AsyncSession, *, user_id: int) -> Row[Any] | None:
+    connection = await session.connection()
+    return (await connection.execute(_PUBLIC_USER_BY_ID, {"user_id": user_id})).first()
 
 
 async def list_users(

@@ -211,11 +211,17 @@ ApiKeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An API key's id"
 # The caller comes first in each of these: the path's user is looked up only for someone
 # allowed to see it, so an anonymous request (401) or a plain user's on an admin route
 # (403) is answered alike whether that user exists or not, and touches no table.
-async def get_target_user(
-    user_id: UserId, caller: CurrentUser, session: SessionDep, services: ServicesDep
-) -> User:
+async def get_visible_user_id(user_id: UserId, caller: CurrentUser, services: ServicesDep) -> int:
     if user_id != caller.id and not sees_directory(caller, services.settings):
         raise ForbiddenError("Only admins may read other accounts here (USERS_DIRECTORY=admins).")
+    return user_id
+
+
+# The path's user id, once the caller may see that user.
+VisibleUserId = Annotated[int, Depends(get_visible_user_id)]
+
+
+async def get_target_user(user_id: VisibleUserId, session: SessionDep) -> User:
     return await _load_target(session, user_id)
 
 

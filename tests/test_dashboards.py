@@ -15,7 +15,7 @@ from sqlmodel import SQLModel
 
 from backend.config import Settings, load_settings
 from backend.main import create_app
-from backend.models import Clock, User, new_account_key, utcnow
+from backend.models import Clock, User, UserPublic, new_account_key, utcnow
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -185,14 +185,19 @@ def test_users_directory_is_validated() -> None:
 async def test_list_rows_are_written_as_the_user_itself_is(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
-    """The list writes its rows without a model (routers/users.py): field for field,
-    format for format, what GET /users/{id} says."""
+    """The list and GET /users/{id} write rows without a model (routers/users.py): field
+    for field, format for format, what UserPublic writes (as GET /users/me does)."""
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)  # a last_login_at to write
     listed = await client.get(f"{API}/users", headers=admin_headers)
     for user in listed.json():
         alone = await client.get(f"{API}/users/{user['id']}", headers=admin_headers)
         assert alone.text == json.dumps(user, separators=(",", ":"))
+        assert alone.text == UserPublic.model_validate_json(alone.text).model_dump_json()
     assert listed.headers["content-type"] == "application/json"
+    me = await client.get(f"{API}/users/me", headers=admin_headers)
+    by_id = await client.get(f"{API}/users/{me.json()['id']}", headers=admin_headers)
+    assert by_id.content == me.content
+    assert by_id.headers["content-type"] == me.headers["content-type"]
 
 
 # --- last_login_at --------------------------------------------------------------------

@@ -17,10 +17,10 @@ from backend.deps import (
     ServicesDep,
     SessionDep,
     SessionUser,
-    TargetUser,
+    VisibleUserId,
     sees_directory,
 )
-from backend.errors import ConflictError, ForbiddenError
+from backend.errors import ConflictError, ForbiddenError, NotFoundError
 from backend.listing import (
     LIST_HEADERS,
     ISODateTime,
@@ -85,6 +85,7 @@ UserPublicRow = TypedDict(  # type: ignore[misc]
     "UserPublicRow",
     {name: field.annotation for name, field in UserPublic.model_fields.items()},
 )
+USER_ROW: TypeAdapter[Any] = TypeAdapter(UserPublicRow)
 USER_ROWS: TypeAdapter[Any] = TypeAdapter(list[UserPublicRow])
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
@@ -248,11 +249,15 @@ async def change_password(
     response_model=UserPublic,
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
-async def read_user(user: TargetUser, response: Response) -> User:
+async def read_user(user_id: VisibleUserId, session: SessionDep) -> Response:
     """One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
     With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
-    response.headers["ETag"] = etag(user)
-    return user
+    row = await crud.get_public_user(session, user_id=user_id)
+    if row is None:
+        raise NotFoundError(f"User {user_id} does not exist.")
+    public = row._asdict()
+    headers = {"ETag": f'"{public.pop("version")}"'}
+    return Response(USER_ROW.dump_json(public), media_type="application/json", headers=headers)
 
 
 @router.patch(
