@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import crud
@@ -17,6 +18,7 @@ from backend.db import DatabaseStartupError, explained_startup_failure, upgrade_
 from backend.docs import install_docs
 from backend.middleware import (
     BodySizeLimitMiddleware,
+    LivenessMiddleware,
     ProblemCORSMiddleware,
     ResponseHeadersMiddleware,
     ShutdownCutoffMiddleware,
@@ -156,6 +158,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # adds its headers to 413s and 500s too.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    routes = {route.name: route for route in health.router.routes if isinstance(route, APIRoute)}
+    app.add_middleware(
+        LivenessMiddleware,
+        path=app.url_path_for(health.LIVE_ROUTE_NAME),
+        route=routes[health.LIVE_ROUTE_NAME],
+        body=health.LIVE.model_dump_json(exclude_none=True).encode(),
+    )
     app.add_middleware(
         ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,

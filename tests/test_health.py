@@ -4,6 +4,7 @@ import httpx
 
 from backend.config import Settings
 from backend.main import create_app
+from backend.routers.health import live
 from tests.helpers import API, running
 
 
@@ -37,3 +38,21 @@ async def test_ready_is_503_when_the_database_is_unreachable(settings: Settings)
     assert ready.headers["content-type"] == "application/problem+json"
     assert ready.headers["retry-after"]
     assert login.status_code == 503
+
+
+async def test_liveness_answered_ahead_of_the_router_is_the_routes_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    """LivenessMiddleware answers GET /health before routing: the same body the
+    documented route gives, with every header the other layers add."""
+    assert (await live()).model_dump_json(exclude_none=True) == '{"status":"ok"}'
+    for path in ("/health", "/health/"):
+        response = await client.get(path, headers={"X-Request-ID": "probe-1"})
+        assert response.status_code == 200
+        assert response.content == b'{"status":"ok"}'
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["x-request-id"] == "probe-1"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    refused = await client.post("/health")
+    assert refused.status_code == 405
+    assert refused.headers["content-type"] == "application/problem+json"
