@@ -14,6 +14,11 @@ and the CLI writes from another process, so the cache is off there: see `AuthCac
   id in the writer's transaction, so on commit, whoever wrote (another worker or host,
   the CLI, psql), and each worker's listener drops that user's entries.
 
+The listener runs in its own thread, on its own event loop: on the app's loop, a
+saturated worker (32 clients) answered its pings so late that a third of the checks
+went to the database (bench/README.md); a thread needs only the GIL, which the
+interpreter hands over every 5 ms.
+
 Failing safe. A hit is served only while the listener's connection answered a ping
 sent at most FRESH_SECONDS ago. PostgreSQL delivers a notification committed before a
 ping was read ahead of the ping's answer, so a cached row is never served more than
@@ -29,8 +34,10 @@ was sent.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -52,9 +59,11 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "auth_cache"  # the migration's trigger notifies this
 PING_SECONDS = 0.02
-# No check for this long, and the pings pause until the next one (which queries): an
-# idle worker does not ping PostgreSQL 50 times a second. Notifications still arrive.
+# No check for this long, and the pings pause until checks come in again (the first
+# ones query): an idle worker does not ping PostgreSQL 50 times a second.
+# Notifications still arrive.
 IDLE_SECONDS = 1.0
+IDLE_POLL_SECONDS = 0.05
 # Revocation reaches every other worker within this (the bound is 100 ms): a hit needs
 # a ping answered that was sent at most this long ago.
 FRESH_SECONDS = 0.08
@@ -89,21 +98,33 @@ class AuthCache:
         self._entries: dict[int, dict[str, _Entry]] = {}  # user id -> session id -> rows
         self._count = 0
         self._epoch = 0
+        # The listener's thread drops entries while the app's loop reads and stores them.
+        self._lock = threading.Lock()
         self._confirmed_at = -math.inf  # when the last answered ping was sent
         self._checked_at = -math.inf  # the latest check, cached or not
-        self._checking = asyncio.Event()  # set while checks come in: keep pinging
-        self._listener: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._listener: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
 
     def start(self) -> None:
         """Start listening, in the background: until the listener is confirmed, every
         check queries the database, as without a cache."""
         if self.enabled:
-            self._listener = asyncio.create_task(self._listen(), name="auth-cache-listener")
+            self._thread = threading.Thread(
+                target=asyncio.run,
+                args=(self._listen_until_closed(),),
+                name=LISTENER_NAME,
+                daemon=True,  # a worker that never ran its shutdown still exits
+            )
+            self._thread.start()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._thread is not None:
+            self._closing.set()
+            if self._listener is not None:
+                loop, task = self._listener
+                loop.call_soon_threadsafe(task.cancel)
+            await asyncio.to_thread(self._thread.join)
         self._drop_everything()
 
     async def read(
@@ -117,8 +138,6 @@ class AuthCache:
         detached instances: a handler may change them as it could a loaded row."""
         now = time.monotonic()
         self._checked_at = now
-        if not self._checking.is_set():
-            self._checking.set()
         fresh = self.enabled and now - self._confirmed_at <= FRESH_SECONDS
         if fresh and session_id is not None:
             entry = self._entries.get(user_id, {}).get(session_id)
@@ -128,10 +147,11 @@ class AuthCache:
         epoch = self._epoch
         self._misses.inc()
         user, user_session = await load()
-        if fresh and user is not None and user_session is not None and epoch == self._epoch:
-            self._store(
-                user_id, user_session.id, _Entry(_row(user), _row(user_session), time.monotonic())
-            )
+        if fresh and user is not None and user_session is not None:
+            entry = _Entry(_row(user), _row(user_session), time.monotonic())
+            with self._lock:
+                if epoch == self._epoch:
+                    self._store(user_id, user_session.id, entry)
         return user, user_session
 
     def forget(self, user_ids: Iterable[int] | None) -> None:
@@ -139,21 +159,34 @@ class AuthCache:
         if user_ids is None:
             self._drop_everything()
             return
-        self._epoch += 1
-        for user_id in user_ids:
-            self._count -= len(self._entries.pop(user_id, ()))
+        with self._lock:
+            self._epoch += 1
+            for user_id in user_ids:
+                self._count -= len(self._entries.pop(user_id, ()))
 
     def _drop_everything(self) -> None:
-        self._epoch += 1
-        self._entries.clear()
-        self._count = 0
+        with self._lock:
+            self._epoch += 1
+            self._entries.clear()
+            self._count = 0
 
     def _store(self, user_id: int, session_id: str, entry: _Entry) -> None:
+        """Under the lock."""
         if self._count >= MAX_ENTRIES:  # an eviction, not a change: the epoch stays
             self._count -= len(self._entries.pop(next(iter(self._entries))))
         sessions = self._entries.setdefault(user_id, {})
         self._count += session_id not in sessions
         sessions[session_id] = entry
+
+    async def _listen_until_closed(self) -> None:
+        """The listener thread's whole life, on its own event loop."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._listener = (asyncio.get_running_loop(), task)
+        if self._closing.is_set():  # closed before this thread got going
+            return
+        with contextlib.suppress(asyncio.CancelledError):  # closed: asyncio.run ends here
+            await self._listen()
 
     async def _listen(self) -> None:
         """Hold the listening connection, reconnecting after a drop, and ping it."""
@@ -184,9 +217,9 @@ class AuthCache:
                     await connection.execute("SELECT 1", timeout=self._connect_timeout)
                     self._confirmed_at = sent
                     await asyncio.sleep(PING_SECONDS)
-                    if time.monotonic() - self._checked_at > IDLE_SECONDS:
-                        self._checking.clear()
-                        await self._checking.wait()
+                    # Polled: the checks that end the pause run on the app's loop.
+                    while time.monotonic() - self._checked_at > IDLE_SECONDS:  # noqa: ASYNC110
+                        await asyncio.sleep(IDLE_POLL_SECONDS)
             except Exception as error:
                 logger.warning("auth cache off: lost the listening connection: %r", error)
                 lost_logged = True
