@@ -90,8 +90,10 @@ _PUBLIC_USER_BY_ID = select(
 
 
 async def get_public_user(session: AsyncSession, *, user_id: int) -> Row[Any] | None:
-    connection = await session.connection()
-    return (await connection.execute(_PUBLIC_USER_BY_ID, {"user_id": user_id})).first()
+    row: Row[Any] | None = (
+        await session.exec(_PUBLIC_USER_BY_ID, params={"user_id": user_id})
+    ).first()
+    return row
 
 
 async def list_users(

@@ -392,7 +392,8 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
 
 
 FROZEN_WAVES = 2
-# Each kind this many at once: 3 x 8 callers want more than the pool's 10 + 10 connections,
+KINDS = ("me", "by id", "register", "ready")
+# Each kind this many at once: 4 x 8 callers want more than the pool's 10 + 10 connections,
 # so some wait for the pool, some for a connect, some on a pooled connection's pre-ping.
 FROZEN_CALLERS_PER_KIND = 8
 SCHEDULING_MARGIN_SECONDS = 1.5  # 2 shared cores: event-loop and greenlet overhead
@@ -424,6 +425,7 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
                 body = {"email": next(emails), "name": "Frozen", "password": USER_PASSWORD}
                 calls += [
                     load.call("me", "GET", f"{API}/users/me", headers=headers),
+                    load.call("by id", "GET", f"{API}/users/{user_id}", headers=headers),
                     load.call("register", "POST", f"{API}/auth/register", json=body),
                     load.call("ready", "GET", "/health/ready"),
                 ]
@@ -438,6 +440,7 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
         assert response is not None
         assert response.status_code == 200
         headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+        user_id = response.json()["user"]["id"]
         await wave()  # the pool now holds idle connections, which the freeze catches
         load.phase = "frozen"
         with cluster.frozen():
@@ -445,7 +448,7 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
                 await wave()
         load.phase = "thawed"
         thawed = time.monotonic()
-        while not all(load.first(what, 200, thawed) for what in ("me", "register", "ready")):
+        while not all(load.first(what, 200, thawed) for what in KINDS):
             assert time.monotonic() - thawed < THAWED_RECOVERY_LIMIT_SECONDS, "no recovery"
             await wave()
         recovery_seconds = time.monotonic() - thawed
@@ -454,10 +457,7 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
         pool = app.state.services.engine.pool
 
     frozen = [o for o in load.outcomes if o.phase == "frozen"]
-    by_kind = {
-        what: sorted(o.seconds for o in frozen if o.what == what)
-        for what in ("me", "register", "ready")
-    }
+    by_kind = {what: sorted(o.seconds for o in frozen if o.what == what) for what in KINDS}
     print(  # the numbers behind the assertions, for `pytest -s`
         f"\nfrozen: {len(frozen)} requests, "
         + ", ".join(
