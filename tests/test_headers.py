@@ -52,8 +52,18 @@ async def test_security_headers(client: httpx.AsyncClient) -> None:
         f"{API}/auth/login", data={"username": "a@example.com", "password": "x"}
     )
     health = await client.get("/health")
-    for response in (api, health):
+    docs = await client.get("/docs")
+    missing = await client.get(f"{API}/no-such-route")
+    for response in (api, health, docs, missing):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
-    assert api.headers["cache-control"] == "no-store"
+        # Appended, not set (middleware.py): each once, whatever the response is.
+        for name in (
+            "x-request-id",
+            "x-content-type-options",
+            "referrer-policy",
+            "x-frame-options",
+        ):
+            assert len(response.headers.get_list(name)) == 1, (response.url, name)
+    assert api.headers.get_list("cache-control") == ["no-store"]
     assert "cache-control" not in health.headers
