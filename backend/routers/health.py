@@ -26,12 +26,11 @@ LIVE = HealthStatus()
 LIVE_ROUTE_NAME = "health-live"
 
 
+# What the OpenAPI document shows. LivenessMiddleware answers GET /health with LIVE
+# before the router is reached (tests/test_health.py holds the two answers equal).
 @router.get("", name=LIVE_ROUTE_NAME, response_model=HealthStatus, response_model_exclude_none=True)
 async def live() -> HealthStatus:
-    """The process is up. Touches no database.
-
-    Served answers come from `LivenessMiddleware`, ahead of the routing; this route
-    documents them and answers any request that reaches the router."""
+    """The process is up. Touches no database."""
     return LIVE
 
 
