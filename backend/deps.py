@@ -221,10 +221,6 @@ async def get_visible_user_id(user_id: UserId, caller: CurrentUser, services: Se
 VisibleUserId = Annotated[int, Depends(get_visible_user_id)]
 
 
-async def get_target_user(user_id: VisibleUserId, session: SessionDep) -> User:
-    return await _load_target(session, user_id)
-
-
 def sees_directory(user: User, settings: Settings) -> bool:
     """Whether the user may read other accounts (USERS_DIRECTORY)."""
     return settings.USERS_DIRECTORY == "all" or user.role == UserRole.ADMIN
@@ -237,11 +233,14 @@ async def get_admin_target_user(user_id: UserId, _admin: AdminUser, session: Ses
 async def _load_target(session: AsyncSession, user_id: int) -> User:
     user = await crud.get_user(session, user_id=user_id)
     if user is None:
-        raise NotFoundError(f"User {user_id} does not exist.")
+        raise user_not_found(user_id)
     return user
 
 
-TargetUser = Annotated[User, Depends(get_target_user)]
+def user_not_found(user_id: int) -> NotFoundError:
+    return NotFoundError(f"User {user_id} does not exist.")
+
+
 AdminTargetUser = Annotated[User, Depends(get_admin_target_user)]
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="A session's id")]
 

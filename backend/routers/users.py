@@ -19,8 +19,9 @@ from backend.deps import (
     SessionUser,
     VisibleUserId,
     sees_directory,
+    user_not_found,
 )
-from backend.errors import ConflictError, ForbiddenError, NotFoundError
+from backend.errors import ConflictError, ForbiddenError
 from backend.listing import (
     LIST_HEADERS,
     ISODateTime,
@@ -93,8 +94,8 @@ ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(400, 401, 403, 422))
 
 
-def etag(user: User) -> str:
-    return f'"{user.version}"'
+def etag(version: int) -> str:
+    return f'"{version}"'
 
 
 @router.get(
@@ -140,7 +141,7 @@ async def create_user(
     user = await crud.create_user(
         session, data=body, hasher=services.password_hasher, audit=True, actor_id=admin.id
     )
-    response.headers["ETag"] = etag(user)
+    response.headers["ETag"] = etag(user.version)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
 
@@ -167,7 +168,7 @@ async def invite_user(
     _check_invitations(settings)
     user, link = await crud.invite_user(session, data=body, settings=settings, actor_id=admin.id)
     links.send_link(services.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
-    response.headers["ETag"] = etag(user)
+    response.headers["ETag"] = etag(user.version)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
 
@@ -254,9 +255,9 @@ async def read_user(user_id: VisibleUserId, session: SessionDep) -> Response:
     With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
     row = await crud.get_public_user(session, user_id=user_id)
     if row is None:
-        raise NotFoundError(f"User {user_id} does not exist.")
+        raise user_not_found(user_id)
     public = row._asdict()
-    headers = {"ETag": f'"{public.pop("version")}"'}
+    headers = {"ETag": etag(public.pop("version"))}
     return Response(USER_ROW.dump_json(public), media_type="application/json", headers=headers)
 
 
@@ -285,7 +286,7 @@ async def update_user(
         actor_id=admin.id,
         expected_versions=expected_versions,
     )
-    response.headers["ETag"] = etag(updated)
+    response.headers["ETag"] = etag(updated.version)
     return updated
 
 
