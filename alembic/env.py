@@ -8,9 +8,11 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
+import backend.auth.models  # noqa: F401  (its tables join SQLModel.metadata)
 from backend import models
 from backend.config import get_settings
-from backend.db import async_url, create_migration_engine, include_in_autogenerate
+from backend.db.engine import async_url
+from backend.db.migrate import create_migration_engine, include_in_autogenerate
 
 target_metadata = SQLModel.metadata
 
@@ -65,7 +67,7 @@ def run_migrations_offline() -> None:
 if context.is_offline_mode():
     run_migrations_offline()
 elif (connection := context.config.attributes.get("connection")) is not None:
-    # The app passes its own connection (backend.db.upgrade_to_head).
+    # The app passes its own connection (backend.db.migrate.upgrade_to_head).
     do_run_migrations(connection)
 else:
     asyncio.run(run_async_migrations())

@@ -23,20 +23,25 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.listing import DEFAULT_MAX_PER_PAGE, MAX_PER_PAGE_CEILING
-from backend.models import AccountRules, normalise_email
-from backend.passwords import (
+from backend.rules import (
     DEFAULT_PASSWORD_MIN_LENGTH,
     PASSWORD_MIN_LENGTH_FLOOR,
+    AccountRules,
+    normalise_email,
     normalise_password,
     password_problem,
 )
 
 MIN_SECRET_KEY_BYTES = 32
+# The records one request may ask for is the MAX_PER_PAGE setting: its default is what
+# react-admin's stock Export button asks for at once, and its ceiling keeps one answer
+# to a few megabytes.
+DEFAULT_MAX_PER_PAGE = 1000
+MAX_PER_PAGE_CEILING = 10_000
 HOW_TO_MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 # The dashboard as `npm run build` leaves it in a checkout; an installed wheel has none.
 DEFAULT_ADMIN_DIR = Path(__file__).resolve().parent.parent / "clients" / "admin" / "dist"
-# Where the app serves it (backend/admin.py); it also serves the pages mailed links open.
+# Where the app serves it (backend/http/admin.py); it also serves the pages mailed links open.
 ADMIN_PATH = "/admin"
 LOCAL_URL = "http://127.0.0.1:8000"
 HOW_TO_BUILD_THE_DASHBOARD = "cd clients/admin && npm ci && npm run build"
@@ -111,7 +116,7 @@ class Settings(BaseSettings):
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=30, ge=1)
     REFRESH_TOKEN_EXPIRE_DAYS: int = Field(default=14, ge=1)
     # A session ends this long after its login however it is used, or after this long
-    # without a refresh (see backend/sessions.py).
+    # without a refresh (see backend/auth/sessions.py).
     SESSION_MAX_DAYS: int = Field(default=30, ge=1)
     SESSION_IDLE_DAYS: int = Field(default=14, ge=1)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
@@ -152,7 +157,7 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     REFRESH_REUSE_GRACE_SECONDS: int = Field(default=10, ge=0)
     # How long a worker may answer a token's check from memory (PostgreSQL only; 0: never).
-    # A backstop: changes reach every worker's cache at once (see backend/authcache.py).
+    # A backstop: changes reach every worker's cache at once (see backend/auth/authcache.py).
     AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0)
     AUTO_MIGRATE: bool | None = None
     # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
@@ -170,8 +175,8 @@ class Settings(BaseSettings):
     # whole pool, and that one request gets 503 (tests/test_outage.py).
     DB_POOL_PRE_PING: bool = False
     # All a request may wait for PostgreSQL, summed over the pool, connecting and its
-    # statements, before it gets 503: below a client's usual 10 s timeout. The three
-    # limits below used to add up: a frozen server answered in 5-12 s (issue 16).
+    # statements, before it gets 503: below a client's usual 10 s timeout. Without it
+    # the three limits below would add up.
     DB_REQUEST_BUDGET_SECONDS: float = Field(default=3.0, gt=0)
     # Each defaults to the budget and is capped at it: see the *_timeout_seconds properties.
     DB_POOL_TIMEOUT_SECONDS: float | None = Field(default=None, gt=0)

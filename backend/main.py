@@ -11,12 +11,15 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend import crud
-from backend.admin import install_admin
+from backend.auth import accounts
+from backend.auth.authcache import AuthCache, tracked_sessionmaker
+from backend.auth.passwords import PasswordHasher
 from backend.config import Settings, get_settings
-from backend.db import DatabaseStartupError, explained_startup_failure, upgrade_to_head
-from backend.docs import install_docs
-from backend.middleware import (
+from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
+from backend.db.migrate import upgrade_to_head
+from backend.http.admin import install_admin
+from backend.http.docs import install_docs
+from backend.http.middleware import (
     BodySizeLimitMiddleware,
     LivenessMiddleware,
     ProblemCORSMiddleware,
@@ -25,16 +28,19 @@ from backend.middleware import (
     TrailingSlashMiddleware,
     UnexpectedErrorMiddleware,
 )
-from backend.models import UserCreate, UserRole, use_account_rules
-from backend.observability import (
+from backend.http.observability import (
     Metrics,
     RequestLogMiddleware,
     configure_logging,
     install_metrics_endpoint,
 )
-from backend.problems import PROBLEM_JSON, install_error_handlers
-from backend.routers import audit, auth, health, sessions, tokens, users
-from backend.services import Services
+from backend.http.problems import PROBLEM_JSON, install_error_handlers
+from backend.http.ratelimit import RateLimiter
+from backend.mail import Mailer
+from backend.models import UserCreate, UserRole
+from backend.routers import api_keys, audit, auth, health, sessions, users
+from backend.rules import use_account_rules
+from backend.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +61,49 @@ TAGS = [
 ]
 
 
+def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
+    """Build every part of the runtime; none connects anywhere until first used."""
+    engine = create_engine(settings)
+    password_hasher = PasswordHasher(
+        rounds=settings.BCRYPT_ROUNDS,
+        concurrency=settings.HASH_CONCURRENCY,
+        queue_limit=settings.HASH_QUEUE_LIMIT,
+    )
+    metrics.watch(engine, password_hasher)
+    auth_cache = AuthCache(settings, metrics)
+    return Runtime(
+        settings=settings,
+        metrics=metrics,
+        engine=engine,
+        sessionmaker=tracked_sessionmaker(engine, settings, auth_cache=auth_cache),
+        read_sessionmaker=tracked_sessionmaker(
+            engine, settings, auth_cache=auth_cache, read_only=True
+        ),
+        password_hasher=password_hasher,
+        rate_limiter=RateLimiter(settings, metrics),
+        mailer=Mailer(settings),
+        auth_cache=auth_cache,
+    )
+
+
 def _lifespan(
     settings: Settings, metrics: Metrics
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services.start(settings, metrics)
-        app.state.services = services
+        runtime = start_runtime(settings, metrics)
+        app.state.runtime = runtime
         try:
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
-                await _ensure_first_admin(services)
-            mailer = services.mailer
+                await _ensure_first_admin(runtime)
+            mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
-            services.auth_cache.start()
+            runtime.auth_cache.start()
             yield
         finally:
-            await services.close()
+            await runtime.close()
 
     return lifespan
 
@@ -105,8 +136,8 @@ class OneLineStartupFailure:
         await self.app(scope, receive, send_one_line)
 
 
-async def _ensure_first_admin(services: Services) -> None:
-    settings = services.settings
+async def _ensure_first_admin(runtime: Runtime) -> None:
+    settings = runtime.settings
     if not (settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD):
         return
     admin = UserCreate(
@@ -115,8 +146,8 @@ async def _ensure_first_admin(services: Services) -> None:
         name="Admin",
         role=UserRole.ADMIN,
     )
-    async with services.sessionmaker() as session:
-        created = await crud.ensure_user(session, data=admin, hasher=services.password_hasher)
+    async with runtime.sessionmaker() as db:
+        created = await accounts.ensure_user(db, data=admin, hasher=runtime.password_hasher)
     if created:
         logger.info("created the first admin %s", admin.email)
     else:
@@ -140,17 +171,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings, metrics),
         redirect_slashes=False,
         generate_unique_id_function=lambda route: route.name,
-        # The app's observability is its request log and Prometheus metrics (README).
-        # FastAPI's OpenTelemetry bridge, on by default, looked up the global providers
-        # on every request to find none (no OpenTelemetry SDK is installed): 8.6% of a
-        # GET /health (bench/README.md).
+        # The app's observability is its request log and Prometheus metrics. FastAPI's
+        # OpenTelemetry bridge, on by default, looks up the global providers on every
+        # request and finds none: no OpenTelemetry SDK is installed (bench/README.md).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
-    app.include_router(tokens.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)
@@ -239,14 +269,12 @@ def served_app() -> FastAPI:
             "working when it restarts and are not shared between workers."
         )
     app = create_app(settings)
-    # What start-up made (modules, routes, schemas: ~160,000 objects) lives as long as
-    # the process; frozen, the collector stops walking it in every full collection: a
-    # pause of 190 ms each on a busy 2-core machine (bench/README.md), ~0 ms frozen.
+    # What start-up made (modules, routes, schemas) lives as long as the process; frozen,
+    # the collector stops walking it in every full collection (bench/README.md).
     gc.collect()
     gc.freeze()
-    # Python's default (700, 10, 10) collected the young generation every 700 allocations:
-    # under 32 clients ~9% of the worker's CPU went to collections that freed almost
-    # nothing (what a request allocates is mostly freed by reference counting), and
-    # each full one took 15-20 ms (bench/README.md). Cyclic garbage now waits longer.
+    # Python's default (700, 10, 10) collects the young generation every 700 allocations,
+    # which under load spends a share of the worker's CPU freeing almost nothing: what a
+    # request allocates is mostly freed by reference counting (bench/README.md).
     gc.set_threshold(*GC_THRESHOLDS)
     return app

@@ -1,19 +1,14 @@
-"""SQLModel families: the table classes double as request and response schemas."""
+"""Field types and the User and AuditEvent families: the table classes double as
+request and response schemas. The login-side families are in backend/auth/models.py."""
 
 import secrets
 import unicodedata
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-import pydantic
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
-    AliasChoices,
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     GetJsonSchemaHandler,
     StrictBool,
@@ -25,9 +20,12 @@ from pydantic_core import CoreSchema
 from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from backend.passwords import (
-    DEFAULT_PASSWORD_MIN_LENGTH,
+from backend.clock import utcnow
+from backend.rules import (
+    EMAIL_MAX_CHARS,
     PASSWORD_MAX_BYTES,
+    account_rules,
+    normalise_email,
     normalise_password,
     password_problem,
 )
@@ -42,26 +40,6 @@ SQLModel.metadata.naming_convention = {
 }
 
 NAME_MAX_CHARS = 100
-EMAIL_MAX_CHARS = 254
-
-
-class Clock:
-    """The time every timestamp and lifetime is taken from. Tests move it forward
-    (tests/conftest.py, `clock`) to cross a session's lifetime without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-
-clock = Clock()
-
-
-def utcnow() -> datetime:
-    return clock.now()
-
 
 ACCOUNT_KEY_BYTES = 16
 
@@ -96,33 +74,22 @@ def _reject_control_characters(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class AccountRules:
-    """The configurable part of the account validators (PASSWORD_MIN_LENGTH,
-    ALLOW_INTERNATIONAL_EMAILS).
-
-    The validators are pydantic annotations that FastAPI runs with no access to the app
-    or its settings, and they must stay there: the OpenAPI document, generated clients
-    and fuzzers read the rules off the same types. So the settings are applied to the
-    process, once, by the app factory and the CLI (`use_account_rules`), and read at
-    validation and at schema generation time. One process serves one configuration.
-    """
-
-    password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
-    allow_international_emails: bool = False
-
-
-_rules = AccountRules()
-
-
-def use_account_rules(rules: AccountRules) -> None:
-    global _rules
-    _rules = rules
+def string_enum(enum: type[StrEnum], *, name: str, length: int) -> Enum:
+    """An enum column stored as a VARCHAR with a CHECK of its values, not a database
+    enum type: adding a value later needs no ALTER TYPE."""
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 def _check_password_policy(value: str) -> str:
     value = normalise_password(value)
-    problem = password_problem(value, min_length=_rules.password_min_length)
+    problem = password_problem(value, min_length=account_rules().password_min_length)
     if problem:
         raise ValueError(problem)
     return value
@@ -135,7 +102,7 @@ class _PasswordJsonSchema:
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        min_length = _rules.password_min_length
+        min_length = account_rules().password_min_length
         return {
             "type": "string",
             "format": "password",
@@ -161,40 +128,8 @@ _CONTROL = r"\u0000-\u001F\u007F-\u009F"
 _PRINTABLE = f"[^{_CONTROL}]"
 
 
-def normalise_email(value: str, *, allow_international: bool) -> str:
-    """The address as stored: email-validator's normal form, lower-cased.
-
-    Emails are identifiers here, never mail targets: internal domains such as .internal,
-    .lan or .test are accepted, which EmailStr refuses. Without `allow_international`
-    the whole address must be ASCII once normalised, so that no letter can be a
-    look-alike from another script (`r\\u043e\\u043et`, Cyrillic o's). The domain's fullwidth or
-    upper-case letters are folded to ASCII by IDNA (UTS 46) and are accepted; a Unicode
-    domain, or its xn-- form (shown decoded), is not. Look-alikes that remain, within
-    ASCII (`rn`, `m`) or when international addresses are allowed, are refused by the
-    unique confusable skeleton (see crud and backend/confusables.py).
-    """
-    if len(value) > EMAIL_MAX_CHARS:
-        raise ValueError(f"must be at most {EMAIL_MAX_CHARS} characters long")
-    try:
-        address = validate_email(
-            value,
-            check_deliverability=False,
-            globally_deliverable=False,
-            test_environment=True,
-            allow_smtputf8=allow_international,
-        )
-    except EmailNotValidError as error:
-        raise ValueError(f"is not a valid email address: {error}") from error
-    if not allow_international and address.domain != address.ascii_domain:
-        raise ValueError(
-            "is not a valid email address: internationalised domain names are not accepted "
-            "here; use ASCII letters, digits and hyphens."
-        )
-    return address.normalized.lower()
-
-
 def _normalise_email(value: str) -> str:
-    return normalise_email(value, allow_international=_rules.allow_international_emails)
+    return normalise_email(value, allow_international=account_rules().allow_international_emails)
 
 
 def _normalise_login_email(value: str) -> str:
@@ -213,7 +148,7 @@ class _EmailJsonSchema:
             "description": "Stored lower-case. Refused when it looks like an existing "
             "account's (Unicode TR39 confusables).",
         }
-        if not _rules.allow_international_emails:
+        if not account_rules().allow_international_emails:
             schema["description"] = "ASCII only. " + schema["description"]
         return schema
 
@@ -260,16 +195,7 @@ class UserBase(SQLModel):
     email: Email = Field(sa_type=String(EMAIL_MAX_CHARS), unique=True, index=True)
     name: Name = Field(sa_type=String(NAME_MAX_CHARS))
     role: UserRole = Field(
-        default=UserRole.USER,
-        # A VARCHAR with a CHECK: adding a role later needs no ALTER TYPE.
-        sa_type=Enum(
-            UserRole,
-            name="role",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda roles: [role.value for role in roles],
-        ),
+        default=UserRole.USER, sa_type=string_enum(UserRole, name="role", length=16)
     )
     # Strict: JSON true/false only, not 0, 1 or "yes".
     is_active: StrictBool = True
@@ -278,10 +204,10 @@ class UserBase(SQLModel):
 class User(UserBase, table=True):
     __tablename__ = "users"
     # (sort key, id) pairs: list pages walk them in order, ties broken by id, and find a
-    # deep page's ids without reading the table (see crud._page). PostgreSQL also has
+    # deep page's ids without reading the table (see crud.list_page). PostgreSQL also has
     # trigram indexes on lower(email) and lower(name) for `q`, and both databases one on
     # (last_login_at NULLS FIRST, id), whose spelling differs between them: in the
-    # migrations only (backend.db.UNMODELLED_INDEXES).
+    # migrations only (backend.db.migrate.UNMODELLED_INDEXES).
     __table_args__ = (
         Index("ix_users_created_at_id", "created_at", "id"),
         Index("ix_users_name_id", "name", "id"),
@@ -431,248 +357,6 @@ class UserPublic(UserBase):
     )
 
 
-class RegisterRequest(SQLModel):
-    email: Email
-    password: Password
-    name: Name
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={
-            "examples": [{"email": EXAMPLE_EMAIL, "password": EXAMPLE_PASSWORD, "name": "Ada"}]
-        }
-    )
-
-
-class LoginRequest(SQLModel):
-    # No policy check here: a login only compares, and must not reveal the rules.
-    email: LoginEmail
-    password: str = Field(min_length=1, max_length=1024)
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={"examples": [{"email": EXAMPLE_EMAIL, "password": EXAMPLE_PASSWORD}]}
-    )
-
-
-class PasswordChange(SQLModel):
-    current_password: str = Field(min_length=1, max_length=1024)
-    new_password: Password
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={
-            "examples": [{"current_password": EXAMPLE_PASSWORD, "new_password": "Battery-Staple-7"}]
-        }
-    )
-
-
-class LinkPurpose(StrEnum):
-    INVITE = "invite"
-    RESET = "reset"
-    VERIFY = "verify"
-
-
-LINK_SECRET_BYTES = 32
-# "<row id>.<secret>": the id finds the row, the secret is compared with its hash in
-# constant time (see backend/links.py). 43 characters: 32 bytes in unpadded base64url.
-LINK_TOKEN_PATTERN = r"^[0-9]{1,10}\.[A-Za-z0-9_-]{43}$"  # noqa: S105  (a shape)
-MailedToken = Annotated[
-    str,
-    pydantic.Field(
-        pattern=LINK_TOKEN_PATTERN,
-        description="The token from the link in the mail",
-        examples=["42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo"],
-    ),
-]
-
-
-class LinkToken(SQLModel, table=True):
-    """One link mailed to a user: an invitation, a password reset or an address check.
-    Only a SHA-256 of its secret is stored. Used once (used_at), until expires_at."""
-
-    __tablename__ = "link_tokens"
-    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
-
-    id: int | None = Field(default=None, primary_key=True)
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
-    purpose: LinkPurpose = Field(
-        sa_type=Enum(
-            LinkPurpose,
-            name="link_purpose",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda purposes: [purpose.value for purpose in purposes],
-        )
-    )
-    token_hash: str = Field(sa_type=String(64))
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    expires_at: datetime = Field(sa_type=UTCDateTime)
-    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
-class LinkUse(SQLModel):
-    token: MailedToken
-
-
-class PasswordSet(SQLModel):
-    """An invitation accepted or a forgotten password replaced, with the mailed token."""
-
-    token: MailedToken
-    new_password: Password
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={
-            "examples": [
-                {
-                    "token": "42.q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo",
-                    "new_password": "Battery-Staple-7",
-                }
-            ]
-        }
-    )
-
-
-class MailRequest(SQLModel):
-    """An address to mail a link to, if it belongs to an account that may have one."""
-
-    email: LoginEmail
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={"examples": [{"email": EXAMPLE_EMAIL}]}
-    )
-
-
-class Accepted(SQLModel):
-    detail: str
-
-
-class RefreshRequest(SQLModel):
-    refresh_token: str = Field(min_length=1, max_length=4096)
-
-
-class LoginResponse(SQLModel):
-    access_token: str
-    refresh_token: str | None = Field(
-        description="null with transport=cookie: the token is in an HttpOnly cookie instead"
-    )
-    token_type: str = "bearer"  # noqa: S105  (the OAuth2 token type, not a secret)
-    expires_in: int = Field(description="Seconds until the access token expires")
-    user: UserPublic
-
-
-class SessionEndReason(StrEnum):
-    LOGOUT = "logout"
-    REUSE = "reuse"  # a rotated refresh token came back: it leaked
-    LOGOUT_ALL = "logout_all"
-    ADMIN = "admin"
-    PASSWORD_CHANGE = "password_change"  # noqa: S105  (a reason, not a secret)
-    ROLE_CHANGE = "role_change"
-    DEACTIVATED = "deactivated"
-    EXPIRED = "expired"  # SESSION_MAX_DAYS after its login
-    IDLE = "idle"  # SESSION_IDLE_DAYS without a refresh
-
-
-SESSION_ID_BYTES = 16
-SESSION_ID_PATTERN = f"^[0-9a-f]{{{2 * SESSION_ID_BYTES}}}$"
-USER_AGENT_MAX_CHARS = 512
-IP_ADDRESS_MAX_CHARS = 64
-
-
-def new_session_id() -> str:
-    return secrets.token_hex(SESSION_ID_BYTES)
-
-
-class UserSession(SQLModel, table=True):
-    """One login, from the password check until it ends: its refresh tokens rotate
-    within it, and every access token names it (`sid`). See backend/sessions.py."""
-
-    __tablename__ = "sessions"
-
-    # Random, not a sequence: it is shown to the user and sent back in paths.
-    id: str = Field(
-        default_factory=new_session_id, primary_key=True, sa_type=String(2 * SESSION_ID_BYTES)
-    )
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    last_used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    expires_at: datetime = Field(sa_type=UTCDateTime)  # absolute: rotation never moves it
-    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    revoked_reason: SessionEndReason | None = Field(
-        default=None,
-        sa_type=Enum(
-            SessionEndReason,
-            name="session_end_reason",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda reasons: [reason.value for reason in reasons],
-        ),
-    )
-    user_agent: str | None = Field(default=None, sa_type=String(USER_AGENT_MAX_CHARS))
-    ip_address: str | None = Field(default=None, sa_type=String(IP_ADDRESS_MAX_CHARS))
-    name: str | None = Field(default=None, sa_type=String(NAME_MAX_CHARS))
-
-    def end_reason(self, now: datetime, idle_days: int) -> SessionEndReason | None:
-        """Why the session no longer admits its tokens, or None while it is live."""
-        if self.revoked_reason is not None:
-            return self.revoked_reason
-        if self.expires_at <= now:
-            return SessionEndReason.EXPIRED
-        if self.last_used_at + timedelta(days=idle_days) <= now:
-            return SessionEndReason.IDLE
-        return None
-
-
-class SessionPublic(SQLModel):
-    id: str
-    name: str | None
-    created_at: datetime
-    last_used_at: datetime = Field(description="The login, or the latest refresh")
-    expires_at: datetime = Field(description="When it ends at the latest, however used")
-    user_agent: str | None = Field(description="The client's User-Agent at login")
-    ip_address: str | None = Field(description="The client's address at login")
-    current: bool = Field(description="Whether this is the session of the calling token")
-
-
-class RefreshToken(SQLModel, table=True):
-    """One issued refresh token. Only a hash of its jti is stored, never the token."""
-
-    __tablename__ = "refresh_tokens"
-    # Ids never reused (see User): a request still holding a deleted record's id must
-    # not retire another token that took it.
-    __table_args__ = {"sqlite_autoincrement": True}
-
-    id: int | None = Field(default=None, primary_key=True)
-    jti_hash: str = Field(sa_type=String(64), unique=True, index=True)
-    # The session only, not the user: inserting a token then takes no lock on the
-    # user's row (the lock order in backend/sessions.py).
-    session_id: str = Field(
-        sa_type=String(2 * SESSION_ID_BYTES),
-        foreign_key="sessions.id",
-        ondelete="CASCADE",
-        index=True,
-    )
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    expires_at: datetime = Field(sa_type=UTCDateTime)
-    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-
-
-class TokenClaims(BaseModel):
-    """The verified payload of one of our JWTs."""
-
-    model_config = ConfigDict(frozen=True)
-
-    sub: int
-    type: str
-    jti: str
-    ver: int
-    acc: str  # the account key: see User.account_key
-    exp: int
-    iat: int
-    # The session. Refresh tokens from before sessions named their family `fam`; the
-    # migration made each family a session of the same id, so they still work.
-    sid: str | None = pydantic.Field(default=None, validation_alias=AliasChoices("sid", "fam"))
-
-
 class AuditAction(StrEnum):
     CREATE = "user.create"
     UPDATE = "user.update"
@@ -688,126 +372,11 @@ class AuditAction(StrEnum):
     API_KEY_REVOKE = "user.api_key_revoke"
 
 
-API_KEY_PREFIX = "uak_"
-API_KEY_SECRET_BYTES = 32
-# secrets.token_urlsafe(32): 43 characters of base64url, no padding.
-API_KEY_PATTERN = rf"^{API_KEY_PREFIX}[A-Za-z0-9_-]{{43}}$"
-# What listings show of a key, enough to tell keys apart and nowhere near enough to guess.
-API_KEY_SHOWN_CHARS = len(API_KEY_PREFIX) + 8
-API_KEY_MAX_DAYS = 366
-API_KEY_DEFAULT_DAYS = 30  # as GitHub suggests for fine-grained tokens
-
-
-def new_api_key_secret() -> str:
-    return API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_SECRET_BYTES)
-
-
-class ApiKeyScope(StrEnum):
-    READ = "read"  # GET and HEAD only
-    WRITE = "write"  # whatever the owner may do
-
-
-class ApiKeyEndReason(StrEnum):
-    REVOKED = "revoked"  # by its owner
-    ADMIN = "admin"  # by an admin, or on the server (`backend tokens revoke`)
-    PASSWORD_CHANGE = "password_change"  # noqa: S105  (a reason, not a secret)
-    ROLE_CHANGE = "role_change"
-    DEACTIVATED = "deactivated"
-
-
-class ApiKeyBase(SQLModel):
-    name: Name = Field(sa_type=String(NAME_MAX_CHARS))
-    scope: ApiKeyScope = Field(
-        sa_type=Enum(
-            ApiKeyScope,
-            name="api_key_scope",
-            native_enum=False,
-            create_constraint=True,
-            length=8,
-            values_callable=lambda scopes: [scope.value for scope in scopes],
-        )
-    )
-
-
-def _json_number(value: object) -> object:
-    # A JSON number, 30 or 30.0 (both are JSON Schema integers), never "30" or true.
-    if isinstance(value, str | bool):
-        raise ValueError("must be a number")
-    return value
-
-
-class ApiKeyCreate(ApiKeyBase):
-    expires_in_days: Annotated[int, BeforeValidator(_json_number)] = Field(
-        default=API_KEY_DEFAULT_DAYS,
-        ge=1,
-        le=API_KEY_MAX_DAYS,
-        description=f"Days until the key stops working, 1 to {API_KEY_MAX_DAYS}",
-    )
-
-    model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={
-            "examples": [{"name": "nightly report", "scope": "read", "expires_in_days": 90}]
-        }
-    )
-
-
-class ApiKey(ApiKeyBase, table=True):
-    """A personal access token for scripts. Only a SHA-256 of its secret is stored: the
-    secret is shown once, when it is made. See backend/api_keys.py."""
-
-    __tablename__ = "api_keys"
-    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
-
-    id: int | None = Field(default=None, primary_key=True)
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
-    prefix: str = Field(sa_type=String(API_KEY_SHOWN_CHARS))
-    secret_hash: str = Field(sa_type=String(64), unique=True, index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    expires_at: datetime = Field(sa_type=UTCDateTime)
-    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    revoked_reason: ApiKeyEndReason | None = Field(
-        default=None,
-        sa_type=Enum(
-            ApiKeyEndReason,
-            name="api_key_end_reason",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda reasons: [reason.value for reason in reasons],
-        ),
-    )
-
-
-class ApiKeyPublic(ApiKeyBase):
-    id: int
-    prefix: str = Field(description="The key's first characters, to tell keys apart")
-    created_at: datetime
-    expires_at: datetime
-    last_used_at: datetime | None = Field(
-        description="Its latest use, to the minute: updated at most once a minute"
-    )
-
-
-class ApiKeyCreated(ApiKeyPublic):
-    secret: str = Field(
-        description="The key itself, shown this once: send it as `Authorization: Bearer`"
-    )
-
-
 class AuditEventBase(SQLModel):
     # No foreign keys: the trail outlives the accounts it mentions.
     actor_id: int | None = Field(default=None, index=True)
     action: AuditAction = Field(
-        sa_type=Enum(
-            AuditAction,
-            name="action",
-            native_enum=False,
-            create_constraint=True,
-            length=32,
-            values_callable=lambda actions: [action.value for action in actions],
-        ),
-        index=True,
+        sa_type=string_enum(AuditAction, name="action", length=32), index=True
     )
     target_id: int | None = Field(default=None, index=True)
     details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

@@ -14,11 +14,11 @@ import pytest
 from fastapi import FastAPI
 from sqlmodel import SQLModel
 
+from backend.clock import Clock
+from backend.clock import clock as app_clock
 from backend.config import Settings
-from backend.db import upgrade_to_head
+from backend.db.migrate import upgrade_to_head
 from backend.main import create_app
-from backend.models import Clock
-from backend.models import clock as app_clock
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -39,7 +39,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-SERVICE_NOTES: list[str] = []  # what the closing summary says about the services used
+SERVICE_NOTES: list[str] = []  # what the closing summary says about the runtime used
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +88,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
-        async with application.state.services.engine.begin() as connection:
+        async with application.state.runtime.engine.begin() as connection:
             for table in reversed(SQLModel.metadata.sorted_tables):
                 await connection.execute(table.delete())
 
@@ -138,6 +138,6 @@ def smtp() -> Iterator[Mailbox]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = SERVICE_NOTES + summary_lines(terminalreporter.stats.get("skipped", []))
     if lines:
-        terminalreporter.write_sep("=", "services")
+        terminalreporter.write_sep("=", "runtime")
         for line in lines:
             terminalreporter.write_line(line)

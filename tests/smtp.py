@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 
 from backend.config import Settings
 from backend.main import create_app
-from backend.services import Services
+from backend.runtime import Runtime
 from tests.helpers import free_port, make_settings
 
 PUBLIC_URL = "https://app.example.com"
@@ -38,7 +38,7 @@ class Mailbox:
         self.refuse = False
 
     async def handle_RCPT(  # noqa: N802  (aiosmtpd's hook name)
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+        self, server: SMTP, db: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
         if self.refuse:
             return "550 5.1.1 mailbox unavailable"
@@ -46,7 +46,7 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope
+        self, server: SMTP, db: Session, envelope: Envelope
     ) -> str:
         content = envelope.original_content or b""
         message = message_from_bytes(content, policy=policy.default)
@@ -88,14 +88,14 @@ def mail_settings(port: int, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def services(app: FastAPI) -> Services:
-    running: Services = app.state.services
+def runtime(app: FastAPI) -> Runtime:
+    running: Runtime = app.state.runtime
     return running
 
 
 async def delivered(app: FastAPI, mailbox: Mailbox) -> list[EmailMessage]:
     """Every message sent so far, once the app's mail work has finished."""
-    await services(app).mailer.drain(10)
+    await runtime(app).mailer.drain(10)
     return list(mailbox.messages)
 
 
@@ -139,7 +139,7 @@ async def app_with(
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
                 yield app, c
         finally:
-            await services(app).mailer.drain(10)
-            async with services(app).engine.begin() as connection:
+            await runtime(app).mailer.drain(10)
+            async with runtime(app).engine.begin() as connection:
                 for table in reversed(SQLModel.metadata.sorted_tables):
                     await connection.execute(table.delete())

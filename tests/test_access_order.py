@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.parsing import INT32_MAX as MAX_ID
+from backend.http.parsing import INT32_MAX as MAX_ID
 from tests.helpers import API, TEST_SECRET_KEY, bearer
 
 # Operations anyone may call: each one is here on purpose, and any other needs a token.
@@ -68,7 +68,7 @@ class Probe:
     """Sends one operation with each path parameter set to one id, counting SQL."""
 
     def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
-        self.engine = app.state.services.engine
+        self.engine = app.state.runtime.engine
         self.client = client
 
     async def send(

@@ -49,18 +49,18 @@ async def test_an_account_given_an_old_id_by_hand_is_not_the_old_account(
     assert (
         await client.delete(f"{API}/users/{leaver_id}", headers=admin_headers)
     ).status_code == 200
-    services = app.state.services
-    async with services.sessionmaker() as session:
-        session.add(
+    runtime = app.state.runtime
+    async with runtime.sessionmaker() as db:
+        db.add(
             User(
                 id=leaver_id,
                 email=SUCCESSOR["email"],
                 name=SUCCESSOR["name"],
                 role=UserRole.ADMIN,
-                hashed_password=await services.password_hasher.hash(SUCCESSOR["password"]),
+                hashed_password=await runtime.password_hasher.hash(SUCCESSOR["password"]),
             )
         )
-        await session.commit()
+        await db.commit()
     successor = await login(client, SUCCESSOR["email"], SUCCESSOR["password"])
     assert successor["user"]["id"] == leaver_id
     await _old_tokens_refused(client, leaver)

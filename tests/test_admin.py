@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from backend.admin import CONTENT_SECURITY_POLICY
 from backend.config import DEFAULT_ADMIN_DIR
+from backend.http.admin import CONTENT_SECURITY_POLICY
 from backend.main import create_app
 from tests.helpers import make_settings, running
 

@@ -13,11 +13,13 @@ import pytest
 from fastapi import FastAPI
 from sqlmodel import SQLModel, col, select
 
-from backend import api_keys
+from backend.auth import api_keys
+from backend.auth.models import ApiKey, ApiKeyCreate, ApiKeyScope
+from backend.clock import Clock
 from backend.config import Settings
 from backend.errors import UnauthorizedError
 from backend.main import create_app
-from backend.models import ApiKey, ApiKeyCreate, ApiKeyScope, Clock, User
+from backend.models import User
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -46,8 +48,8 @@ async def make_key(
 
 
 async def stored_keys(app: FastAPI) -> list[ApiKey]:
-    async with app.state.services.sessionmaker() as session:
-        return list((await session.exec(select(ApiKey).order_by(col(ApiKey.id)))).all())
+    async with app.state.runtime.sessionmaker() as db:
+        return list((await db.exec(select(ApiKey).order_by(col(ApiKey.id)))).all())
 
 
 async def test_a_key_is_shown_once_and_only_its_hash_is_stored(
@@ -432,7 +434,7 @@ async def test_requests_within_the_minute_write_nothing(
 ) -> None:
     key = bearer((await make_key(client, user_headers, "read"))["secret"])
     await client.get(f"{API}/users/me", headers=key)  # the first use is written
-    with counting_statements(app.state.services.engine) as statements:
+    with counting_statements(app.state.runtime.engine) as statements:
         for _ in range(3):
             assert (await client.get(f"{API}/users/me", headers=key)).status_code == 200
     assert not [sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]
@@ -456,7 +458,7 @@ async def test_each_key_has_its_own_rate_limit(settings: Settings) -> None:
         assert (await client.get(f"{API}/users/me", headers=second)).status_code == 200
         assert (await client.get(f"{API}/users/me", headers=headers)).status_code == 200
         # Emptied as the app fixture leaves the database, for the tests after this one.
-        async with app.state.services.engine.begin() as connection:
+        async with app.state.runtime.engine.begin() as connection:
             for table in reversed(SQLModel.metadata.sorted_tables):
                 await connection.execute(table.delete())
 
@@ -479,7 +481,7 @@ async def test_malformed_keys_are_401_never_500(
     ]
     for value in malformed:
         headers = {"Authorization": f"Bearer {value}".encode("latin-1")}
-        with counting_statements(app.state.services.engine) as statements:
+        with counting_statements(app.state.runtime.engine) as statements:
             response = await client.get(f"{API}/users/me", headers=headers)  # type: ignore[arg-type]
         # What cannot be a key is refused before any table is read; a near miss is looked up.
         assert len(statements) == (1 if KEY_SHAPE.match(value) else 0), value
@@ -519,8 +521,8 @@ async def test_no_key_is_minted_for_an_owner_changed_since_the_caller_was_checke
 ) -> None:
     """The race a request loses when the owner's password changes between its token
     check and the key's creation: the stale view of the owner mints nothing."""
-    async with app.state.services.sessionmaker() as session:
-        user = (await session.exec(select(User).where(User.email == "user@example.com"))).one()
+    async with app.state.runtime.sessionmaker() as db:
+        user = (await db.exec(select(User).where(User.email == "user@example.com"))).one()
     stale = user.model_copy()
     changed = await client.post(
         f"{API}/users/me/password",
@@ -529,7 +531,7 @@ async def test_no_key_is_minted_for_an_owner_changed_since_the_caller_was_checke
     )
     assert changed.status_code == 200
     data = ApiKeyCreate(name="late", scope=ApiKeyScope.WRITE)
-    async with app.state.services.sessionmaker() as session:
+    async with app.state.runtime.sessionmaker() as db:
         with pytest.raises(UnauthorizedError, match="changed meanwhile"):
-            await api_keys.create(session, user=stale, data=data, actor_id=stale.id)
+            await api_keys.create(db, user=stale, data=data, actor_id=stale.id)
     assert await stored_keys(app) == []

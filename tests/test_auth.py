@@ -130,7 +130,7 @@ async def test_password_of_exactly_72_bytes_is_accepted(client: httpx.AsyncClien
 
 
 async def test_registration_can_be_closed(app: FastAPI, client: httpx.AsyncClient) -> None:
-    app.state.services.settings.REGISTRATION_ENABLED = False
+    app.state.runtime.settings.REGISTRATION_ENABLED = False
     response = await client.post(f"{API}/auth/register", json=USER)
     assert response.status_code == 403
     assert response.json()["detail"] == "Registration is closed on this server."
@@ -158,7 +158,7 @@ async def test_wrong_password_and_unknown_email_look_the_same(
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["detail"] == "Incorrect email or password."
     # The unknown email was checked against a real bcrypt hash too (no timing oracle).
-    assert "_dummy_hash" in vars(app.state.services.password_hasher)
+    assert "_dummy_hash" in vars(app.state.runtime.password_hasher)
 
 
 async def test_login_with_an_overlong_password_is_401_not_500(client: httpx.AsyncClient) -> None:
@@ -222,12 +222,12 @@ async def test_rehashes_a_password_when_the_rounds_setting_changes(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     from backend import crud
-    from backend.security import PasswordHasher
+    from backend.auth.passwords import PasswordHasher
 
-    app.state.services.password_hasher = PasswordHasher(rounds=5, concurrency=1, queue_limit=4)
+    app.state.runtime.password_hasher = PasswordHasher(rounds=5, concurrency=1, queue_limit=4)
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    async with app.state.services.sessionmaker() as session:
-        admin = await crud.get_user_by_email(session, email=ADMIN_EMAIL)
+    async with app.state.runtime.sessionmaker() as db:
+        admin = await crud.get_user_by_email(db, email=ADMIN_EMAIL)
     assert admin is not None
     assert admin.hashed_password.startswith("$2b$05$")
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)

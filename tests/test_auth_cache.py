@@ -21,9 +21,10 @@ from fastapi import FastAPI
 from sqlalchemy import Executable, event, text, update
 from sqlmodel import col, select
 
-from backend.authcache import LISTENER_NAME, AuthCache
-from backend.models import Clock, User
-from backend.services import Services
+from backend.auth.authcache import LISTENER_NAME, AuthCache
+from backend.clock import Clock
+from backend.models import User
+from backend.runtime import Runtime
 from tests.helpers import API, USER_PASSWORD, RegisterUser, bearer, create_user, login
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +46,7 @@ def counting_queries(app: FastAPI) -> Iterator[list[str]]:
     def record(*args: Any) -> None:
         statements.append(args[2])
 
-    engine = app.state.services.engine.sync_engine
+    engine = app.state.runtime.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
@@ -54,8 +55,8 @@ def counting_queries(app: FastAPI) -> Iterator[list[str]]:
 
 
 def caches(app: FastAPI) -> bool:
-    services: Services = app.state.services
-    return not services.settings.is_sqlite
+    runtime: Runtime = app.state.runtime
+    return not runtime.settings.is_sqlite
 
 
 async def me_from_cache(client: httpx.AsyncClient, app: FastAPI, headers: dict[str, str]) -> None:
@@ -80,8 +81,8 @@ async def test_a_cached_check_sends_no_query(
 ) -> None:
     await me_from_cache(client, app, user_headers)
     if caches(app):
-        services: Services = app.state.services
-        hits = services.metrics.registry.get_sample_value("auth_checks_total", {"source": "cache"})
+        runtime: Runtime = app.state.runtime
+        hits = runtime.metrics.registry.get_sample_value("auth_checks_total", {"source": "cache"})
         assert hits is not None
         assert hits >= 1
 
@@ -201,7 +202,7 @@ async def test_reuse_of_a_refresh_token_refuses_the_cached_access_token(
     assert rotated.status_code == 200, rotated.text
     headers = bearer(rotated.json()["access_token"])
     await me_from_cache(client, app, headers)
-    grace = app.state.services.settings.REFRESH_REUSE_GRACE_SECONDS
+    grace = app.state.runtime.settings.REFRESH_REUSE_GRACE_SECONDS
     clock.offset += timedelta(seconds=grace + 1)
     reused = await client.post(
         f"{API}/auth/refresh", json={"refresh_token": victim["refresh_token"]}
@@ -237,15 +238,15 @@ async def test_any_write_through_the_apps_sessions_is_noticed(
     victim = await register()
     headers = bearer(victim["access_token"])
     await me_from_cache(client, app, headers)
-    services: Services = app.state.services
-    async with services.sessionmaker() as session:
+    runtime: Runtime = app.state.runtime
+    async with runtime.sessionmaker() as db:
         if shape == "unit of work":
-            user = (await session.exec(select(User).where(User.email == "user@example.com"))).one()
+            user = (await db.exec(select(User).where(User.email == "user@example.com"))).one()
             user.is_active = False
-            session.add(user)
+            db.add(user)
         else:
-            await session.exec(SHAPES[shape])  # type: ignore[call-overload]
-        await session.commit()
+            await db.exec(SHAPES[shape])  # type: ignore[call-overload]
+        await db.commit()
     assert (await client.get(f"{API}/users/me", headers=headers)).status_code == 403
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.db import upgrade_to_head
+from backend.db.migrate import upgrade_to_head
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

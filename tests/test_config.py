@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backend.config import Settings, load_settings, secret_key_weakness
-from backend.db import async_url
+from backend.db.engine import async_url
 from tests.helpers import REPO_ROOT, TEST_SECRET_KEY
 
 # What uvicorn does with `--factory backend.main:served_app`.

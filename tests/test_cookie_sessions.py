@@ -14,10 +14,12 @@ import httpx
 import pytest
 from fastapi import Response
 
+from backend.auth.jwt import ACCESS, REFRESH, create_token
+from backend.auth.models import LoginResponse
+from backend.auth.transport import TokenDelivery, Transport
+from backend.clock import utcnow
 from backend.config import Settings
-from backend.models import LoginResponse, User, UserPublic, utcnow
-from backend.security import ACCESS, REFRESH, create_token
-from backend.transport import TokenDelivery, Transport
+from backend.models import User, UserPublic
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, RegisterUser, bearer, make_settings
 
 FRONT_END = "https://dashboard.example.com"  # in CORS_ORIGINS (tests/conftest.py)

@@ -8,16 +8,17 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from backend import crud
+from backend.auth import accounts
 from backend.errors import ConflictError
 from backend.models import User, UserCreate, UserRole, UserUpdate
 from tests.helpers import ADMIN_EMAIL
 
 
 async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI) -> None:
-    services = app.state.services
-    sessionmaker = services.sessionmaker
+    runtime = app.state.runtime
+    sessionmaker = runtime.sessionmaker
     async with sessionmaker() as setup:
-        second = await crud.create_user(
+        second = await accounts.create_user(
             setup,
             data=UserCreate(
                 email="second@example.com",
@@ -25,7 +26,7 @@ async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI
                 password="Second-Pass-1",
                 role=UserRole.ADMIN,
             ),
-            hasher=services.password_hasher,
+            hasher=runtime.password_hasher,
             audit=True,
         )
         first = await crud.get_user_by_email(setup, email=ADMIN_EMAIL)
@@ -43,11 +44,11 @@ async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI
         await one.exec(active_admins.with_for_update())
         await one.exec(update(User).where(col(User.id) == first.id).values(role=UserRole.USER))
         demote_second = asyncio.create_task(
-            crud.update_user(
+            accounts.update_user(
                 two,
                 user=second_in_two,
                 changes=UserUpdate(role=UserRole.USER),
-                hasher=services.password_hasher,
+                hasher=runtime.password_hasher,
             )
         )
         await asyncio.sleep(0.3)

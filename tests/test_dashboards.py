@@ -13,9 +13,10 @@ from fastapi import FastAPI
 from sqlalchemy import insert
 from sqlmodel import SQLModel
 
+from backend.clock import Clock, utcnow
 from backend.config import Settings, load_settings
 from backend.main import create_app
-from backend.models import Clock, User, UserPublic, new_account_key, utcnow
+from backend.models import User, UserPublic, new_account_key
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -39,7 +40,7 @@ async def configured(settings: Settings, **overrides: Any) -> AsyncIterator[http
         try:
             yield client
         finally:
-            async with app.state.services.engine.begin() as connection:
+            async with app.state.runtime.engine.begin() as connection:
                 for table in reversed(SQLModel.metadata.sorted_tables):
                     await connection.execute(table.delete())
 
@@ -70,7 +71,7 @@ async def insert_users(app: FastAPI, count: int) -> None:
         }
         for number in range(count)
     ]
-    async with app.state.services.engine.begin() as connection:
+    async with app.state.runtime.engine.begin() as connection:
         await connection.execute(insert(User), rows)
 
 

@@ -9,7 +9,8 @@ from alembic import command
 from sqlalchemy import Connection, DateTime, bindparam, text
 
 from backend.config import Settings
-from backend.db import alembic_config, create_engine
+from backend.db.engine import create_engine
+from backend.db.migrate import alembic_config
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

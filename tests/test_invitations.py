@@ -7,8 +7,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from backend.clock import Clock
 from backend.config import Settings
-from backend.models import Clock
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

@@ -10,15 +10,9 @@ import pytest
 from pydantic import BaseModel
 from sqlmodel import SQLModel
 
-from backend.listing import Resource
-from backend.models import (
-    AuditEvent,
-    AuditEventPublic,
-    SessionPublic,
-    User,
-    UserPublic,
-    UserSession,
-)
+from backend.auth.models import SessionPublic, UserSession
+from backend.http.listing import Resource
+from backend.models import AuditEvent, AuditEventPublic, User, UserPublic
 from backend.routers.audit import AUDIT_EVENTS
 from backend.routers.sessions import SESSIONS
 from backend.routers.users import USERS

@@ -12,9 +12,11 @@ from alembic import command
 from sqlalchemy import Connection, text
 
 from backend.confusables import email_skeleton, skeleton
-from backend.db import alembic_config, create_engine
+from backend.db.engine import create_engine
+from backend.db.migrate import alembic_config
 from backend.main import create_app
-from backend.models import AccountRules, User, use_account_rules
+from backend.models import User
+from backend.rules import AccountRules, use_account_rules
 from tests.helpers import API, USER_PASSWORD, RegisterUser, login, make_settings
 
 ROOT = "root@example.com"
@@ -88,7 +90,7 @@ async def international_client(database_url: str) -> AsyncIterator[httpx.AsyncCl
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             yield c
-        async with application.state.services.engine.begin() as connection:
+        async with application.state.runtime.engine.begin() as connection:
             await connection.execute(User.__table__.delete())  # type: ignore[attr-defined]
 
 

@@ -21,7 +21,7 @@ from tests.smtp import (
     delivered,
     html_of,
     mail_settings,
-    services,
+    runtime,
     silent_server,
     text_of,
     token_in,
@@ -76,7 +76,7 @@ async def test_a_server_that_never_answers_costs_no_request_any_time(
             assert answered < 1.0  # both answered before a single send could time out
             with caplog.at_level(logging.ERROR, logger="backend.mail"):
                 started = time.monotonic()
-                await services(app).mailer.drain(10)
+                await runtime(app).mailer.drain(10)
                 waited = time.monotonic() - started
     assert waited < 3  # each bounded by SMTP_TIMEOUT_SECONDS, in parallel
     failures = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
@@ -96,7 +96,7 @@ async def test_a_refusing_server_and_a_closed_port_are_logged(
                     f"{API}/auth/password/forgot", json={"email": "admin@example.com"}
                 )
                 assert forgot.status_code == 202
-                await services(app).mailer.drain(10)
+                await runtime(app).mailer.drain(10)
     failures = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
     assert len(failures) == 2, failures
     assert "SMTPRecipientsRefused" in failures[0]
@@ -108,13 +108,13 @@ async def test_without_smtp_the_message_and_its_link_are_logged(
     app: FastAPI, client: httpx.AsyncClient, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert settings.SMTP_HOST is None
-    assert services(app).mailer.sends is False
+    assert runtime(app).mailer.sends is False
     with caplog.at_level(logging.INFO, logger="backend.mail"):
         answer = await client.post(
             f"{API}/auth/password/forgot", json={"email": "admin@example.com"}
         )
         assert answer.status_code == 202
-        await services(app).mailer.drain(10)
+        await runtime(app).mailer.drain(10)
     [logged] = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
     assert "mail not sent (no SMTP_HOST), reset link for user" in logged
     assert "admin@example.com" in logged
@@ -291,7 +291,7 @@ async def test_starttls_never_falls_back_to_plain_text(
     ):
         with caplog.at_level(logging.ERROR, logger="backend.mail"):
             await client.post(f"{API}/auth/password/forgot", json={"email": "admin@example.com"})
-            await services(app).mailer.drain(10)
+            await runtime(app).mailer.drain(10)
     [failure] = [r.getMessage() for r in caplog.records if r.name == "backend.mail"]
     assert "STARTTLS" in failure
     assert smtp.messages == []
@@ -306,6 +306,6 @@ async def test_shutdown_cuts_off_mail_still_waiting(
             await client.post(f"{API}/auth/password/forgot", json={"email": "admin@example.com"})
             with caplog.at_level(logging.WARNING, logger="backend.mail"):
                 started = time.monotonic()
-                await services(app).mailer.drain(0.5)
+                await runtime(app).mailer.drain(0.5)
                 assert time.monotonic() - started < 5
     assert "1 mail tasks cut off at shutdown" in caplog.messages

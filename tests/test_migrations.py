@@ -10,7 +10,8 @@ from sqlalchemy import Connection, DateTime, Integer, bindparam, inspect, text
 from sqlmodel import SQLModel
 
 from backend.config import Settings
-from backend.db import alembic_config, create_engine, include_in_autogenerate, upgrade_to_head
+from backend.db.engine import create_engine
+from backend.db.migrate import alembic_config, include_in_autogenerate, upgrade_to_head
 from tests.helpers import make_settings
 
 BEFORE_ACCOUNT_KEYS = "fef801514d0c"

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 
 from backend.config import Settings
+from backend.http.parsing import INT32_MAX, MAX_JSON_CHARS, MAX_JSON_DEPTH
 from backend.main import create_app
-from backend.parsing import INT32_MAX, MAX_JSON_CHARS, MAX_JSON_DEPTH
 from tests.helpers import API
 
 HUGE = "1" * 5000  # past int()'s 4,300-digit limit

@@ -8,8 +8,8 @@ import pytest
 from fastapi import FastAPI
 
 from backend.config import Settings
+from backend.http.observability import configure_logging
 from backend.main import create_app
-from backend.observability import configure_logging
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, bearer, login, running
 
 

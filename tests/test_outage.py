@@ -29,8 +29,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.db import Session, create_engine, create_sessionmaker, database_unavailable
-from backend.deps import SessionDep
+from backend.db.engine import create_engine, database_unavailable
+from backend.db.session import BudgetedSession, create_sessionmaker
+from backend.http.deps import DbSession
 from backend.main import create_app
 from backend.models import User
 from tests.helpers import API, USER_PASSWORD, bearer, free_port, make_settings, running
@@ -94,10 +95,10 @@ async def test_closing_a_session_whose_connection_died_is_not_an_error(
 
     monkeypatch.setattr(AsyncSession, "close", failing_close)
     if swallowed:
-        await Session().close()
+        await BudgetedSession().close()
     else:
         with pytest.raises(type(error)):
-            await Session().close()
+            await BudgetedSession().close()
 
 
 async def test_the_budget_adds_up_database_waits_and_nothing_else(database_url: str) -> None:
@@ -108,19 +109,19 @@ async def test_the_budget_adds_up_database_waits_and_nothing_else(database_url: 
     sessionmaker = create_sessionmaker(engine, settings)
     sleep = text("SELECT pg_sleep(0.6)")
     try:
-        async with sessionmaker() as session:
-            await session.exec(sleep)  # type: ignore[call-overload]
+        async with sessionmaker() as db:
+            await db.exec(sleep)  # type: ignore[call-overload]
             await asyncio.sleep(1.0)  # a password hash, say: not the database's time
             started = time.monotonic()
             with pytest.raises(TimeoutError):
-                await session.exec(sleep)  # type: ignore[call-overload]
+                await db.exec(sleep)  # type: ignore[call-overload]
             assert time.monotonic() - started < 0.6  # cut when the 0.4 s left ran out
             with pytest.raises(TimeoutError, match="budget is spent"):
-                await session.get(User, 1)
+                await db.get(User, 1)
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         # The connection cancelled mid-statement was dropped, not pooled: a new one works.
-        async with sessionmaker() as session:
-            assert (await session.exec(text("SELECT 1"))).one() == (1,)  # type: ignore[call-overload]
+        async with sessionmaker() as db:
+            assert (await db.exec(text("SELECT 1"))).one() == (1,)  # type: ignore[call-overload]
     finally:
         await engine.dispose()
 
@@ -292,8 +293,8 @@ SLOW_QUERY_PATH = "/test-only/slow-query"
 
 
 def add_slow_query_route(app: FastAPI) -> None:
-    async def slow_query(session: SessionDep) -> dict[str, str]:
-        await session.exec(text("SELECT pg_sleep(60)"))  # type: ignore[call-overload]
+    async def slow_query(db: DbSession) -> dict[str, str]:
+        await db.exec(text("SELECT pg_sleep(60)"))  # type: ignore[call-overload]
         return {"status": "finished"}
 
     app.add_api_route(SLOW_QUERY_PATH, slow_query)
@@ -345,7 +346,7 @@ async def test_postgres_outage_gives_503_then_recovers_without_restart(
     unavailable = Counter(
         record.getMessage()
         for record in caplog.records
-        if record.name in {"backend.problems", "backend.db"}
+        if record.name in {"backend.http.problems", "backend.db.session"}
     )
     unexpected = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     by_phase: dict[str, Counter[str]] = {}
@@ -454,7 +455,7 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
         recovery_seconds = time.monotonic() - thawed
         load.phase = "recovered"
         await wave()  # every pooled connection usable again: none left mid-query
-        pool = app.state.services.engine.pool
+        pool = app.state.runtime.engine.pool
 
     frozen = [o for o in load.outcomes if o.phase == "frozen"]
     by_kind = {what: sorted(o.seconds for o in frozen if o.what == what) for what in KINDS}

@@ -15,10 +15,10 @@ from pwdlib.hashers.bcrypt import BcryptHasher
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from backend.auth.passwords import PasswordHasher
 from backend.main import create_app
-from backend.models import AccountRules, User, use_account_rules
-from backend.passwords import normalise_password, password_problem
-from backend.security import PasswordHasher
+from backend.models import User
+from backend.rules import AccountRules, normalise_password, password_problem, use_account_rules
 from tests.helpers import API, RegisterUser, bearer, login, make_settings
 
 USER = {"email": "policy@example.com", "name": "Policy"}
@@ -126,19 +126,17 @@ async def test_a_hash_made_before_normalisation_still_verifies_and_is_upgraded(
     await register(email="legacy@example.com", password="Legacy-Password-1")
     # As the app stored it before passwords were normalised: a hash of the raw string.
     legacy_hash = PasswordHash((BcryptHasher(rounds=4),)).hash(NFD)
-    async with app.state.services.sessionmaker() as session:
-        await session.exec(
+    async with app.state.runtime.sessionmaker() as db:
+        await db.exec(
             update(User)
             .where(col(User.email) == "legacy@example.com")
             .values(hashed_password=legacy_hash)
         )
-        await session.commit()
+        await db.commit()
 
     assert (await login(client, "legacy@example.com", NFD))["access_token"]
-    async with app.state.services.sessionmaker() as session:
-        stored = (
-            await session.exec(select(User).where(col(User.email) == "legacy@example.com"))
-        ).one()
+    async with app.state.runtime.sessionmaker() as db:
+        stored = (await db.exec(select(User).where(col(User.email) == "legacy@example.com"))).one()
     assert stored.hashed_password != legacy_hash  # rehashed in NFKC form...
     assert (await login(client, "legacy@example.com", NFC))["access_token"]  # ...so NFC works
 
@@ -170,7 +168,7 @@ async def strict_client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             yield c
-        async with application.state.services.engine.begin() as connection:
+        async with application.state.runtime.engine.begin() as connection:
             await connection.execute(User.__table__.delete())  # type: ignore[attr-defined]
 
 

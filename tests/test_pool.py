@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from backend.db import create_engine
+from backend.db.engine import create_engine
 from tests.helpers import make_settings
 
 WAIT_SECONDS = 0.05

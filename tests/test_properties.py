@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
-from backend.config import Settings
-from backend.deps import get_expected_versions
+from backend.auth.jwt import ACCESS, REFRESH, decode_token
+from backend.config import DEFAULT_MAX_PER_PAGE, Settings
 from backend.errors import UnauthorizedError
-from backend.listing import (
-    DEFAULT_MAX_PER_PAGE,
+from backend.http.deps import get_expected_versions
+from backend.http.listing import (
     JSON_SERVER_KEYS,
     MAX_OFFSET,
     NATIVE_KEYS,
@@ -32,10 +32,9 @@ from backend.listing import (
     Resource,
     parse_list_query,
 )
-from backend.parsing import INT32_MAX, MAX_JSON_CHARS, load_json, parse_int
+from backend.http.parsing import INT32_MAX, MAX_JSON_CHARS, load_json, parse_int
 from backend.routers.audit import AUDIT_EVENTS
 from backend.routers.users import USERS
-from backend.security import ACCESS, REFRESH, decode_token
 from tests.helpers import API, TEST_SECRET_KEY, make_settings
 
 # --- strategies -----------------------------------------------------------------------

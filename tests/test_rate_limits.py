@@ -12,14 +12,14 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from backend.config import Settings
-from backend.main import create_app
-from backend.ratelimit import (
+from backend.http.ratelimit import (
     REWRITTEN_CLIENT,
     IPNetwork,
     _warn_rewritten_once,
     client_ip,
     rate_limit_key,
 )
+from backend.main import create_app
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, USER_PASSWORD, post_login, running
 from tests.services import REDIS, require
 
@@ -156,7 +156,7 @@ def test_an_address_the_server_took_from_the_header_is_not_believed(
 
 def test_the_rewrite_is_reported_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
     _warn_rewritten_once.cache_clear()
-    with caplog.at_level(logging.ERROR, logger="backend.ratelimit"):
+    with caplog.at_level(logging.ERROR, logger="backend.http.ratelimit"):
         client_ip(_request("1.2.3.4", "1.2.3.4"), [])
         client_ip(_request("5.6.7.8", "5.6.7.8"), [])
     (record,) = caplog.records  # once per process
@@ -237,7 +237,7 @@ async def test_limit_holds_across_two_instances_sharing_redis(settings: Settings
     email = f"redis-{os.getpid()}-{id(first_app)}@example.com"  # a fresh key every run
     async with running(first_app, PEER) as first, running(second_app, PEER) as second:
         try:
-            await first_app.state.services.rate_limiter.storage.reset()
+            await first_app.state.runtime.rate_limiter.storage.reset()
         except Exception as error:
             require(REDIS, f"nothing answers at {redis_url} (TEST_REDIS_URL): {error}")
         assert (await bad_login(first, email)).status_code == 401

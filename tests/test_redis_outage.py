@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from backend.config import Settings
-from backend.ratelimit import STORAGE_BUDGET_SECONDS, STORAGE_RETRY_SECONDS
+from backend.http.ratelimit import STORAGE_BUDGET_SECONDS, STORAGE_RETRY_SECONDS
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, free_port, make_settings
 from tests.services import REDIS, require
 
@@ -128,7 +128,7 @@ def storage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
     return [
         record
         for record in caplog.records
-        if record.name == "backend.ratelimit" and record.levelno == logging.WARNING
+        if record.name == "backend.http.ratelimit" and record.levelno == logging.WARNING
     ]
 
 
@@ -153,7 +153,7 @@ async def metric(client: httpx.AsyncClient, name: str) -> float:
 async def test_redis_outage_fails_open_and_readiness_degrades(
     client: httpx.AsyncClient, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="backend.ratelimit")
+    caplog.set_level(logging.WARNING, logger="backend.http.ratelimit")
     up = await ready(client)
     assert up.status_code == 200
     assert up.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
@@ -188,7 +188,7 @@ async def test_redis_outage_fails_open_and_readiness_degrades(
 async def test_a_hung_redis_costs_logins_one_budget_per_retry_interval(
     client: httpx.AsyncClient, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="backend.ratelimit")
+    caplog.set_level(logging.WARNING, logger="backend.http.ratelimit")
     assert (await login(client)).status_code == 200
     redis_server.pause()  # accepts connections, never answers
     try:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from backend.config import Settings
-from backend.deps import SessionDep
+from backend.http.deps import DbSession
 
 PROBE_PATH = "/test-only/transaction-probe"
 SNAPSHOT_GAP_SECONDS = 0.01
@@ -21,11 +21,11 @@ def add_probe_route(app: FastAPI) -> None:
     same instant both times inside one transaction, two instants when each statement is
     a transaction of its own."""
 
-    async def probe(session: SessionDep) -> dict[str, object]:
-        first = (await session.exec(text("SELECT now()"))).scalar_one()  # type: ignore[call-overload]
+    async def probe(db: DbSession) -> dict[str, object]:
+        first = (await db.exec(text("SELECT now()"))).scalar_one()  # type: ignore[call-overload]
         await asyncio.sleep(SNAPSHOT_GAP_SECONDS)
-        second = (await session.exec(text("SELECT now()"))).scalar_one()  # type: ignore[call-overload]
-        plan = (await session.exec(text("SHOW plan_cache_mode"))).scalar_one()  # type: ignore[call-overload]
+        second = (await db.exec(text("SELECT now()"))).scalar_one()  # type: ignore[call-overload]
+        plan = (await db.exec(text("SHOW plan_cache_mode"))).scalar_one()  # type: ignore[call-overload]
         return {"one_transaction": first == second, "plan_cache_mode": plan}
 
     app.add_api_route(PROBE_PATH, probe, methods=["GET", "POST"], include_in_schema=False)

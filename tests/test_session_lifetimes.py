@@ -7,7 +7,7 @@ import httpx
 import jwt
 from fastapi import FastAPI
 
-from backend.models import Clock
+from backend.clock import Clock
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
 from tests.test_sessions import refresh
 
@@ -63,7 +63,7 @@ async def test_rotation_never_extends_the_absolute_expiry(
 async def test_a_session_ends_at_its_absolute_expiry_however_used(
     app: FastAPI, client: httpx.AsyncClient, clock: Clock
 ) -> None:
-    app.state.services.settings.SESSION_MAX_DAYS = 2
+    app.state.runtime.settings.SESSION_MAX_DAYS = 2
     tokens = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     clock.offset += timedelta(days=1)
     tokens = (await refresh(client, tokens["refresh_token"])).json()
@@ -80,7 +80,7 @@ async def test_a_session_ends_at_its_absolute_expiry_however_used(
 async def test_a_session_unused_past_the_idle_limit_ends(
     app: FastAPI, client: httpx.AsyncClient, clock: Clock
 ) -> None:
-    app.state.services.settings.SESSION_IDLE_DAYS = 3
+    app.state.runtime.settings.SESSION_IDLE_DAYS = 3
     idle = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     busy = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     for _ in range(3):
@@ -115,7 +115,7 @@ async def test_logout_ends_the_sessions_access_token_at_once(client: httpx.Async
 async def test_reuse_ends_the_holders_access_token_too(
     app: FastAPI, client: httpx.AsyncClient, clock: Clock
 ) -> None:
-    app.state.services.settings.REFRESH_REUSE_GRACE_SECONDS = 0
+    app.state.runtime.settings.REFRESH_REUSE_GRACE_SECONDS = 0
     stolen = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     rotated = (await refresh(client, stolen["refresh_token"])).json()
     clock.offset += timedelta(seconds=1)

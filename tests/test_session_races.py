@@ -14,8 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from backend.clock import Clock
 from backend.config import Settings
-from backend.models import Clock
 from tests.helpers import API, bearer, login, make_settings
 from tests.test_sessions import _new_account, refresh
 
@@ -103,7 +103,7 @@ async def test_refresh_racing_reuse_leaves_no_survivor(
     clock: Clock,
 ) -> None:
     """The holder refreshes with the newest token while a thief replays the old one."""
-    app.state.services.settings.REFRESH_REUSE_GRACE_SECONDS = 0
+    app.state.runtime.settings.REFRESH_REUSE_GRACE_SECONDS = 0
     outcomes: Counter[str] = Counter()
     for number in range(RACES):
         account = await _new_account(client, admin_headers, number)

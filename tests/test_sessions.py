@@ -8,7 +8,8 @@ import httpx
 from fastapi import FastAPI
 from sqlmodel import select
 
-from backend.models import RefreshToken, UserSession, utcnow
+from backend.auth.models import RefreshToken, UserSession
+from backend.clock import utcnow
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, RegisterUser, bearer, login
 
 
@@ -33,7 +34,7 @@ async def test_refresh_rotates_the_pair(client: httpx.AsyncClient) -> None:
 async def test_reuse_after_the_grace_window_revokes_the_family(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    app.state.services.settings.REFRESH_REUSE_GRACE_SECONDS = 0
+    app.state.runtime.settings.REFRESH_REUSE_GRACE_SECONDS = 0
     other_session = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     stolen = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     rotated = (await refresh(client, stolen["refresh_token"])).json()
@@ -168,22 +169,22 @@ async def test_refresh_tokens_are_stored_hashed_and_pruned_lazily(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     tokens = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    async with app.state.services.sessionmaker() as session:
-        records = (await session.exec(select(RefreshToken))).all()
+    async with app.state.runtime.sessionmaker() as db:
+        records = (await db.exec(select(RefreshToken))).all()
         assert len(records) == 1
         assert len(records[0].jti_hash) == 64
         assert records[0].jti_hash not in tokens["refresh_token"]
-        live = await session.get(UserSession, records[0].session_id)
+        live = await db.get(UserSession, records[0].session_id)
         assert live is not None
         past = utcnow() - timedelta(seconds=1)
         expired = UserSession(user_id=live.user_id, expires_at=past)
-        session.add(expired)
-        await session.flush()
-        session.add(RefreshToken(jti_hash="0" * 64, session_id=expired.id, expires_at=past))
-        await session.commit()
+        db.add(expired)
+        await db.flush()
+        db.add(RefreshToken(jti_hash="0" * 64, session_id=expired.id, expires_at=past))
+        await db.commit()
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
-    async with app.state.services.sessionmaker() as session:
-        hashes = {record.jti_hash for record in (await session.exec(select(RefreshToken))).all()}
+    async with app.state.runtime.sessionmaker() as db:
+        hashes = {record.jti_hash for record in (await db.exec(select(RefreshToken))).all()}
     assert "0" * 64 not in hashes
     assert len(hashes) == 2
 

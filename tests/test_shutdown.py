@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlmodel import SQLModel
 
-from backend.db import create_engine
+from backend.db.engine import create_engine
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

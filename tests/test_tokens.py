@@ -12,9 +12,10 @@ import httpx
 import jwt
 import pytest
 
+from backend.auth.jwt import ACCESS, REFRESH, decode_token
+from backend.auth.passwords import PasswordHasher
 from backend.config import Settings
 from backend.errors import ServiceUnavailableError, UnauthorizedError
-from backend.security import ACCESS, REFRESH, PasswordHasher, decode_token
 from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, TEST_SECRET_KEY, bearer, login
 
 

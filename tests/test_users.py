@@ -239,12 +239,12 @@ async def test_deactivated_user_with_a_current_token_gets_403(
     body = await register()
     # Flip the flag behind the API's back: the token stays valid, the account does not.
     app = client._transport.app  # type: ignore[attr-defined]
-    async with app.state.services.sessionmaker() as session:
-        user = await crud.get_user(session, user_id=body["user"]["id"])
+    async with app.state.runtime.sessionmaker() as db:
+        user = await crud.get_user(db, user_id=body["user"]["id"])
         assert user is not None
         user.is_active = False
-        session.add(user)
-        await session.commit()
+        db.add(user)
+        await db.commit()
     response = await client.get(f"{API}/users/me", headers=bearer(body["access_token"]))
     assert response.status_code == 403
     assert response.json()["detail"] == "This account is deactivated."

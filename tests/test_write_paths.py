@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
 from backend import crud
+from backend.auth.passwords import PasswordHasher
 from backend.main import create_app
-from backend.security import PasswordHasher
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -77,7 +77,7 @@ async def test_a_registration_whose_token_fails_leaves_no_account(
     app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     body = {"email": "atomic@example.com", "name": "Atomic", "password": USER_PASSWORD}
-    async with refused_inserts(app.state.services.engine, "refresh_tokens"):
+    async with refused_inserts(app.state.runtime.engine, "refresh_tokens"):
         failed = await client.post(f"{API}/auth/register", json=body)
     assert failed.status_code == 500
     assert await user_count(client, admin_headers, "atomic@example.com") == 0
@@ -89,15 +89,15 @@ async def test_a_registration_whose_token_fails_leaves_no_account(
 async def test_a_login_whose_token_fails_keeps_the_old_hash(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    services = app.state.services
-    services.password_hasher = PasswordHasher(rounds=5, concurrency=1, queue_limit=4)
-    async with refused_inserts(services.engine, "refresh_tokens"):
+    runtime = app.state.runtime
+    runtime.password_hasher = PasswordHasher(rounds=5, concurrency=1, queue_limit=4)
+    async with refused_inserts(runtime.engine, "refresh_tokens"):
         failed = await client.post(
             f"{API}/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
         )
     assert failed.status_code == 500
-    async with services.sessionmaker() as session:
-        admin = await crud.get_user_by_email(session, email=ADMIN_EMAIL)
+    async with runtime.sessionmaker() as db:
+        admin = await crud.get_user_by_email(db, email=ADMIN_EMAIL)
     assert admin is not None
     # The rehash to the new rounds was undone with the token row it came with.
     assert admin.hashed_password.startswith("$2b$04$")
@@ -108,7 +108,7 @@ async def test_a_password_change_whose_token_fails_keeps_the_old_password(
 ) -> None:
     headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
     change = {"current_password": ADMIN_PASSWORD, "new_password": NEW_PASSWORD}
-    async with refused_inserts(app.state.services.engine, "refresh_tokens"):
+    async with refused_inserts(app.state.runtime.engine, "refresh_tokens"):
         failed = await client.post(f"{API}/users/me/password", json=change, headers=headers)
     assert failed.status_code == 500
     assert (await client.get(f"{API}/users/me", headers=headers)).status_code == 200
@@ -119,7 +119,7 @@ async def test_an_admin_create_whose_audit_event_fails_leaves_no_account(
     app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     body = {"email": "audited@example.com", "name": "Audited", "password": USER_PASSWORD}
-    async with refused_inserts(app.state.services.engine, "audit_events"):
+    async with refused_inserts(app.state.runtime.engine, "audit_events"):
         failed = await client.post(f"{API}/users", json=body, headers=admin_headers)
     assert failed.status_code == 500
     assert await user_count(client, admin_headers, "audited@example.com") == 0
@@ -160,12 +160,12 @@ async def test_logins_waiting_for_a_hash_hold_no_connection_and_reads_go_on(
     app = create_app(settings)
     logins = 8
     async with app.router.lifespan_context(app):
-        services = app.state.services
+        runtime = app.state.runtime
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
-            hasher = GatedHasher(services.engine, expected=logins)
-            services.password_hasher = hasher
+            hasher = GatedHasher(runtime.engine, expected=logins)
+            runtime.password_hasher = hasher
             form = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
             burst = [
                 asyncio.create_task(client.post(f"{API}/auth/login", data=form))
@@ -182,7 +182,7 @@ async def test_logins_waiting_for_a_hash_hold_no_connection_and_reads_go_on(
                 hasher.release.set()
                 responses = await asyncio.gather(*burst)
                 hasher.close()
-        async with services.engine.begin() as connection:
+        async with runtime.engine.begin() as connection:
             for table in reversed(SQLModel.metadata.sorted_tables):
                 await connection.execute(table.delete())
     assert [response.status_code for response in responses] == [200] * logins

@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 # Substring search (`q`, `field_like`) compares lower(column) LIKE '%term%'. On
 # PostgreSQL trigram GIN indexes answer that without a scan of the table; pg_trgm ships
 # with PostgreSQL and is a trusted extension (the database owner may create it).
-# PostgreSQL-only, they stay out of the models (backend.db.UNMODELLED_INDEXES).
+# PostgreSQL-only, they stay out of the models (backend.db.migrate.UNMODELLED_INDEXES).
 TRIGRAM_INDEXES = {"ix_users_email_trgm": "lower(email)", "ix_users_name_trgm": "lower(name)"}
 
 

@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 # Never logged in sorts as the oldest login, both ways (crud._page): NULLS FIRST, which
 # is SQLite's own order for an ascending index and which it refuses to spell; PostgreSQL
 # needs it spelled to walk the index forwards (ascending) and backwards (descending).
-# So the index stays out of the models (backend.db.UNMODELLED_INDEXES).
+# So the index stays out of the models (backend.db.migrate.UNMODELLED_INDEXES).
 INDEX = "ix_users_last_login_at_id"
 
 

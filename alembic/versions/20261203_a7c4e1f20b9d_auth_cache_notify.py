@@ -22,7 +22,7 @@ down_revision: str | None = "1b52a875e69c"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# backend.authcache.CHANNEL when this was written.
+# backend.auth.authcache.CHANNEL when this was written.
 CHANNEL = "auth_cache"
 # The column naming the user whose check a row's change affects.
 USER_COLUMNS = {"users": "id", "sessions": "user_id"}

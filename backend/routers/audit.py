@@ -4,17 +4,12 @@ from fastapi import APIRouter, Request, Response
 from pydantic import TypeAdapter
 
 from backend import crud
-from backend.deps import AdminUser, ServicesDep, SessionDep
-from backend.listing import (
-    LIST_HEADERS,
-    ISODateTime,
-    Resource,
-    list_parameters,
-    parse_list_query,
-    set_list_headers,
-)
+from backend.auth.deps import AdminUser
+from backend.http.deps import DbSession, RuntimeDep
+from backend.http.listing import ISODateTime, Resource, parse_list_query
+from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
+from backend.http.problems import problem_responses
 from backend.models import AuditAction, AuditEvent, AuditEventPublic
-from backend.problems import problem_responses
 
 AUDIT_EVENTS = Resource(
     name="audit",
@@ -41,16 +36,16 @@ router = APIRouter(prefix="/audit", tags=["audit"], responses=problem_responses(
 async def list_audit_events(
     request: Request,
     response: Response,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     _admin: AdminUser,
 ) -> Sequence[AuditEvent]:
     """Changes made to accounts (admin only), oldest first unless sorted: filter by
     `actor_id`, `target_id`, `action`, `created_after`/`created_before`, with the same
     paging, sorting and dashboard conventions as the users list."""
     query = parse_list_query(
-        request.query_params, AUDIT_EVENTS, max_per_page=services.settings.MAX_PER_PAGE
+        request.query_params, AUDIT_EVENTS, max_per_page=runtime.settings.MAX_PER_PAGE
     )
-    events, total = await crud.list_audit_events(session, query=query)
+    events, total = await crud.list_audit_events(db, query=query)
     set_list_headers(request, response, AUDIT_EVENTS, query, len(events), total)
     return events

@@ -5,18 +5,9 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend import crud, links, sessions
-from backend.deps import (
-    ClientIP,
-    LoginClient,
-    LoginCredentials,
-    ServicesDep,
-    SessionDep,
-    SessionUser,
-    refuse_api_keys,
-)
-from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import (
+from backend.auth import accounts, links, sessions
+from backend.auth.deps import LoginClient, LoginCredentials, SessionUser, refuse_api_keys
+from backend.auth.models import (
     Accepted,
     LinkPurpose,
     LinkUse,
@@ -26,12 +17,13 @@ from backend.models import (
     PasswordSet,
     RegisterRequest,
     SessionEndReason,
-    User,
-    UserPublic,
 )
-from backend.problems import problem_responses
-from backend.services import Services
-from backend.transport import PresentedRefreshToken, TokenDeliveryDep
+from backend.auth.transport import PresentedRefreshToken, TokenDeliveryDep
+from backend.errors import ForbiddenError, UnauthorizedError
+from backend.http.deps import ClientIP, DbSession, RuntimeDep
+from backend.http.problems import problem_responses
+from backend.models import User, UserPublic
+from backend.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +57,8 @@ MAIL_ON_ITS_WAY = (
 )
 async def register(
     body: RegisterRequest,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     ip: ClientIP,
     client: LoginClient,
     delivery: TokenDeliveryDep,
@@ -74,21 +66,21 @@ async def register(
     """Create an account and log it in. Unless EMAIL_VERIFICATION is off, a link to
     verify the address is mailed to it; when it is `required`, the answer is 202 and
     login waits until the link is followed."""
-    settings = services.settings
+    settings = runtime.settings
     if not settings.REGISTRATION_ENABLED:
         raise ForbiddenError("Registration is closed on this server.")
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
-    registered = await crud.register(
-        session,
+    registered = await accounts.register(
+        db,
         data=body,
-        hasher=services.password_hasher,
+        hasher=runtime.password_hasher,
         settings=settings,
         client=client,
     )
     if registered.verify_link is not None:
         links.send_link(
-            services.mailer,
+            runtime.mailer,
             settings,
             purpose=LinkPurpose.VERIFY,
             user=registered.user,
@@ -116,29 +108,29 @@ async def register(
 )
 async def login(
     credentials: LoginCredentials,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     ip: ClientIP,
     client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
     await limiter.hit(limiter.login, "login", ip, credentials.email)
     # Failures only, whatever the address: the owner's own logins never use it up. Keyed
     # by the email as sent, so an unknown account is limited exactly like a real one.
     await limiter.check(limiter.login_failures_per_account, "login-account", credentials.email)
-    tokens = await crud.log_in(
-        session,
+    tokens = await accounts.log_in(
+        db,
         email=credentials.email,
         password=credentials.password,
-        hasher=services.password_hasher,
-        settings=services.settings,
+        hasher=runtime.password_hasher,
+        settings=runtime.settings,
         client=client,
     )
     if tokens is None:
-        services.metrics.login_failures.inc()
+        runtime.metrics.login_failures.inc()
         await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
         raise UnauthorizedError("Incorrect email or password.")
     return delivery.send(tokens)
@@ -153,27 +145,27 @@ async def login(
 )
 async def refresh(
     refresh_token: PresentedRefreshToken,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     ip: ClientIP,
     delivery: TokenDeliveryDep,
     background: BackgroundTasks,
 ) -> LoginResponse:
     """Trade a refresh token for a new pair. Each refresh token works once; presenting
     a used one again ends its whole session. A session past its lifetime is refused."""
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    tokens = await sessions.rotate(session, refresh_token=refresh_token, settings=services.settings)
-    background.add_task(_note_refresh, services, tokens.user.id)
+    tokens = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
+    background.add_task(_note_refresh, runtime, tokens.user.id)
     return delivery.send(tokens)
 
 
-async def _note_refresh(services: Services, user_id: int) -> None:
+async def _note_refresh(runtime: Runtime, user_id: int) -> None:
     """last_login_at for a refresh, after its response (see sessions.note_refresh). A
     timestamp missed while the database is away is not worth an error: a warning."""
     try:
-        async with services.sessionmaker() as session:
-            await sessions.note_refresh(session, user_id=user_id)
+        async with runtime.sessionmaker() as db:
+            await sessions.note_refresh(db, user_id=user_id)
     except (SQLAlchemyError, OSError, TimeoutError) as error:
         logger.warning("last_login_at not recorded for user %s: %r", user_id, error)
 
@@ -188,13 +180,13 @@ async def _note_refresh(services: Services, user_id: int) -> None:
 )
 async def logout(
     refresh_token: PresentedRefreshToken,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     delivery: TokenDeliveryDep,
 ) -> None:
     """End the session the refresh token belongs to, its access tokens included (other
     devices stay logged in)."""
-    await sessions.log_out(session, refresh_token=refresh_token, settings=services.settings)
+    await sessions.log_out(db, refresh_token=refresh_token, settings=runtime.settings)
     delivery.end()
 
 
@@ -205,9 +197,9 @@ async def logout(
     response_class=Response,
     responses=problem_responses(401, 403),
 )
-async def logout_all(user: SessionUser, session: SessionDep) -> None:
+async def logout_all(user: SessionUser, db: DbSession) -> None:
     """End every session of the current user, on every device, at once."""
-    await sessions.end_all(session, user=user, reason=SessionEndReason.LOGOUT_ALL)
+    await sessions.end_all(db, user=user, reason=SessionEndReason.LOGOUT_ALL)
 
 
 @router.post(
@@ -217,16 +209,16 @@ async def logout_all(user: SessionUser, session: SessionDep) -> None:
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(403),
 )
-async def forgot_password(body: MailRequest, services: ServicesDep, ip: ClientIP) -> Accepted:
+async def forgot_password(body: MailRequest, runtime: RuntimeDep, ip: ClientIP) -> Accepted:
     """Mail a password-reset link to this address if it is an active account's. The
     answer is the same, and as fast, whether or not it is: the look-up happens after it."""
-    settings = services.settings
+    settings = runtime.settings
     if not settings.PASSWORD_RESET_ENABLED:
         raise ForbiddenError("Password reset by email is not available on this server.")
-    await _limit_mail(services, ip, body.email)
+    await _limit_mail(runtime, ip, body.email)
     links.mail_link_later(
-        services.sessionmaker,
-        services.mailer,
+        runtime.sessionmaker,
+        runtime.mailer,
         settings,
         email=body.email,
         purpose=LinkPurpose.RESET,
@@ -242,20 +234,20 @@ async def forgot_password(body: MailRequest, services: ServicesDep, ip: ClientIP
 )
 async def reset_password(
     body: PasswordSet,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Set a new password with the token of a password-reset link. Every session of the
     account ends; the answer is a new one's tokens. 400 when the link is not usable."""
-    tokens = await crud.set_password_with_link(
-        session,
+    tokens = await accounts.set_password_with_link(
+        db,
         token=body.token,
         purpose=LinkPurpose.RESET,
         new_password=body.new_password,
-        hasher=services.password_hasher,
-        settings=services.settings,
+        hasher=runtime.password_hasher,
+        settings=runtime.settings,
         client=client,
     )
     return delivery.send(tokens)
@@ -269,29 +261,29 @@ async def reset_password(
 )
 async def accept_invitation(
     body: PasswordSet,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Accept an invitation: choose the password with the token of the invitation link.
     The account is activated and its email verified; the answer logs it in."""
-    tokens = await crud.set_password_with_link(
-        session,
+    tokens = await accounts.set_password_with_link(
+        db,
         token=body.token,
         purpose=LinkPurpose.INVITE,
         new_password=body.new_password,
-        hasher=services.password_hasher,
-        settings=services.settings,
+        hasher=runtime.password_hasher,
+        settings=runtime.settings,
         client=client,
     )
     return delivery.send(tokens)
 
 
 @router.post("/verify", name="auth-verify", response_model=UserPublic)
-async def verify_email(body: LinkUse, session: SessionDep) -> User:
+async def verify_email(body: LinkUse, db: DbSession) -> User:
     """Verify an email address with the token of a verification link."""
-    return await crud.verify_email(session, token=body.token)
+    return await accounts.verify_email(db, token=body.token)
 
 
 @router.post(
@@ -301,17 +293,17 @@ async def verify_email(body: LinkUse, session: SessionDep) -> User:
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(403),
 )
-async def resend_verification(body: MailRequest, services: ServicesDep, ip: ClientIP) -> Accepted:
+async def resend_verification(body: MailRequest, runtime: RuntimeDep, ip: ClientIP) -> Accepted:
     """Mail a new verification link to this address if it is an active account's whose
     address is not verified yet (the previous link stops working). The same answer, as
     fast, whether or not it is."""
-    settings = services.settings
+    settings = runtime.settings
     if settings.EMAIL_VERIFICATION == "off":
         raise ForbiddenError("Email verification is off on this server.")
-    await _limit_mail(services, ip, body.email)
+    await _limit_mail(runtime, ip, body.email)
     links.mail_link_later(
-        services.sessionmaker,
-        services.mailer,
+        runtime.sessionmaker,
+        runtime.mailer,
         settings,
         email=body.email,
         purpose=LinkPurpose.VERIFY,
@@ -319,9 +311,9 @@ async def resend_verification(body: MailRequest, services: ServicesDep, ip: Clie
     return Accepted(detail=MAIL_ON_ITS_WAY)
 
 
-async def _limit_mail(services: Services, ip: str, email: str) -> None:
+async def _limit_mail(runtime: Runtime, ip: str, email: str) -> None:
     # Per address: one client mailing many inboxes; per email: many clients (or one
     # rotating addresses) filling one inbox. Keyed by the email as sent, known or not.
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     await limiter.hit(limiter.mail_per_ip, "mail", ip)
     await limiter.hit(limiter.mail_per_email, "mail-email", email)

@@ -5,9 +5,9 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.deps import ServicesDep
 from backend.errors import ServiceUnavailableError
-from backend.problems import problem_responses
+from backend.http.deps import RuntimeDep
+from backend.http.problems import problem_responses
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -37,7 +37,7 @@ async def live() -> HealthStatus:
 @router.get(
     "/ready", name="health-ready", response_model=HealthStatus, responses=problem_responses(503)
 )
-async def ready(services: ServicesDep) -> HealthStatus:
+async def ready(runtime: RuntimeDep) -> HealthStatus:
     """The database answers: safe to route traffic here.
 
     With REDIS_URL set, `checks.redis` is `ok`, or `degraded` when Redis does not answer
@@ -46,8 +46,8 @@ async def ready(services: ServicesDep) -> HealthStatus:
     try:
         # Bounded like any request's database work: a frozen server is not ready.
         async with (
-            asyncio.timeout(services.settings.request_database_budget_seconds),
-            services.engine.connect() as connection,
+            asyncio.timeout(runtime.settings.request_database_budget_seconds),
+            runtime.engine.connect() as connection,
         ):
             await connection.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError) as error:  # TimeoutError is an OSError
@@ -56,7 +56,7 @@ async def ready(services: ServicesDep) -> HealthStatus:
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
         ) from error
     checks = {"database": "ok"}
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     if limiter.shared:
         available = await limiter.storage_available(REDIS_CHECK_TIMEOUT_SECONDS)
         checks["redis"] = "ok" if available else "degraded"

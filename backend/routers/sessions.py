@@ -3,34 +3,21 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import StringConstraints, TypeAdapter
 
-from backend import crud, sessions
-from backend.deps import (
+from backend.auth import sessions
+from backend.auth.deps import (
     AdminTargetUser,
     AdminUser,
     CurrentCaller,
-    ServicesDep,
-    SessionDep,
     SessionId,
     get_session_caller,
 )
+from backend.auth.models import SESSION_ID_PATTERN, SessionEndReason, SessionPublic, UserSession
 from backend.errors import NotFoundError
-from backend.listing import (
-    LIST_HEADERS,
-    ISODateTime,
-    ListQuery,
-    Resource,
-    list_parameters,
-    parse_list_query,
-    set_list_headers,
-)
-from backend.models import (
-    SESSION_ID_PATTERN,
-    SessionEndReason,
-    SessionPublic,
-    User,
-    UserSession,
-)
-from backend.problems import problem_responses
+from backend.http.deps import DbSession, RuntimeDep
+from backend.http.listing import ISODateTime, ListQuery, Resource, parse_list_query
+from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
+from backend.http.problems import problem_responses
+from backend.models import User
 
 SESSIONS = Resource(
     name="sessions",
@@ -63,16 +50,16 @@ def _public(user_sessions: list[UserSession], current_id: str | None) -> list[Se
 
 
 async def _list(
-    request: Request, response: Response, session: SessionDep, services: ServicesDep, user: User
+    request: Request, response: Response, db: DbSession, runtime: RuntimeDep, user: User
 ) -> list[UserSession]:
     query = parse_list_query(
-        request.query_params, SESSIONS, max_per_page=services.settings.MAX_PER_PAGE
+        request.query_params, SESSIONS, max_per_page=runtime.settings.MAX_PER_PAGE
     )
     if not query.sort:
         query = ListQuery(**{**query.__dict__, "sort": NEWEST_FIRST})
     assert user.id is not None
-    found, total = await crud.list_live_sessions(
-        session, user_id=user.id, query=query, idle_days=services.settings.SESSION_IDLE_DAYS
+    found, total = await sessions.list_live(
+        db, user_id=user.id, query=query, idle_days=runtime.settings.SESSION_IDLE_DAYS
     )
     set_list_headers(request, response, SESSIONS, query, len(found), total)
     return list(found)
@@ -88,12 +75,12 @@ async def _list(
 async def list_my_sessions(
     request: Request,
     response: Response,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     caller: CurrentCaller,
 ) -> list[SessionPublic]:
     """Your live sessions, most recently used first; `current` marks this token's."""
-    found = await _list(request, response, session, services, caller.user)
+    found = await _list(request, response, db, runtime, caller.user)
     return _public(found, caller.user_session.id)
 
 
@@ -105,15 +92,15 @@ async def list_my_sessions(
     responses=problem_responses(404),
 )
 async def end_my_session(
-    session_id: SessionId, session: SessionDep, services: ServicesDep, caller: CurrentCaller
+    session_id: SessionId, db: DbSession, runtime: RuntimeDep, caller: CurrentCaller
 ) -> None:
     """End one of your sessions (this one too, if you name it): its tokens stop working."""
     ended = await sessions.end(
-        session,
+        db,
         user=caller.user,
         session_id=session_id,
         reason=SessionEndReason.LOGOUT,
-        settings=services.settings,
+        settings=runtime.settings,
     )
     if not ended:
         raise NotFoundError(f"You have no live session {session_id}.")
@@ -129,12 +116,12 @@ async def end_my_session(
 async def list_sessions(
     request: Request,
     response: Response,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     user: AdminTargetUser,
 ) -> list[SessionPublic]:
     """A user's live sessions (admin only), most recently used first."""
-    found = await _list(request, response, session, services, user)
+    found = await _list(request, response, db, runtime, user)
     return _public(found, None)
 
 
@@ -147,18 +134,18 @@ async def list_sessions(
 )
 async def end_session(
     session_id: SessionId,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     user: AdminTargetUser,
     admin: AdminUser,
 ) -> None:
     """End one session of a user (admin only), recorded in the audit trail."""
     ended = await sessions.end(
-        session,
+        db,
         user=user,
         session_id=session_id,
         reason=SessionEndReason.ADMIN,
-        settings=services.settings,
+        settings=runtime.settings,
         actor_id=admin.id,
         audit=True,
     )
@@ -173,8 +160,8 @@ async def end_session(
     response_class=Response,
     responses=problem_responses(404),
 )
-async def end_all_sessions(session: SessionDep, user: AdminTargetUser, admin: AdminUser) -> None:
+async def end_all_sessions(db: DbSession, user: AdminTargetUser, admin: AdminUser) -> None:
     """End every session of a user (admin only), recorded in the audit trail."""
     await sessions.end_all(
-        session, user=user, reason=SessionEndReason.ADMIN, actor_id=admin.id, audit=True
+        db, user=user, reason=SessionEndReason.ADMIN, actor_id=admin.id, audit=True
     )

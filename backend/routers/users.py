@@ -3,38 +3,30 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from sqlmodel.ext.asyncio.session import AsyncSession
 from typing_extensions import TypedDict
 
-from backend import crud, links
-from backend.config import Settings
-from backend.deps import (
+from backend import crud
+from backend.auth import accounts, links
+from backend.auth.deps import (
     AdminTargetUser,
     AdminUser,
-    ClientIP,
     CurrentUser,
-    ExpectedVersions,
     LoginClient,
-    ServicesDep,
-    SessionDep,
     SessionUser,
     VisibleUserId,
     sees_directory,
     user_not_found,
 )
+from backend.auth.models import Accepted, LinkPurpose, LoginResponse, PasswordChange
+from backend.auth.transport import TokenDeliveryDep
+from backend.config import Settings
 from backend.errors import ConflictError, ForbiddenError
-from backend.listing import (
-    LIST_HEADERS,
-    ISODateTime,
-    Resource,
-    list_parameters,
-    parse_list_query,
-    set_list_headers,
-)
+from backend.http.deps import ClientIP, DbSession, ExpectedVersions, RuntimeDep
+from backend.http.listing import ISODateTime, Resource, parse_list_query
+from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
+from backend.http.problems import problem_responses
 from backend.models import (
-    Accepted,
-    LinkPurpose,
-    LoginResponse,
-    PasswordChange,
     User,
     UserCreate,
     UserInvite,
@@ -44,8 +36,7 @@ from backend.models import (
     UserUpdate,
     UserUpdateMe,
 )
-from backend.problems import problem_responses
-from backend.transport import TokenDeliveryDep
+from backend.runtime import Runtime
 
 USERS = Resource(
     name="users",
@@ -107,15 +98,15 @@ def etag(version: int) -> str:
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
-    request: Request, session: SessionDep, services: ServicesDep, user: CurrentUser
+    request: Request, db: DbSession, runtime: RuntimeDep, user: CurrentUser
 ) -> Response:
-    settings = services.settings
+    settings = runtime.settings
     query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
     only_id = user.id if not sees_directory(user, settings) else None
-    rows, total = await crud.list_users(session, query=query, only_id=only_id)
+    rows, total = await crud.list_users(db, query=query, only_id=only_id)
     # Rows of UserPublic's fields, every value validated on its way into the database:
     # written as UserPublic writes them, without building and validating a model per
-    # row again, which was a quarter of a 1,000-user export's time (issue 12).
+    # row again, the largest cost of an export page (bench/README.md).
     body = USER_ROWS.dump_json([row._asdict() for row in rows])
     response = Response(body, media_type="application/json")
     set_list_headers(request, response, USERS, query, len(rows), total)
@@ -133,13 +124,13 @@ async def create_user(
     body: UserCreate,
     request: Request,
     response: Response,
-    session: SessionDep,
+    db: DbSession,
     admin: AdminUser,
-    services: ServicesDep,
+    runtime: RuntimeDep,
 ) -> User:
     """Create a user (admin only)."""
-    user = await crud.create_user(
-        session, data=body, hasher=services.password_hasher, audit=True, actor_id=admin.id
+    user = await accounts.create_user(
+        db, data=body, hasher=runtime.password_hasher, audit=True, actor_id=admin.id
     )
     response.headers["ETag"] = etag(user.version)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
@@ -157,17 +148,17 @@ async def invite_user(
     body: UserInvite,
     request: Request,
     response: Response,
-    session: SessionDep,
+    db: DbSession,
     admin: AdminUser,
-    services: ServicesDep,
+    runtime: RuntimeDep,
 ) -> User:
     """Create a user without a password and mail them an invitation link (admin only).
     The account is inactive until its owner chooses a password with the link
     (`POST /auth/password/set`)."""
-    settings = services.settings
+    settings = runtime.settings
     _check_invitations(settings)
-    user, link = await crud.invite_user(session, data=body, settings=settings, actor_id=admin.id)
-    links.send_link(services.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    user, link = await accounts.invite_user(db, data=body, settings=settings, actor_id=admin.id)
+    links.send_link(runtime.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
     response.headers["ETag"] = etag(user.version)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
@@ -181,14 +172,14 @@ async def invite_user(
     responses=problem_responses(404, 409),
 )
 async def reinvite_user(
-    user: AdminTargetUser, session: SessionDep, admin: AdminUser, services: ServicesDep
+    user: AdminTargetUser, db: DbSession, admin: AdminUser, runtime: RuntimeDep
 ) -> Accepted:
     """Mail a new invitation link (admin only); the previous one stops working. 409 once
     the invitation was accepted."""
-    settings = services.settings
+    settings = runtime.settings
     _check_invitations(settings)
-    link = await crud.reinvite_user(session, user=user, settings=settings, actor_id=admin.id)
-    links.send_link(services.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    link = await accounts.reinvite_user(db, user=user, settings=settings, actor_id=admin.id)
+    links.send_link(runtime.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
     return Accepted(detail="A new invitation link is on its way; the previous one no longer works.")
 
 
@@ -205,12 +196,12 @@ async def read_me(user: CurrentUser) -> User:
 
 @router.patch("/me", name="users-update-me", response_model=UserPublic)
 async def update_me(
-    body: UserUpdateMe, user: CurrentUser, session: SessionDep, services: ServicesDep
+    body: UserUpdateMe, user: CurrentUser, db: DbSession, runtime: RuntimeDep
 ) -> User:
     """Change your own name."""
     changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
-    return await crud.update_user(
-        session, user=user, changes=changes, hasher=services.password_hasher, actor_id=user.id
+    return await accounts.update_user(
+        db, user=user, changes=changes, hasher=runtime.password_hasher, actor_id=user.id
     )
 
 
@@ -223,22 +214,22 @@ async def update_me(
 async def change_password(
     body: PasswordChange,
     user: SessionUser,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     ip: ClientIP,
     client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Change your password. Every session ends; this call returns a new session's pair."""
-    limiter = services.rate_limiter
+    limiter = runtime.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    tokens = await crud.change_password(
-        session,
+    tokens = await accounts.change_password(
+        db,
         user=user,
         current_password=body.current_password,
         new_password=body.new_password,
-        hasher=services.password_hasher,
-        settings=services.settings,
+        hasher=runtime.password_hasher,
+        settings=runtime.settings,
         client=client,
     )
     return delivery.send(tokens)
@@ -250,10 +241,10 @@ async def change_password(
     response_model=UserPublic,
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
-async def read_user(user_id: VisibleUserId, session: SessionDep) -> Response:
+async def read_user(user_id: VisibleUserId, db: DbSession) -> Response:
     """One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
     With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
-    row = await crud.get_public_user(session, user_id=user_id)
+    row = await crud.get_public_user(db, user_id=user_id)
     if row is None:
         raise user_not_found(user_id)
     public = row._asdict()
@@ -270,24 +261,17 @@ async def read_user(user_id: VisibleUserId, session: SessionDep) -> Response:
 async def update_user(
     body: UserUpdate,
     user: AdminTargetUser,
-    session: SessionDep,
+    db: DbSession,
     admin: AdminUser,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     expected_versions: ExpectedVersions,
     response: Response,
 ) -> User:
     """Change the fields sent (admin only); role, deactivation and password changes
     revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412."""
-    updated = await crud.update_user(
-        session,
-        user=user,
-        changes=body,
-        hasher=services.password_hasher,
-        actor_id=admin.id,
-        expected_versions=expected_versions,
+    return await _update(
+        db, runtime, response, user=user, changes=body, admin=admin, expected=expected_versions
     )
-    response.headers["ETag"] = etag(updated.version)
-    return updated
 
 
 @router.put(
@@ -299,18 +283,46 @@ async def update_user(
 async def replace_user(
     body: UserReplace,
     user: AdminTargetUser,
-    session: SessionDep,
+    db: DbSession,
     admin: AdminUser,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     expected_versions: ExpectedVersions,
     response: Response,
 ) -> User:
     """Save a whole record as read (admin only): the rules of PATCH apply; `id`,
     `created_at` and `updated_at` are read-only and, when sent, must be unchanged."""
     _check_read_only_fields(body, user)
-    return await update_user(
-        body.changes(), user, session, admin, services, expected_versions, response
+    return await _update(
+        db,
+        runtime,
+        response,
+        user=user,
+        changes=body.changes(),
+        admin=admin,
+        expected=expected_versions,
     )
+
+
+async def _update(
+    db: AsyncSession,
+    runtime: Runtime,
+    response: Response,
+    *,
+    user: User,
+    changes: UserUpdate,
+    admin: User,
+    expected: frozenset[int] | None,
+) -> User:
+    updated = await accounts.update_user(
+        db,
+        user=user,
+        changes=changes,
+        hasher=runtime.password_hasher,
+        actor_id=admin.id,
+        expected_versions=expected,
+    )
+    response.headers["ETag"] = etag(updated.version)
+    return updated
 
 
 def _check_read_only_fields(body: UserReplace, user: User) -> None:
@@ -334,12 +346,10 @@ def _check_read_only_fields(body: UserReplace, user: User) -> None:
 )
 async def delete_user(
     user: AdminTargetUser,
-    session: SessionDep,
+    db: DbSession,
     admin: AdminUser,
     expected_versions: ExpectedVersions,
 ) -> User:
     """Delete a user (admin only) and return the deleted record."""
-    await crud.delete_user(
-        session, user=user, actor_id=admin.id, expected_versions=expected_versions
-    )
+    await crud.delete_user(db, user=user, actor_id=admin.id, expected_versions=expected_versions)
     return user

@@ -17,11 +17,13 @@ from typing import Annotated, Literal, TypedDict
 from fastapi import Body, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
+from backend.auth.deps import KEYS_REFUSED
+from backend.auth.jwt import REFRESH, decode_token
+from backend.auth.models import API_KEY_PREFIX, LoginResponse, RefreshRequest
+from backend.clock import utcnow
 from backend.config import Settings
-from backend.deps import KEYS_REFUSED, ServicesDep
 from backend.errors import ForbiddenError, UnauthorizedError
-from backend.models import API_KEY_PREFIX, LoginResponse, RefreshRequest, utcnow
-from backend.security import REFRESH, decode_token
+from backend.http.deps import RuntimeDep
 
 
 class Transport(StrEnum):
@@ -43,7 +45,7 @@ TRANSPORT_DESCRIPTION = (
 
 async def get_transport(
     request: Request,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     transport: Annotated[Transport, Query(description=TRANSPORT_DESCRIPTION)] = Transport.BEARER,
     requested_with: Annotated[
         str | None,
@@ -54,7 +56,7 @@ async def get_transport(
 ) -> Transport:
     if transport is Transport.COOKIE:
         own_origin = f"{request.url.scheme}://{request.url.netloc}"
-        _check_own_front_end(requested_with, origin, own_origin, services.settings)
+        _check_own_front_end(requested_with, origin, own_origin, runtime.settings)
     return transport
 
 
@@ -166,9 +168,9 @@ class TokenDelivery:
 
 
 async def get_token_delivery(
-    transport: TransportDep, response: Response, services: ServicesDep
+    transport: TransportDep, response: Response, runtime: RuntimeDep
 ) -> TokenDelivery:
-    return TokenDelivery(transport=transport, response=response, settings=services.settings)
+    return TokenDelivery(transport=transport, response=response, settings=runtime.settings)
 
 
 TokenDeliveryDep = Annotated[TokenDelivery, Depends(get_token_delivery)]

@@ -10,8 +10,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend.parsing import parse_int
-from backend.problems import problem_response, unexpected_error_response
+from backend.http.parsing import parse_int
+from backend.http.problems import problem_response, unexpected_error_response
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ stored one in constant time, so the time a guess takes says nothing about the se
   two requests using one link at the same moment exactly one wins; audited; the caller
   commits, with whatever the link was for.
 
-Lock order (backend/sessions.py): the user's row, then their links. issue locks the
+Lock order (backend/auth/sessions.py): the user's row, then their links. issue locks the
 user first; the flows that consume a link change the user's row before the link's.
 """
 
@@ -27,20 +27,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend.auth.models import LINK_SECRET_BYTES, LinkPurpose, LinkToken
+from backend.clock import utcnow
 from backend.config import Settings
+from backend.db.session import lock_for_update
 from backend.errors import BadRequestError
+from backend.http.parsing import INT32_MAX, parse_int
 from backend.mail import Mail, Mailer
-from backend.models import (
-    LINK_SECRET_BYTES,
-    NO_PASSWORD,
-    AuditAction,
-    AuditEvent,
-    LinkPurpose,
-    LinkToken,
-    User,
-    utcnow,
-)
-from backend.parsing import INT32_MAX, parse_int
+from backend.models import NO_PASSWORD, AuditAction, AuditEvent, User
 
 INVALID = (
     "This link is not valid (it may have been replaced by a newer one): copy the whole "
@@ -170,13 +164,8 @@ async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
 
 async def _lock_user(db: AsyncSession, *, user_id: int) -> None:
     """Serialise two links issued at once for one user, so the newer revokes the older."""
-    if db.get_bind().dialect.name == "sqlite":
-        # The database's one write lock, taken by a no-op UPDATE (see backend/sessions.py).
-        await db.exec(update(User).where(col(User.id) == user_id).values(id=User.id))
-    else:
-        await db.exec(
-            select(User.id).where(col(User.id) == user_id).with_for_update(key_share=True)
-        )
+    statement = select(User.id).where(col(User.id) == user_id)
+    await db.exec(await lock_for_update(db, statement, table=User, key_share=True))
 
 
 # --- the mail that carries a link ----------------------------------------------------

@@ -19,15 +19,16 @@ owner's sessions. Reactivating an account does not bring its keys back.
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import ColumnElement, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend.errors import NotFoundError, UnauthorizedError
-from backend.models import (
+from backend import crud
+from backend.auth.models import (
     API_KEY_PATTERN,
     API_KEY_SHOWN_CHARS,
     ApiKey,
@@ -35,12 +36,13 @@ from backend.models import (
     ApiKeyCreated,
     ApiKeyEndReason,
     ApiKeyPublic,
-    AuditAction,
-    AuditEvent,
-    User,
     new_api_key_secret,
-    utcnow,
 )
+from backend.clock import utcnow
+from backend.db.session import lock_for_update
+from backend.errors import NotFoundError, UnauthorizedError
+from backend.http.listing import ListQuery
+from backend.models import AuditAction, AuditEvent, User
 
 KEY_REFUSED = "The API key is invalid, expired or revoked."
 OWNER_CHANGED = (
@@ -77,16 +79,12 @@ async def create(
     # authenticated: a password or role change, a deactivation or a logout everywhere
     # either commits before this (and the key is refused) or waits for it, and then
     # revokes it with the others. Without the lock a key minted meanwhile would survive.
-    owner_unchanged = await db.exec(
-        update(User)
-        .where(
-            col(User.id) == user.id,
-            col(User.token_version) == user.token_version,
-            col(User.is_active).is_(True),
-        )
-        .values(id=User.id)
+    owner_unchanged = select(User.id).where(
+        col(User.id) == user.id,
+        col(User.token_version) == user.token_version,
+        col(User.is_active).is_(True),
     )
-    if owner_unchanged.rowcount != 1:
+    if (await db.exec(await lock_for_update(db, owner_unchanged, table=User))).first() is None:
         await db.rollback()
         raise UnauthorizedError(OWNER_CHANGED)
     secret = new_api_key_secret()
@@ -143,6 +141,17 @@ async def revoke_all_staged(db: AsyncSession, *, user_id: int, reason: ApiKeyEnd
         .values(revoked_at=utcnow(), revoked_reason=reason)
     )
     return result.rowcount
+
+
+async def list_live(
+    db: AsyncSession, *, user_id: int | None, query: ListQuery
+) -> tuple[Sequence[ApiKey], int]:
+    """One page of the live (unrevoked) keys of a user, or of everyone's with no user;
+    expired ones included, so that their owner sees why a script stopped."""
+    live: list[ColumnElement[bool]] = [col(ApiKey.revoked_at).is_(None)]
+    if user_id is not None:
+        live.append(col(ApiKey.user_id) == user_id)
+    return await crud.list_page(db, ApiKey, query, live)
 
 
 async def check(db: AsyncSession, *, secret: str) -> KeyCaller:

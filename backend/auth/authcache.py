@@ -45,15 +45,19 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import BinaryExpression, BindParameter, Column, event, inspect
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, TextClause
 from sqlmodel import Session as SQLModelSession
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend.auth.models import UserSession
 from backend.config import Settings
-from backend.models import User, UserSession
-from backend.observability import Metrics
+from backend.db.session import create_sessionmaker
+from backend.http.observability import Metrics
+from backend.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -272,22 +276,22 @@ class TrackedSession(SQLModelSession):
     too much costs a query; too little would serve a revoked token)."""
 
 
-def _note(session: OrmSession, user_ids: set[int] | None) -> None:
-    if AUTH_CACHE not in session.info:
+def _note(db: OrmSession, user_ids: set[int] | None) -> None:
+    if AUTH_CACHE not in db.info:
         return
-    written = session.info.get(WRITTEN, set())
-    session.info[WRITTEN] = None if written is None or user_ids is None else written | user_ids
+    written = db.info.get(WRITTEN, set())
+    db.info[WRITTEN] = None if written is None or user_ids is None else written | user_ids
 
 
-def _note_flush(session: OrmSession, _context: Any) -> None:
+def _note_flush(db: OrmSession, _context: Any) -> None:
     """Rows the unit of work changed or deleted (inserts change no cached row)."""
     user_ids = {
         instance.id if isinstance(instance, User) else instance.user_id
-        for instance in (*session.dirty, *session.deleted)
+        for instance in (*db.dirty, *db.deleted)
         if isinstance(instance, (User, UserSession))
     }
     if user_ids:
-        _note(session, {user_id for user_id in user_ids if user_id is not None})
+        _note(db, {user_id for user_id in user_ids if user_id is not None})
 
 
 def _note_statement(state: ORMExecuteState) -> None:
@@ -325,11 +329,24 @@ def _user_ids_in(where: ColumnElement[bool] | None, table: str, column: str) -> 
     return None
 
 
-def _tell(session: OrmSession, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None or WRITTEN not in session.info:
+def _tell(db: OrmSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None or WRITTEN not in db.info:
         return
-    written = session.info.pop(WRITTEN)
-    session.info[AUTH_CACHE].forget(written)
+    written = db.info.pop(WRITTEN)
+    db.info[AUTH_CACHE].forget(written)
+
+
+def tracked_sessionmaker(
+    engine: AsyncEngine, settings: Settings, *, auth_cache: AuthCache, read_only: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """The app's sessionmakers: budgeted db sessions whose writes reach `auth_cache`."""
+    return create_sessionmaker(
+        engine,
+        settings,
+        read_only=read_only,
+        sync_session_class=TrackedSession,
+        info={AUTH_CACHE: auth_cache},
+    )
 
 
 event.listen(TrackedSession, "after_flush", _note_flush)

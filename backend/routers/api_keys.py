@@ -1,27 +1,14 @@
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import TypeAdapter
 
-from backend import api_keys, crud
-from backend.deps import (
-    AdminTargetUser,
-    AdminUser,
-    ApiKeyId,
-    ServicesDep,
-    SessionDep,
-    SessionUser,
-    get_session_caller,
-)
-from backend.listing import (
-    LIST_HEADERS,
-    ISODateTime,
-    ListQuery,
-    Resource,
-    list_parameters,
-    parse_list_query,
-    set_list_headers,
-)
-from backend.models import ApiKeyCreate, ApiKeyCreated, ApiKeyEndReason, ApiKeyPublic, User
-from backend.problems import problem_responses
+from backend.auth import api_keys
+from backend.auth.deps import AdminTargetUser, AdminUser, SessionUser, get_session_caller
+from backend.auth.models import ApiKeyCreate, ApiKeyCreated, ApiKeyEndReason, ApiKeyPublic
+from backend.http.deps import ApiKeyId, DbSession, RuntimeDep
+from backend.http.listing import ISODateTime, ListQuery, Resource, parse_list_query
+from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
+from backend.http.problems import problem_responses
+from backend.models import User
 
 API_KEYS = Resource(
     name="tokens",
@@ -45,14 +32,14 @@ router = APIRouter(
 
 
 async def _list(
-    request: Request, response: Response, session: SessionDep, services: ServicesDep, user: User
+    request: Request, response: Response, db: DbSession, runtime: RuntimeDep, user: User
 ) -> list[ApiKeyPublic]:
     query = parse_list_query(
-        request.query_params, API_KEYS, max_per_page=services.settings.MAX_PER_PAGE
+        request.query_params, API_KEYS, max_per_page=runtime.settings.MAX_PER_PAGE
     )
     if not query.sort:
         query = ListQuery(**{**query.__dict__, "sort": NEWEST_FIRST})
-    found, total = await crud.list_api_keys(session, user_id=user.id, query=query)
+    found, total = await api_keys.list_live(db, user_id=user.id, query=query)
     set_list_headers(request, response, API_KEYS, query, len(found), total)
     return [ApiKeyPublic.model_validate(api_key) for api_key in found]
 
@@ -63,13 +50,11 @@ async def _list(
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyCreated,
 )
-async def create_api_key(
-    body: ApiKeyCreate, user: SessionUser, session: SessionDep
-) -> ApiKeyCreated:
+async def create_api_key(body: ApiKeyCreate, user: SessionUser, db: DbSession) -> ApiKeyCreated:
     """Create a personal API key for a script. `secret` is in this answer only: store it
     now. Send it as `Authorization: Bearer uak_...`; it acts with your role, `read`
     allowing only GET and HEAD."""
-    return await api_keys.create(session, user=user, data=body, actor_id=user.id)
+    return await api_keys.create(db, user=user, data=body, actor_id=user.id)
 
 
 @router.get(
@@ -82,13 +67,13 @@ async def create_api_key(
 async def list_my_api_keys(
     request: Request,
     response: Response,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     user: SessionUser,
 ) -> list[ApiKeyPublic]:
     """Your API keys that are not revoked (expired ones too), newest first; never their
     secrets."""
-    return await _list(request, response, session, services, user)
+    return await _list(request, response, db, runtime, user)
 
 
 @router.delete(
@@ -98,10 +83,10 @@ async def list_my_api_keys(
     response_class=Response,
     responses=problem_responses(404),
 )
-async def revoke_my_api_key(token_id: ApiKeyId, user: SessionUser, session: SessionDep) -> None:
+async def revoke_my_api_key(token_id: ApiKeyId, user: SessionUser, db: DbSession) -> None:
     """Revoke one of your API keys: it stops working at once."""
     await api_keys.revoke(
-        session, key_id=token_id, user_id=user.id, reason=ApiKeyEndReason.REVOKED, actor_id=user.id
+        db, key_id=token_id, user_id=user.id, reason=ApiKeyEndReason.REVOKED, actor_id=user.id
     )
 
 
@@ -115,12 +100,12 @@ async def revoke_my_api_key(token_id: ApiKeyId, user: SessionUser, session: Sess
 async def list_api_keys(
     request: Request,
     response: Response,
-    session: SessionDep,
-    services: ServicesDep,
+    db: DbSession,
+    runtime: RuntimeDep,
     user: AdminTargetUser,
 ) -> list[ApiKeyPublic]:
     """A user's API keys that are not revoked (admin only), newest first."""
-    return await _list(request, response, session, services, user)
+    return await _list(request, response, db, runtime, user)
 
 
 @router.delete(
@@ -131,9 +116,9 @@ async def list_api_keys(
     responses=problem_responses(404),
 )
 async def revoke_api_key(
-    token_id: ApiKeyId, session: SessionDep, user: AdminTargetUser, admin: AdminUser
+    token_id: ApiKeyId, db: DbSession, user: AdminTargetUser, admin: AdminUser
 ) -> None:
     """Revoke one of a user's API keys (admin only), recorded in the audit trail."""
     await api_keys.revoke(
-        session, key_id=token_id, user_id=user.id, reason=ApiKeyEndReason.ADMIN, actor_id=admin.id
+        db, key_id=token_id, user_id=user.id, reason=ApiKeyEndReason.ADMIN, actor_id=admin.id
     )

@@ -16,9 +16,9 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from backend.db import DATABASE_UNAVAILABLE, database_unavailable
+from backend.db.engine import DATABASE_UNAVAILABLE, database_unavailable
 from backend.errors import DomainError, RetryLaterError, UnauthorizedError
-from backend.services import services_of
+from backend.runtime import runtime_of
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ async def _handle_database_error(request: Request, exc: Exception) -> JSONRespon
     if not database_unavailable(exc):
         return unexpected_error_response(exc, request_id=request_id_of(request))
     cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    services_of(request.scope).metrics.database_unavailable.inc()
+    runtime_of(request.scope).metrics.database_unavailable.inc()
     logger.warning("database unavailable: %s", cause.__class__.__name__)
     return problem_response(
         HTTPStatus.SERVICE_UNAVAILABLE,

@@ -35,6 +35,7 @@ row before creating its session, is either all before it (and ended by it) or al
 """
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
@@ -43,27 +44,26 @@ from sqlalchemy import Update, and_, delete, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from backend import api_keys
-from backend.authcache import AuthCache
-from backend.config import Settings
-from backend.errors import DomainError, ForbiddenError, UnauthorizedError
-from backend.models import (
+from backend import crud
+from backend.auth import api_keys
+from backend.auth.authcache import AuthCache
+from backend.auth.jwt import ACCESS, REFRESH, create_token, decode_token, hash_token_id
+from backend.auth.models import (
     IP_ADDRESS_MAX_CHARS,
-    LAST_LOGIN_RESOLUTION,
     USER_AGENT_MAX_CHARS,
     ApiKeyEndReason,
-    AuditAction,
-    AuditEvent,
     LoginResponse,
     RefreshToken,
     SessionEndReason,
     TokenClaims,
-    User,
-    UserPublic,
     UserSession,
-    utcnow,
 )
-from backend.security import ACCESS, REFRESH, create_token, decode_token, hash_token_id
+from backend.clock import utcnow
+from backend.config import Settings
+from backend.db.session import lock_for_update
+from backend.errors import DomainError, ForbiddenError, UnauthorizedError
+from backend.http.listing import ListQuery
+from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, AuditEvent, User, UserPublic
 
 NOT_HONOURED = "The token is invalid or has been revoked."
 SESSION_ENDED = "This session has ended; log in again."
@@ -331,12 +331,26 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
     return result.rowcount
 
 
+async def list_live(
+    db: AsyncSession, *, user_id: int, query: ListQuery, idle_days: int
+) -> tuple[Sequence[UserSession], int]:
+    """One page of the user's live sessions (not ended, not past either lifetime)."""
+    now = utcnow()
+    live = [
+        col(UserSession.user_id) == user_id,
+        col(UserSession.revoked_at).is_(None),
+        col(UserSession.expires_at) > now,
+        col(UserSession.last_used_at) > now - timedelta(days=idle_days),
+    ]
+    return await crud.list_page(db, UserSession, query, live)
+
+
 async def check(
     db: AsyncSession, *, access_token: str, settings: Settings, auth_cache: AuthCache
 ) -> Caller:
     """The user an access token speaks for and its session, if both still honour it:
     one query, the user's row joined with the session's, or none when the worker's
-    auth cache has both rows (see backend/authcache.py)."""
+    auth cache has both rows (see backend/auth/authcache.py)."""
     claims = decode_token(access_token, ACCESS, settings)
 
     async def load() -> tuple[User | None, UserSession | None]:
@@ -422,16 +436,9 @@ async def note_refresh(db: AsyncSession, *, user_id: int) -> None:
 async def _lock_user(db: AsyncSession, *, user_id: int) -> User | None:
     """The user's row, locked against its deletion and against end_all, and reloaded:
     what a concurrent change committed meanwhile is what the new tokens carry."""
-    if db.get_bind().dialect.name == "sqlite":
-        # SQLite ignores FOR UPDATE and begins a transaction only at its first write: a
-        # no-op UPDATE takes the single write lock at once, and returns the row.
-        statement = update(User).where(col(User.id) == user_id).values(id=User.id).returning(User)
-        locked: User | None = (
-            await db.exec(statement.execution_options(populate_existing=True))
-        ).scalar_one_or_none()
-        return locked
-    select_locked = select(User).where(col(User.id) == user_id).with_for_update(key_share=True)
-    return (await db.exec(select_locked.execution_options(populate_existing=True))).first()
+    statement = select(User).where(col(User.id) == user_id)
+    locked = await lock_for_update(db, statement, table=User, key_share=True)
+    return (await db.exec(locked.execution_options(populate_existing=True))).first()
 
 
 async def _lock_session(
@@ -447,13 +454,8 @@ async def _lock_session(
         .where(col(UserSession.id) == session_id, col(UserSession.user_id) == user_id)
         .execution_options(populate_existing=True)
     )
-    if db.get_bind().dialect.name == "sqlite":
-        await db.exec(
-            update(UserSession).where(col(UserSession.id) == session_id).values(id=UserSession.id)
-        )
-    else:
-        statement = statement.with_for_update(of=UserSession)
-    row = (await db.exec(statement)).first()
+    locked = await lock_for_update(db, statement, table=UserSession)
+    row = (await db.exec(locked)).first()
     return None if row is None else (row[0], row[1])
 
 

@@ -1,13 +1,18 @@
-"""The password policy, after NIST SP 800-63B 3.1.1.2 and OWASP ASVS 2.1: a minimum
+"""The account rules: what an email address and a password must be, free of any framework.
+
+The password policy follows NIST SP 800-63B 3.1.1.2 and OWASP ASVS 2.1: a minimum
 length, no composition rules, and no password that is common, breached or trivially
 guessed. Passwords are compared and hashed in their NFKC form, so that one typed on
 another keyboard or operating system (NFC or NFD, fullwidth or not) is the same password.
 """
 
 import unicodedata
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from itertools import pairwise
+
+from email_validator import EmailNotValidError, validate_email
 
 PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer passwords are refused, never truncated
 # NIST's floor for a memorised secret the user chose; the default is ASVS's 12.
@@ -18,6 +23,7 @@ DEFAULT_PASSWORD_MIN_LENGTH = 12
 MAX_REPEATED_BLOCK = 4
 # "P" and eleven spaces, "aaaaaabbbbbb": a long password of a few characters is a short one.
 MIN_DISTINCT_CHARACTERS = 4
+EMAIL_MAX_CHARS = 254
 
 
 def normalise_password(password: str) -> str:
@@ -73,3 +79,64 @@ def _common_passwords() -> frozenset[str]:
     text = files("backend").joinpath("data/common-passwords.txt").read_text(encoding="utf-8")
     _header, _, body = text.partition("\n\n")
     return frozenset(body.splitlines())
+
+
+@dataclass(frozen=True)
+class AccountRules:
+    """The configurable part of the account validators (PASSWORD_MIN_LENGTH,
+    ALLOW_INTERNATIONAL_EMAILS).
+
+    The validators are pydantic annotations that FastAPI runs with no access to the app
+    or its settings, and they must stay there: the OpenAPI document, generated clients
+    and fuzzers read the rules off the same types. So the settings are applied to the
+    process, once, by the app factory and the CLI (`use_account_rules`), and read at
+    validation and at schema generation time. One process serves one configuration.
+    """
+
+    password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
+    allow_international_emails: bool = False
+
+
+_rules = AccountRules()
+
+
+def use_account_rules(rules: AccountRules) -> None:
+    global _rules
+    _rules = rules
+
+
+def account_rules() -> AccountRules:
+    """The rules the process was given (use_account_rules), read at validation time."""
+    return _rules
+
+
+def normalise_email(value: str, *, allow_international: bool) -> str:
+    """The address as stored: email-validator's normal form, lower-cased.
+
+    Emails are identifiers here, never mail targets: internal domains such as .internal,
+    .lan or .test are accepted, which EmailStr refuses. Without `allow_international`
+    the whole address must be ASCII once normalised, so that no letter can be a
+    look-alike from another script (`r\\u043e\\u043et`, Cyrillic o's). The domain's fullwidth or
+    upper-case letters are folded to ASCII by IDNA (UTS 46) and are accepted; a Unicode
+    domain, or its xn-- form (shown decoded), is not. Look-alikes that remain, within
+    ASCII (`rn`, `m`) or when international addresses are allowed, are refused by the
+    unique confusable skeleton (see crud and backend/confusables.py).
+    """
+    if len(value) > EMAIL_MAX_CHARS:
+        raise ValueError(f"must be at most {EMAIL_MAX_CHARS} characters long")
+    try:
+        address = validate_email(
+            value,
+            check_deliverability=False,
+            globally_deliverable=False,
+            test_environment=True,
+            allow_smtputf8=allow_international,
+        )
+    except EmailNotValidError as error:
+        raise ValueError(f"is not a valid email address: {error}") from error
+    if not allow_international and address.domain != address.ascii_domain:
+        raise ValueError(
+            "is not a valid email address: internationalised domain names are not accepted "
+            "here; use ASCII letters, digits and hyphens."
+        )
+    return address.normalized.lower()

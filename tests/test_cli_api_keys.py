@@ -1,10 +1,11 @@
-"""`backend tokens create|list|revoke`: bootstrapping a script's API key on the server."""
+"""`backend api-keys create|list|revoke`: bootstrapping a script's API key on the server."""
 
 import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from backend.cli import app
@@ -15,8 +16,8 @@ from tests.test_cli import create_user, sqlite_env  # noqa: F401  (sqlite_env: a
 runner = CliRunner()
 
 
-def create_token(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["tokens", "create", *args])
+def create_key(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["api-keys", "create", *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -39,7 +40,7 @@ def test_create_prints_a_working_key_once_and_list_and_revoke_manage_it(
     sqlite_env: Path,  # noqa: F811
 ) -> None:
     assert create_user("grace@example.com", "Grace Hopper").exit_code == 0
-    code, out, err = create_token(
+    code, out, err = create_key(
         "--email", "Grace@Example.com", "--name", "backup job", "--scope", "read", "--days", "90"
     )
     assert code == 0, err
@@ -55,7 +56,7 @@ def test_create_prints_a_working_key_once_and_list_and_revoke_manage_it(
     # The key works against the API on the same database, as the account, read-only.
     assert api_answers(sqlite_env, secret) == (200, "grace@example.com", 403)
 
-    listed = runner.invoke(app, ["tokens", "list", "--email", "grace@example.com"])
+    listed = runner.invoke(app, ["api-keys", "list", "--email", "grace@example.com"])
     assert listed.exit_code == 0, listed.output
     header, row = listed.stdout.splitlines()
     assert header.split() == [
@@ -64,12 +65,12 @@ def test_create_prints_a_working_key_once_and_list_and_revoke_manage_it(
     assert row.split()[:6] == ["1", "grace@example.com", "backup", "job", secret[:12], "read"]
     assert secret not in listed.output
 
-    revoked = runner.invoke(app, ["tokens", "revoke", "1"])
+    revoked = runner.invoke(app, ["api-keys", "revoke", "1"])
     assert revoked.exit_code == 0, revoked.output
     assert f"Revoked API key 1 (backup job, {secret[:12]}...)." in revoked.stdout
-    assert "No API keys." in runner.invoke(app, ["tokens", "list"]).stdout
+    assert "No API keys." in runner.invoke(app, ["api-keys", "list"]).stdout
     assert api_answers(sqlite_env, secret) == (401, None, 401)
-    again = runner.invoke(app, ["tokens", "revoke", "1"])
+    again = runner.invoke(app, ["api-keys", "revoke", "1"])
     assert again.exit_code == 1
     assert "There is no live API key 1." in again.stderr
 
@@ -82,11 +83,11 @@ def test_create_prints_a_working_key_once_and_list_and_revoke_manage_it(
 def test_list_shows_everyones_keys_newest_first(sqlite_env: Path) -> None:  # noqa: F811
     for email in ("ada@example.com", "linus@example.com"):
         assert create_user(email, "Someone").exit_code == 0
-        assert create_token("--email", email, "--name", "job", "--scope", "write")[0] == 0
-    listed = runner.invoke(app, ["tokens", "list"])
+        assert create_key("--email", email, "--name", "job", "--scope", "write")[0] == 0
+    listed = runner.invoke(app, ["api-keys", "list"])
     owners = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
     assert owners == ["linus@example.com", "ada@example.com"]
-    limited = runner.invoke(app, ["tokens", "list", "--limit", "1"])
+    limited = runner.invoke(app, ["api-keys", "list", "--limit", "1"])
     assert len(limited.stdout.splitlines()) == 2
     assert "1 of 2 keys shown; raise --limit for more." in limited.stderr
 
@@ -99,27 +100,27 @@ def test_create_refuses_bad_input_changing_nothing(sqlite_env: Path) -> None:  #
         (["--scope", "read", "--days", "367"], "--days"),
     ]
     for extra, named in usage_errors:
-        code, _, err = create_token("--email", "grace@example.com", "--name", "job", *extra)
+        code, _, err = create_key("--email", "grace@example.com", "--name", "job", *extra)
         assert code == 2, extra
         assert named in err, extra
-    code, _, err = create_token("--email", "grace@example.com", "--name", " ", "--scope", "read")
+    code, _, err = create_key("--email", "grace@example.com", "--name", " ", "--scope", "read")
     assert code == 2
     assert "name: must not be empty" in err
-    code, _, err = create_token("--email", "nobody@example.com", "--name", "job", "--scope", "read")
+    code, _, err = create_key("--email", "nobody@example.com", "--name", "job", "--scope", "read")
     assert code == 1
     assert "No user with email nobody@example.com." in err
     assert runner.invoke(app, ["users", "deactivate", "grace@example.com"]).exit_code == 0
-    code, _, err = create_token("--email", "grace@example.com", "--name", "job", "--scope", "read")
+    code, _, err = create_key("--email", "grace@example.com", "--name", "job", "--scope", "read")
     assert code == 1
     assert "grace@example.com is deactivated" in err
     assert sqlite3.connect(sqlite_env).execute("SELECT count(*) FROM api_keys").fetchone() == (0,)
 
 
-def test_help_names_the_tokens_commands() -> None:
-    assert "tokens" in runner.invoke(app, ["--help"]).output
-    tokens_help = runner.invoke(app, ["tokens", "--help"]).output
+def test_help_names_the_api_keys_commands() -> None:
+    assert "api-keys" in runner.invoke(app, ["--help"]).output
+    keys_help = runner.invoke(app, ["api-keys", "--help"]).output
     for command in ("create", "list", "revoke"):
-        assert command in tokens_help
+        assert command in keys_help
 
 
 def test_a_role_change_or_deactivation_on_the_cli_revokes_the_keys(
@@ -127,7 +128,7 @@ def test_a_role_change_or_deactivation_on_the_cli_revokes_the_keys(
 ) -> None:
     for email in ("ada@example.com", "linus@example.com"):
         assert create_user(email, "Someone").exit_code == 0
-        assert create_token("--email", email, "--name", "job", "--scope", "read")[0] == 0
+        assert create_key("--email", email, "--name", "job", "--scope", "read")[0] == 0
     assert runner.invoke(app, ["users", "set-role", "ada@example.com", "admin"]).exit_code == 0
     assert runner.invoke(app, ["users", "deactivate", "linus@example.com"]).exit_code == 0
     reasons = sqlite3.connect(sqlite_env).execute(
@@ -138,4 +139,16 @@ def test_a_role_change_or_deactivation_on_the_cli_revokes_the_keys(
         ("ada@example.com", "role_change"),
         ("linus@example.com", "deactivated"),
     ]
-    assert "No API keys." in runner.invoke(app, ["tokens", "list"]).stdout
+    assert "No API keys." in runner.invoke(app, ["api-keys", "list"]).stdout
+
+
+@pytest.mark.usefixtures("sqlite_env")
+def test_tokens_is_a_hidden_alias_of_api_keys() -> None:
+    """Scripts written for the command's first name keep working; --help shows one name."""
+    create_user("grace@example.com", "Grace")
+    listed = runner.invoke(app, ["tokens", "list", "--email", "grace@example.com"])
+    assert listed.exit_code == 0, listed.stderr
+    assert "No API keys." in listed.stdout
+    top_help = runner.invoke(app, ["--help"]).stdout
+    assert "api-keys" in top_help
+    assert "tokens" not in top_help

@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from backend.config import Settings
 from backend.errors import TooManyRequestsError
-from backend.observability import Metrics
+from backend.http.observability import Metrics
 
 logger = logging.getLogger(__name__)
 

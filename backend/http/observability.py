@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from prometheus_client import (
@@ -22,7 +22,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
-from backend.security import PasswordHasher
 
 access_logger = logging.getLogger("backend.access")
 
@@ -61,6 +60,13 @@ def configure_logging(settings: Settings) -> None:
     # aiosqlite's DEBUG lines repeat every statement with its bound values: emails and
     # password hashes, which hide_parameters keeps out of SQLAlchemy's own messages.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
+
+class HashQueue(Protocol):
+    """What the metrics read of the password hasher (backend/auth/passwords.py)."""
+
+    @property
+    def queue_depth(self) -> int: ...
 
 
 class Metrics:
@@ -119,14 +125,14 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, engine: AsyncEngine, hasher: PasswordHasher) -> None:
+    def watch(self, engine: AsyncEngine, hasher: HashQueue) -> None:
         self.registry.register(_StateCollector(engine, hasher))
 
 
 class _StateCollector(Collector):
     """Gauges read at scrape time: the connection pool and the password-hash queue."""
 
-    def __init__(self, engine: AsyncEngine, hasher: PasswordHasher) -> None:
+    def __init__(self, engine: AsyncEngine, hasher: HashQueue) -> None:
         self.engine = engine
         self.hasher = hasher
 

@@ -1,0 +1,319 @@
+"""Account workflows: register, log in, change a password, invite, set a password or
+verify an address with a mailed link, and the admin's edits that end sessions.
+
+Each is one transaction over crud's row functions, the links and the login sessions;
+none knows HTTP. The password is hashed with the transaction's connection returned to
+the pool (db.session.release_connection)."""
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from backend import crud
+from backend.auth import links, sessions
+from backend.auth.links import Issued
+from backend.auth.models import LinkPurpose, LoginResponse, RegisterRequest, SessionEndReason
+from backend.auth.passwords import PasswordHasher
+from backend.auth.sessions import ClientInfo
+from backend.clock import utcnow
+from backend.config import Settings
+from backend.db.session import release_connection
+from backend.errors import BadRequestError, ConflictError, EmailTakenError, ForbiddenError
+from backend.models import NO_PASSWORD, AuditAction, User, UserCreate, UserInvite, UserUpdate
+
+EMAIL_NOT_VERIFIED = (
+    "This account's email address is not verified yet: follow the link mailed to it, or ask "
+    "for a new one with POST /auth/verify/resend."
+)
+DEACTIVATED = "This account is deactivated."
+
+
+async def create_user(
+    db: AsyncSession,
+    *,
+    data: UserCreate,
+    hasher: PasswordHasher,
+    audit: bool,
+    actor_id: int | None = None,
+    verified: bool = False,
+) -> User:
+    """Insert a user with the password given. With `audit`, the creation is recorded in
+    the audit trail, in the same transaction, as `actor_id`'s doing (an admin, or None
+    for the CLI). `verified`: the email counts as proven (the operator's own first admin).
+    """
+    hashed_password = await _hash(db, hasher, data.password)
+    user = await crud.insert_user(
+        db, data=data, hashed_password=hashed_password, is_verified=verified
+    )
+    if audit:
+        details = {"email": user.email, "role": str(user.role)}
+        crud.add_audit_event(
+            db, action=AuditAction.CREATE, actor_id=actor_id, target_id=user.id, details=details
+        )
+    await db.commit()
+    return user
+
+
+async def ensure_user(db: AsyncSession, *, data: UserCreate, hasher: PasswordHasher) -> bool:
+    """Create the user unless the email exists (never touching an existing password)."""
+    if await crud.get_user_by_email(db, email=data.email) is not None:
+        return False
+    try:
+        await create_user(db, data=data, hasher=hasher, audit=True, verified=True)
+    except EmailTakenError:  # another worker created it meanwhile
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Registered:
+    user: User
+    tokens: LoginResponse | None  # None when EMAIL_VERIFICATION=required: verify first
+    verify_link: Issued | None  # to mail, unless EMAIL_VERIFICATION=off
+
+
+async def register(
+    db: AsyncSession,
+    *,
+    data: RegisterRequest,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
+) -> Registered:
+    """Create an account and, unless its email must be verified first, log it in, in one
+    transaction: a client that gets no answer may retry without finding its email taken
+    by an account it never heard of. The verification link is issued in it too."""
+    hashed_password = await _hash(db, hasher, data.password)
+    user = await crud.insert_user(db, data=data, hashed_password=hashed_password)
+    assert user.id is not None
+    verify_link = None
+    if settings.EMAIL_VERIFICATION != "off":
+        verify_link = await links.issue(
+            db, user_id=user.id, purpose=LinkPurpose.VERIFY, settings=settings, actor_id=user.id
+        )
+    if settings.EMAIL_VERIFICATION == "required":
+        await db.commit()
+        return Registered(user=user, tokens=None, verify_link=verify_link)
+    tokens = await sessions.start(db, user=user, client=client, settings=settings)
+    return Registered(user=user, tokens=tokens, verify_link=verify_link)
+
+
+async def log_in(
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
+) -> LoginResponse | None:
+    """Tokens for the user whose password this is, or None; unknown emails cost one
+    verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
+    user = await crud.get_user_by_email(db, email=email)
+    matched, new_hash = await _verify(
+        db, hasher, password, user.hashed_password if user else NO_PASSWORD
+    )
+    if user is None or not matched:
+        return None
+    if not user.is_active:
+        raise ForbiddenError(DEACTIVATED)
+    if settings.EMAIL_VERIFICATION == "required" and not user.is_verified:
+        raise ForbiddenError(EMAIL_NOT_VERIFIED)
+    if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
+        user.hashed_password = new_hash
+        db.add(user)
+    return await sessions.start(db, user=user, client=client, settings=settings)
+
+
+async def change_password(
+    db: AsyncSession,
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
+) -> LoginResponse:
+    """Set a new password once the current one is proven: every session of the user
+    ends, and a new one starts, in the same transaction."""
+    matched, _ = await _verify(db, hasher, current_password, user.hashed_password)
+    if not matched:
+        raise BadRequestError("The current password is incorrect.")
+    changes = UserUpdate(password=new_password)
+    updated = await _stage_update(db, user=user, changes=changes, hasher=hasher, actor_id=user.id)
+    return await sessions.start(db, user=updated, client=client, settings=settings)
+
+
+async def update_user(
+    db: AsyncSession,
+    *,
+    user: User,
+    changes: UserUpdate,
+    hasher: PasswordHasher,
+    actor_id: int | None = None,
+    expected_versions: Collection[int] | None = None,
+) -> User:
+    """Apply the fields sent (crud.update_user) and commit. A deactivation, a role change
+    or a new password also ends every session and API key of the user, and refuses
+    every token already issued, in the same transaction."""
+    updated = await _stage_update(
+        db,
+        user=user,
+        changes=changes,
+        hasher=hasher,
+        actor_id=actor_id,
+        expected_versions=expected_versions,
+    )
+    await db.commit()
+    return updated
+
+
+async def _stage_update(
+    db: AsyncSession,
+    *,
+    user: User,
+    changes: UserUpdate,
+    hasher: PasswordHasher,
+    actor_id: int | None,
+    expected_versions: Collection[int] | None = None,
+) -> User:
+    values = crud.changed_values(user, changes)
+    if changes.password is not None:
+        values["hashed_password"] = await _hash(db, hasher, changes.password)
+    end_reason = _sessions_end_reason(values)
+    updated = await crud.update_user(
+        db,
+        user=user,
+        values=values,
+        now=utcnow(),
+        revoke=end_reason is not None,
+        actor_id=actor_id,
+        expected_versions=expected_versions,
+    )
+    if end_reason is not None:  # after the user's row: the lock order of backend/auth/sessions.py
+        assert updated.id is not None
+        await sessions.end_all_staged(db, user_id=updated.id, reason=end_reason)
+    return updated
+
+
+def _sessions_end_reason(values: dict[str, Any]) -> SessionEndReason | None:
+    """Why an account change ends every session and refuses every token of the user:
+    a deactivation, a role change or a new password."""
+    if values.get("is_active") is False:
+        return SessionEndReason.DEACTIVATED
+    if "role" in values:
+        return SessionEndReason.ROLE_CHANGE
+    if "hashed_password" in values:
+        return SessionEndReason.PASSWORD_CHANGE
+    return None
+
+
+async def invite_user(
+    db: AsyncSession, *, data: UserInvite, settings: Settings, actor_id: int | None
+) -> tuple[User, Issued]:
+    """Create an account without a password, inactive, and its invitation link, in one
+    transaction; it can log in once its owner sets a password through the link."""
+    user = await crud.insert_user(db, data=data, hashed_password=NO_PASSWORD, is_active=False)
+    assert user.id is not None
+    details = {"email": user.email, "role": str(user.role), "invited": True}
+    crud.add_audit_event(
+        db, action=AuditAction.CREATE, actor_id=actor_id, target_id=user.id, details=details
+    )
+    link = await links.issue(
+        db, user_id=user.id, purpose=LinkPurpose.INVITE, settings=settings, actor_id=actor_id
+    )
+    await db.commit()
+    return user, link
+
+
+async def reinvite_user(
+    db: AsyncSession, *, user: User, settings: Settings, actor_id: int | None
+) -> Issued:
+    """A new invitation link for an account whose owner has not set a password yet; the
+    previous link stops working."""
+    assert user.id is not None
+    if user.hashed_password != NO_PASSWORD:
+        raise ConflictError("This user already has a password: the invitation was accepted.")
+    await release_connection(db)  # the read ends before issue's write (SQLite)
+    link = await links.issue(
+        db, user_id=user.id, purpose=LinkPurpose.INVITE, settings=settings, actor_id=actor_id
+    )
+    await db.commit()
+    return link
+
+
+async def set_password_with_link(
+    db: AsyncSession,
+    *,
+    token: str,
+    purpose: LinkPurpose,
+    new_password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+    client: ClientInfo,
+) -> LoginResponse:
+    """Accept an invitation (purpose INVITE: the account is activated) or reset a
+    forgotten password (RESET), with a mailed link, used once. Either proves the email.
+    Every session of the user ends, their tokens too, and a new one starts: one
+    transaction, in which the link is used, so a link that loses a race changes nothing."""
+    link = await links.find(db, token=token, purpose=purpose)
+    user_id = link.user_id  # read now: a rollback expires the loaded rows
+    hashed_password = await _hash(db, hasher, new_password)  # ends the read, too
+    now = utcnow()
+    values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
+    conditions = [col(User.id) == user_id]
+    if purpose == LinkPurpose.INVITE:
+        values["is_active"] = True
+    else:
+        conditions.append(col(User.is_active).is_(True))  # no way back in for the deactivated
+    updated = await crud.update_user_row(db, conditions, values, now=now, revoke=True)
+    if updated is None:
+        await db.rollback()
+        if await crud.get_user(db, user_id=user_id) is None:  # its links went with it
+            raise links.LinkError(links.INVALID)
+        raise ForbiddenError(DEACTIVATED)
+    await links.consume(db, link=link, now=now)
+    fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
+    crud.add_audit_event(
+        db,
+        action=AuditAction.UPDATE,
+        actor_id=updated.id,
+        target_id=updated.id,
+        details={"fields": fields},
+    )
+    assert updated.id is not None
+    await sessions.end_all_staged(db, user_id=updated.id, reason=SessionEndReason.PASSWORD_CHANGE)
+    return await sessions.start(db, user=updated, client=client, settings=settings)
+
+
+async def verify_email(db: AsyncSession, *, token: str) -> User:
+    """Mark the email of the link's user verified, using the link."""
+    link = await links.find(db, token=token, purpose=LinkPurpose.VERIFY)
+    await release_connection(db)  # the read ends before the write (SQLite)
+    now = utcnow()
+    updated = await crud.update_user_row(
+        db, [col(User.id) == link.user_id], {"is_verified": True}, now=now, revoke=False
+    )
+    if updated is None:  # deleted meanwhile: its links went with it
+        await db.rollback()
+        raise links.LinkError(links.INVALID)
+    await links.consume(db, link=link, now=now)
+    await db.commit()
+    return updated
+
+
+async def _hash(db: AsyncSession, hasher: PasswordHasher, password: str) -> str:
+    await release_connection(db)
+    return await hasher.hash(password)
+
+
+async def _verify(
+    db: AsyncSession, hasher: PasswordHasher, password: str, hashed_password: str
+) -> tuple[bool, str | None]:
+    await release_connection(db)
+    # No account, or one invited and without a password yet: the same time, no match.
+    return await hasher.verify(password, hashed_password or None)

@@ -1,0 +1,49 @@
+"""What the app holds while it runs, in one typed object instead of loose `app.state` keys.
+
+The app factory builds it (backend/main.py, start_runtime); this module only names its
+parts. Their types are imported for the type checker alone, so that the HTTP plumbing can
+reach the runtime without depending on the auth package at run time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
+    from backend.auth.authcache import AuthCache
+    from backend.auth.passwords import PasswordHasher
+    from backend.config import Settings
+    from backend.http.observability import Metrics
+    from backend.http.ratelimit import RateLimiter
+    from backend.mail import Mailer
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]  # for GET and HEAD requests
+    password_hasher: PasswordHasher
+    rate_limiter: RateLimiter
+    mailer: Mailer
+    auth_cache: AuthCache
+
+    async def close(self) -> None:
+        # Mail first: work handed over may still need the database.
+        await self.mailer.close()
+        await self.auth_cache.close()
+        self.password_hasher.close()
+        await self.engine.dispose()
+
+
+def runtime_of(scope: Scope) -> Runtime:
+    """The running app's runtime, from a request's (or a middleware's) ASGI scope."""
+    runtime: Runtime = scope["app"].state.runtime
+    return runtime
