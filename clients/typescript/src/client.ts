@@ -1,5 +1,5 @@
 /**
- * A small client for the Users API: openapi-fetch typed by src/schema.d.ts (generated
+ * A small client for the Users API: openapi-fetch typed by schema.d.ts (generated
  * from the API's OpenAPI document), plus what every front end needs on top of it:
  * logging in, a bearer token on each request, one refresh when it expires, list totals
  * from the paging headers, and problem+json errors as a typed ApiError.

@@ -1,10 +1,11 @@
-// The client against a live server (run.sh starts one): logging in, the paging headers,
+// The built package (imported by its name: run `npm run build` first, as `npm test`
+// does) against a live server (run.sh starts one): logging in, the paging headers,
 // a refresh when the access token has expired, and errors as ApiError.
 import assert from "node:assert/strict";
 import { createHmac, randomUUID } from "node:crypto";
 import { test } from "node:test";
 
-import { ApiError, createApiClient, ok, page, type Tokens } from "../src/client.js";
+import { ApiError, createApiClient, ok, page, type Tokens } from "users-api-client";
 
 function setting(name: string): string {
   const value = process.env[name];
