@@ -259,6 +259,15 @@ def test_every_setting_is_documented_with_its_default() -> None:
     assert wrong == []
 
 
+def test_env_example_names_every_setting() -> None:
+    """The settings page says `.env.example` lists them all: each as `NAME=` or
+    `# NAME=`, and nothing else."""
+    text = (REPO_ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
+    assert sorted(set(Settings.model_fields) - named) == []
+    assert sorted(named - set(Settings.model_fields)) == []
+
+
 # --- (c) routes ------------------------------------------------------------------------
 
 API_PAGE = DOCS / "api.md"
