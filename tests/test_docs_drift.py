@@ -346,6 +346,24 @@ def test_every_module_in_the_design_map_exists() -> None:
     assert missing == []
 
 
+def test_every_module_of_the_package_is_in_the_design_map() -> None:
+    """The other way round: a module or package added to backend/ gets its line."""
+    mapped = set(design_map_paths())
+    package = REPO_ROOT / "backend"
+    modules = {
+        f"backend/{path.relative_to(package).as_posix()}"
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" and "alembic" not in path.parts
+    }
+    packages = {
+        f"backend/{path.parent.relative_to(package).as_posix()}/"
+        for path in package.rglob("__init__.py")
+        if path.parent != package
+    }
+    unmapped = (modules | packages) - mapped
+    assert sorted(unmapped) == []
+
+
 # --- (e) the documented commands, run ----------------------------------------------------
 
 
