@@ -321,7 +321,7 @@ class Settings(BaseSettings):
             password = normalise_password(self.FIRST_ADMIN_PASSWORD)
             problem = password_problem(password, min_length=self.PASSWORD_MIN_LENGTH)
             if problem:
-                raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem}")
+                raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem.message}")
             self.FIRST_ADMIN_PASSWORD = password
         return self
 

@@ -31,6 +31,7 @@ from backend.errors import (
     EmailLookalikeError,
     EmailTakenError,
     PreconditionFailedError,
+    ProblemCode,
     UserGoneError,
 )
 from backend.http.listing import Filter, ListQuery
@@ -345,7 +346,9 @@ async def delete_user(
     expected_versions: Collection[int] | None = None,
 ) -> None:
     if user.id == actor_id:
-        raise ConflictError("You cannot delete your own account.")
+        raise ConflictError(
+            "You cannot delete your own account.", code=ProblemCode.CANNOT_DELETE_SELF
+        )
     if user.role == UserRole.ADMIN and user.is_active:
         await _ensure_another_active_admin(db, user=user)
     statement = delete(User).where(col(User.id) == user.id)
@@ -376,7 +379,10 @@ async def _ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:
     )
     admin_ids = (await db.exec(await lock_for_update(db, statement, table=User))).all()
     if not any(admin_id != user.id for admin_id in admin_ids):
-        raise ConflictError("The last active admin cannot be demoted, deactivated or deleted.")
+        raise ConflictError(
+            "The last active admin cannot be demoted, deactivated or deleted.",
+            code=ProblemCode.LAST_ADMIN,
+        )
 
 
 @asynccontextmanager

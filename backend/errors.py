@@ -1,20 +1,87 @@
-"""Domain errors: what crud, security and the rate limiter refuse, free of any framework.
+"""Domain errors: what crud, auth and the rate limiter refuse, free of any framework.
 
-Each names the HTTP status it stands for (from the standard library's list); turning
-one into a response is `problems.py`'s job.
+Each names the HTTP status it stands for (from the standard library's list) and a
+stable `code` that clients switch on, whatever the English of `detail` says; turning
+one into a response is backend/http/problems.py's job.
 """
 
+from enum import StrEnum
 from http import HTTPStatus
 
 
+class ProblemCode(StrEnum):
+    """Every `code` a problem+json answer carries. Codes are never renamed or reused:
+    add one instead (docs/api.md lists them, and a test checks that it does)."""
+
+    # Requests the API cannot take, whatever the caller.
+    VALIDATION_FAILED = "validation_failed"  # 422: `errors` names each field
+    NOT_FOUND = "not_found"  # no route matches the path
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
+    CORS_REFUSED = "cors_refused"  # a preflight from an origin not in CORS_ORIGINS
+    HTTP_ERROR = "http_error"  # any other status the framework answers itself
+    # Who calls.
+    NOT_AUTHENTICATED = "not_authenticated"
+    CREDENTIALS_INVALID = "credentials_invalid"  # the one answer to a wrong email or password
+    TOKEN_INVALID = "token_invalid"  # malformed, badly signed or expired
+    TOKEN_WRONG_TYPE = "token_wrong_type"  # a refresh token where an access token goes
+    TOKEN_REVOKED = "token_revoked"  # a password, role or account change refused it
+    SESSION_EXPIRED = "session_expired"  # its lifetime or idle time ran out: log in again
+    SESSION_ENDED = "session_ended"  # logged out, ended by an admin, or reused
+    REFRESH_TOKEN_INVALID = "refresh_token_invalid"  # unknown or already revoked
+    REFRESH_TOKEN_REUSED = "refresh_token_reused"  # the whole session is revoked
+    REFRESH_TOKEN_ROTATED = "refresh_token_rotated"  # just rotated by a concurrent request
+    REFRESH_COOKIE_MISSING = "refresh_cookie_missing"
+    API_KEY_INVALID = "api_key_invalid"  # unknown, expired, revoked, or its owner inactive
+    API_KEY_NOT_ALLOWED = "api_key_not_allowed"  # sessions and keys need a login's token
+    API_KEY_READ_ONLY = "api_key_read_only"
+    ACCOUNT_CHANGED = "account_changed"  # changed while the request was on its way
+    ACCOUNT_DEACTIVATED = "account_deactivated"
+    EMAIL_NOT_VERIFIED = "email_not_verified"
+    ADMIN_REQUIRED = "admin_required"
+    DIRECTORY_ADMINS_ONLY = "directory_admins_only"  # USERS_DIRECTORY=admins
+    CSRF_HEADER_MISSING = "csrf_header_missing"
+    ORIGIN_MISSING = "origin_missing"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    # What the server offers.
+    REGISTRATION_CLOSED = "registration_closed"
+    PASSWORD_RESET_DISABLED = "password_reset_disabled"
+    INVITATIONS_DISABLED = "invitations_disabled"
+    EMAIL_VERIFICATION_DISABLED = "email_verification_disabled"
+    # Accounts, sessions, keys and links.
+    USER_NOT_FOUND = "user_not_found"
+    SESSION_NOT_FOUND = "session_not_found"
+    API_KEY_NOT_FOUND = "api_key_not_found"
+    EMAIL_TAKEN = "email_taken"
+    EMAIL_LOOKALIKE = "email_lookalike"  # renders like another account's email
+    PASSWORD_INCORRECT = "password_incorrect"  # the current password, when changing it
+    LAST_ADMIN = "last_admin"  # the last active admin cannot be demoted or removed
+    CANNOT_DELETE_SELF = "cannot_delete_self"
+    INVITATION_ACCEPTED = "invitation_accepted"
+    VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
+    STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
+    LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link
+    LINK_WRONG_PURPOSE = "link_wrong_purpose"
+    LINK_USED = "link_used"
+    LINK_EXPIRED = "link_expired"
+    # Try again later (with Retry-After).
+    RATE_LIMITED = "rate_limited"
+    SERVER_BUSY = "server_busy"  # too many password hashes waiting
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    SHUTTING_DOWN = "shutting_down"
+    NOT_READY = "not_ready"  # /health/ready: a dependency does not answer
+    INTERNAL_ERROR = "internal_error"  # a bug: quote the request id
+
+
 class DomainError(Exception):
-    """An expected failure, answered with `status_code` and `detail`."""
+    """An expected failure, answered with `status_code`, `detail` and `code`."""
 
     status_code = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, code: ProblemCode) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.code = code
 
 
 class BadRequestError(DomainError):
@@ -31,28 +98,33 @@ class ConflictError(DomainError):
 
 class UserGoneError(NotFoundError):
     def __init__(self) -> None:
-        super().__init__("The user was deleted meanwhile.")
+        super().__init__("The user was deleted meanwhile.", code=ProblemCode.USER_NOT_FOUND)
 
 
 class PreconditionFailedError(DomainError):
     status_code = HTTPStatus.PRECONDITION_FAILED
 
     def __init__(self) -> None:
-        super().__init__("The user changed since the version you sent: fetch it again and retry.")
+        super().__init__(
+            "The user changed since the version you sent: fetch it again and retry.",
+            code=ProblemCode.VERSION_MISMATCH,
+        )
 
 
 class EmailTakenError(ConflictError):
-    def __init__(self, detail: str = "A user with this email already exists.") -> None:
-        super().__init__(detail)
+    def __init__(self) -> None:
+        super().__init__("A user with this email already exists.", code=ProblemCode.EMAIL_TAKEN)
 
 
 class EmailLookalikeError(EmailTakenError):
     """Taken in effect: another account's email renders the same (Unicode TR39)."""
 
     def __init__(self) -> None:
-        super().__init__(
+        ConflictError.__init__(
+            self,
             "A user with an email that looks the same (other letters that render alike) "
-            "already exists."
+            "already exists.",
+            code=ProblemCode.EMAIL_LOOKALIKE,
         )
 
 
@@ -69,8 +141,8 @@ class ForbiddenError(DomainError):
 class RetryLaterError(DomainError):
     """A refusal that passes: the client may retry after `retry_after_seconds`."""
 
-    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, *, code: ProblemCode, retry_after_seconds: int) -> None:
+        super().__init__(detail, code=code)
         self.retry_after_seconds = retry_after_seconds
 
 

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, PydanticCustomError
 from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -91,7 +91,8 @@ def _check_password_policy(value: str) -> str:
     value = normalise_password(value)
     problem = password_problem(value, min_length=account_rules().password_min_length)
     if problem:
-        raise ValueError(problem)
+        # Its own error type: the 422's field error carries the problem's code.
+        raise PydanticCustomError(problem.code, problem.message)
     return value
 
 

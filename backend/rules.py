@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from itertools import pairwise
+from typing import NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -30,25 +31,45 @@ def normalise_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
-def password_problem(password: str, *, min_length: int) -> str | None:
+class PasswordProblem(NamedTuple):
+    code: str  # stable, for programs: the `code` of the field's error in a 422
+    message: str
+
+
+def password_problem(password: str, *, min_length: int) -> PasswordProblem | None:
     """Why this (NFKC-normalised) password is refused, or None if it is acceptable.
 
     Length is counted in code points, as NIST asks, and capped in UTF-8 bytes for bcrypt.
     """
     if any(unicodedata.category(char) in {"Cc", "Cs"} for char in password):
         # Cs: lone surrogates, which JSON can carry but UTF-8 (and so bcrypt) cannot.
-        return "must not contain control characters or lone surrogates"
+        return PasswordProblem(
+            "password_control_characters",
+            "must not contain control characters or lone surrogates",
+        )
     if len(password) < min_length:
-        return f"must be at least {min_length} characters long"
+        return PasswordProblem(
+            "password_too_short", f"must be at least {min_length} characters long"
+        )
     if len(password.encode()) > PASSWORD_MAX_BYTES:
-        return f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8"
+        return PasswordProblem(
+            "password_too_long", f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8"
+        )
     folded = password.casefold()
     if folded in _common_passwords():
-        return "is too common: it appears in lists of breached passwords"
+        return PasswordProblem(
+            "password_too_common", "is too common: it appears in lists of breached passwords"
+        )
     if _is_sequence(folded) or _is_repeated_block(folded):
-        return "is too simple: a run of repeated or consecutive characters, or a short pattern"
+        return PasswordProblem(
+            "password_too_simple",
+            "is too simple: a run of repeated or consecutive characters, or a short pattern",
+        )
     if len(set(folded)) < MIN_DISTINCT_CHARACTERS:
-        return f"is too simple: it needs at least {MIN_DISTINCT_CHARACTERS} different characters"
+        return PasswordProblem(
+            "password_too_simple",
+            f"is too simple: it needs at least {MIN_DISTINCT_CHARACTERS} different characters",
+        )
     return None
 
 

@@ -23,6 +23,7 @@ from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     API,
+    CHECKED,
     USER_PASSWORD,
     RegisterUser,
     bearer,
@@ -96,7 +97,9 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", event_hooks=CHECKED
+    ) as client:
         yield client
 
 

@@ -17,6 +17,8 @@ import pytest
 from fastapi import FastAPI
 
 from backend.config import Settings
+from backend.errors import ProblemCode
+from backend.http.problems import PROBLEM_JSON, PROBLEM_TYPE_PREFIX
 
 # Fixed, so that tests can sign and read tokens; random, so that the weak-key check passes.
 TEST_SECRET_KEY = "DCM6dEF3ZFgTkGZErbgcyXa35HnSOK565EQ0oM2s889Snoz-ZvAlejiBF_Z1abqz"
@@ -69,6 +71,21 @@ async def create_user(
     return response
 
 
+async def check_problem(response: httpx.Response) -> None:
+    """Every problem any test sees carries a known code, its type URI, and a code per
+    field: run on each response of the clients below (an httpx event hook)."""
+    if not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+        return
+    await response.aread()
+    problem = response.json()
+    assert problem["code"] in set(ProblemCode), problem
+    assert problem["type"] == f"{PROBLEM_TYPE_PREFIX}{problem['code']}", problem
+    assert all(error["code"] for error in problem.get("errors") or []), problem
+
+
+CHECKED = {"response": [check_problem]}
+
+
 @asynccontextmanager
 async def running(
     app: FastAPI, client_host: str = "127.0.0.1", *, raise_app_exceptions: bool = True
@@ -79,7 +96,9 @@ async def running(
     )
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", event_hooks=CHECKED
+        ) as client,
     ):
         yield client
 

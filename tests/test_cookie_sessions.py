@@ -231,18 +231,20 @@ async def test_bearer_clients_are_unchanged(
     assert "set-cookie" not in logout.headers
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({}, "Field required"),
+@pytest.mark.parametrize(("body", "message", "code"), [
+    ({}, "Field required", "missing"),
     ({"content": b"null", "headers": {"content-type": "application/json"}},
-     "Input should be a valid dictionary or object to extract fields from"),
+     "Input should be a valid dictionary or object to extract fields from",
+     "model_attributes_type"),
 ])  # fmt: skip
 async def test_bearer_refresh_without_a_body_is_still_422(
-    client: httpx.AsyncClient, body: dict[str, Any], message: str
+    client: httpx.AsyncClient, body: dict[str, Any], message: str, code: str
 ) -> None:
     for action in ("refresh", "logout"):
         response = await client.post(f"{API}/auth/{action}", **body)
         assert response.status_code == 422
-        assert response.json()["errors"] == [{"field": "body", "message": message}]
+        error = {"field": "body", "message": message, "code": code}
+        assert response.json()["errors"] == [error]
 
 
 async def test_an_unknown_transport_is_422(client: httpx.AsyncClient) -> None:

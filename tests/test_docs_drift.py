@@ -23,6 +23,7 @@ import pytest
 from pydantic.fields import FieldInfo
 
 from backend.config import Settings
+from backend.errors import ProblemCode
 from backend.main import create_app
 from tests.helpers import (
     ADMIN_EMAIL,
@@ -304,6 +305,16 @@ def test_every_route_is_in_the_api_reference_and_no_other(tmp_path: Path) -> Non
     documented = documented_routes()
     assert sorted(served - documented) == [], "routes missing from docs/api.md"
     assert sorted(documented - served - UNDOCUMENTED_BY_OPENAPI) == [], "routes the app lacks"
+
+
+# --- the problem codes ---------------------------------------------------------------
+
+CODE_ROW = re.compile(r"^\| `([a-z_]+)` \| ([0-9]{3}|any) \|", re.MULTILINE)
+
+
+def test_every_problem_code_has_a_row_in_the_api_reference() -> None:
+    documented = CODE_ROW.findall((DOCS / "api.md").read_text())
+    assert [code for code, _ in documented] == [code.value for code in ProblemCode]
 
 
 # --- (d) the design map ----------------------------------------------------------------

@@ -281,7 +281,9 @@ async def test_put_saves_the_record_a_dashboard_sends_back(
         f"{API}/users/{bob['id']}", json={**saved, "id": bob["id"] + 1}, headers=admin_headers
     )
     assert moved.status_code == 422
-    assert moved.json()["errors"] == [{"field": "id", "message": "is read-only"}]
+    assert moved.json()["errors"] == [
+        {"field": "id", "message": "is read-only", "code": "value_error"}
+    ]
 
     partial = {key: saved[key] for key in ("email", "name")}
     missing = await client.put(f"{API}/users/{bob['id']}", json=partial, headers=admin_headers)

@@ -17,18 +17,23 @@ from backend.auth import links, sessions
 from backend.auth.links import Issued
 from backend.auth.models import LinkPurpose, LoginResponse, RegisterRequest, SessionEndReason
 from backend.auth.passwords import PasswordHasher
-from backend.auth.sessions import ClientInfo
+from backend.auth.sessions import DEACTIVATED, ClientInfo
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import release_connection
-from backend.errors import BadRequestError, ConflictError, EmailTakenError, ForbiddenError
+from backend.errors import (
+    BadRequestError,
+    ConflictError,
+    EmailTakenError,
+    ForbiddenError,
+    ProblemCode,
+)
 from backend.models import NO_PASSWORD, AuditAction, User, UserCreate, UserInvite, UserUpdate
 
 EMAIL_NOT_VERIFIED = (
     "This account's email address is not verified yet: follow the link mailed to it, or ask "
     "for a new one with POST /auth/verify/resend."
 )
-DEACTIVATED = "This account is deactivated."
 
 
 async def create_user(
@@ -119,9 +124,9 @@ async def log_in(
     if user is None or not matched:
         return None
     if not user.is_active:
-        raise ForbiddenError(DEACTIVATED)
+        raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
     if settings.EMAIL_VERIFICATION == "required" and not user.is_verified:
-        raise ForbiddenError(EMAIL_NOT_VERIFIED)
+        raise ForbiddenError(EMAIL_NOT_VERIFIED, code=ProblemCode.EMAIL_NOT_VERIFIED)
     if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         db.add(user)
@@ -142,7 +147,9 @@ async def change_password(
     ends, and a new one starts, in the same transaction."""
     matched, _ = await _verify(db, hasher, current_password, user.hashed_password)
     if not matched:
-        raise BadRequestError("The current password is incorrect.")
+        raise BadRequestError(
+            "The current password is incorrect.", code=ProblemCode.PASSWORD_INCORRECT
+        )
     changes = UserUpdate(password=new_password)
     updated = await _stage_update(db, user=user, changes=changes, hasher=hasher, actor_id=user.id)
     return await sessions.start(db, user=updated, client=client, settings=settings)
@@ -237,7 +244,10 @@ async def reinvite_user(
     previous link stops working."""
     assert user.id is not None
     if user.hashed_password != NO_PASSWORD:
-        raise ConflictError("This user already has a password: the invitation was accepted.")
+        raise ConflictError(
+            "This user already has a password: the invitation was accepted.",
+            code=ProblemCode.INVITATION_ACCEPTED,
+        )
     await release_connection(db)  # the read ends before issue's write (SQLite)
     link = await links.issue(
         db, user_id=user.id, purpose=LinkPurpose.INVITE, settings=settings, actor_id=actor_id
@@ -274,8 +284,8 @@ async def set_password_with_link(
     if updated is None:
         await db.rollback()
         if await crud.get_user(db, user_id=user_id) is None:  # its links went with it
-            raise links.LinkError(links.INVALID)
-        raise ForbiddenError(DEACTIVATED)
+            raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
+        raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
     await links.consume(db, link=link, now=now)
     fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
     crud.add_audit_event(
@@ -300,7 +310,7 @@ async def verify_email(db: AsyncSession, *, token: str) -> User:
     )
     if updated is None:  # deleted meanwhile: its links went with it
         await db.rollback()
-        raise links.LinkError(links.INVALID)
+        raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
     await links.consume(db, link=link, now=now)
     await db.commit()
     return updated

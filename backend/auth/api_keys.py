@@ -40,7 +40,7 @@ from backend.auth.models import (
 )
 from backend.clock import utcnow
 from backend.db.session import lock_for_update
-from backend.errors import NotFoundError, UnauthorizedError
+from backend.errors import NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.listing import ListQuery
 from backend.models import AuditAction, AuditEvent, User
 
@@ -86,7 +86,7 @@ async def create(
     )
     if (await db.exec(await lock_for_update(db, owner_unchanged, table=User))).first() is None:
         await db.rollback()
-        raise UnauthorizedError(OWNER_CHANGED)
+        raise UnauthorizedError(OWNER_CHANGED, code=ProblemCode.ACCOUNT_CHANGED)
     secret = new_api_key_secret()
     now = utcnow()
     api_key = ApiKey(
@@ -126,7 +126,9 @@ async def revoke(
     revoked: ApiKey | None = (await db.exec(statement)).scalar_one_or_none()
     if revoked is None:
         await db.rollback()
-        raise NotFoundError(f"There is no live API key {key_id}.")
+        raise NotFoundError(
+            f"There is no live API key {key_id}.", code=ProblemCode.API_KEY_NOT_FOUND
+        )
     db.add(_audit(AuditAction.API_KEY_REVOKE, revoked, actor_id, reason=reason))
     await db.commit()
     return ApiKeyPublic.model_validate(revoked)
@@ -159,7 +161,9 @@ async def check(db: AsyncSession, *, secret: str) -> KeyCaller:
     unrevoked, and its owner active: one query, the key's row joined with the owner's.
     Every refusal is the same 401, so nothing tells a revoked key from a made-up one."""
     if not _WELL_FORMED.fullmatch(secret):
-        raise UnauthorizedError(KEY_REFUSED)  # no query for what cannot be a key
+        raise UnauthorizedError(
+            KEY_REFUSED, code=ProblemCode.API_KEY_INVALID
+        )  # no query for what cannot be a key
     statement = (
         select(ApiKey, User)
         .join(User, col(User.id) == col(ApiKey.user_id))
@@ -168,10 +172,10 @@ async def check(db: AsyncSession, *, secret: str) -> KeyCaller:
     row = (await db.exec(statement)).first()
     now = utcnow()
     if row is None:
-        raise UnauthorizedError(KEY_REFUSED)
+        raise UnauthorizedError(KEY_REFUSED, code=ProblemCode.API_KEY_INVALID)
     api_key, user = row
     if api_key.revoked_at is not None or api_key.expires_at <= now or not user.is_active:
-        raise UnauthorizedError(KEY_REFUSED)
+        raise UnauthorizedError(KEY_REFUSED, code=ProblemCode.API_KEY_INVALID)
     if api_key.last_used_at is None or api_key.last_used_at <= now - LAST_USED_RESOLUTION:
         await _note_use(db, api_key, now)
     return KeyCaller(user=user, api_key=api_key)

@@ -19,7 +19,7 @@ from backend.auth.api_keys import KeyCaller
 from backend.auth.models import API_KEY_PREFIX, SESSION_ID_PATTERN, ApiKeyScope, LoginRequest
 from backend.auth.sessions import Caller, ClientInfo
 from backend.config import Settings
-from backend.errors import ForbiddenError, NotFoundError, UnauthorizedError
+from backend.errors import ForbiddenError, NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.deps import SAFE_METHODS, DbSession, RuntimeDep, UserId
 from backend.http.ratelimit import client_ip
 from backend.models import User, UserRole
@@ -51,7 +51,10 @@ async def get_caller(
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Caller | KeyCaller:
     if not token:
-        raise UnauthorizedError("Not authenticated: send an access token as 'Bearer <token>'.")
+        raise UnauthorizedError(
+            "Not authenticated: send an access token as 'Bearer <token>'.",
+            code=ProblemCode.NOT_AUTHENTICATED,
+        )
     caller: Caller | KeyCaller
     if token.startswith(API_KEY_PREFIX):
         caller = await _key_caller(request, db, runtime, token)
@@ -74,7 +77,8 @@ async def _key_caller(
     if caller.api_key.scope is ApiKeyScope.READ and request.method not in SAFE_METHODS:
         raise ForbiddenError(
             f"This API key has the read scope: it may only send GET and HEAD, not "
-            f"{request.method}. Create a key with the write scope to make changes."
+            f"{request.method}. Create a key with the write scope to make changes.",
+            code=ProblemCode.API_KEY_READ_ONLY,
         )
     return caller
 
@@ -85,7 +89,7 @@ AnyCaller = Annotated[Caller | KeyCaller, Depends(get_caller)]
 async def get_session_caller(caller: AnyCaller) -> Caller:
     """A caller with a login session: an access token, never an API key."""
     if isinstance(caller, KeyCaller):
-        raise ForbiddenError(KEYS_REFUSED)
+        raise ForbiddenError(KEYS_REFUSED, code=ProblemCode.API_KEY_NOT_ALLOWED)
     return caller
 
 
@@ -115,12 +119,14 @@ async def refuse_api_keys(request: Request) -> None:
     header is read directly: OAuth2PasswordBearer would mark them as needing a token.)"""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip().startswith(API_KEY_PREFIX):
-        raise ForbiddenError(KEYS_REFUSED)
+        raise ForbiddenError(KEYS_REFUSED, code=ProblemCode.API_KEY_NOT_ALLOWED)
 
 
 async def get_current_admin(user: CurrentUser) -> User:
     if user.role != UserRole.ADMIN:
-        raise ForbiddenError("This action requires the admin role.")
+        raise ForbiddenError(
+            "This action requires the admin role.", code=ProblemCode.ADMIN_REQUIRED
+        )
     return user
 
 
@@ -159,7 +165,10 @@ LoginCredentials = Annotated[LoginRequest, Depends(get_login_credentials)]
 # (403) is answered alike whether that user exists or not, and touches no table.
 async def get_visible_user_id(user_id: UserId, caller: CurrentUser, runtime: RuntimeDep) -> int:
     if user_id != caller.id and not sees_directory(caller, runtime.settings):
-        raise ForbiddenError("Only admins may read other accounts here (USERS_DIRECTORY=admins).")
+        raise ForbiddenError(
+            "Only admins may read other accounts here (USERS_DIRECTORY=admins).",
+            code=ProblemCode.DIRECTORY_ADMINS_ONLY,
+        )
     return user_id
 
 
@@ -184,7 +193,7 @@ async def _load_target(db: AsyncSession, user_id: int) -> User:
 
 
 def user_not_found(user_id: int) -> NotFoundError:
-    return NotFoundError(f"User {user_id} does not exist.")
+    return NotFoundError(f"User {user_id} does not exist.", code=ProblemCode.USER_NOT_FOUND)
 
 
 AdminTargetUser = Annotated[User, Depends(get_admin_target_user)]

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from backend.auth.models import TokenClaims
 from backend.clock import utcnow
 from backend.config import Settings
-from backend.errors import UnauthorizedError
+from backend.errors import ProblemCode, UnauthorizedError
 from backend.models import User
 
 JWT_ALGORITHM = "HS256"
@@ -59,11 +59,14 @@ def decode_token(token: str, expected_type: str, settings: Settings) -> TokenCla
     try:
         claims = _verified_claims(token, settings.SECRET_KEY)
     except (jwt.InvalidTokenError, ValidationError) as error:
-        raise UnauthorizedError(INVALID_OR_EXPIRED) from error
+        raise UnauthorizedError(INVALID_OR_EXPIRED, code=ProblemCode.TOKEN_INVALID) from error
     if claims.exp <= utcnow().timestamp():
-        raise UnauthorizedError(INVALID_OR_EXPIRED)
+        raise UnauthorizedError(INVALID_OR_EXPIRED, code=ProblemCode.TOKEN_INVALID)
     if claims.type != expected_type:
-        raise UnauthorizedError(f"A token of type '{expected_type}' is required here.")
+        raise UnauthorizedError(
+            f"A token of type '{expected_type}' is required here.",
+            code=ProblemCode.TOKEN_WRONG_TYPE,
+        )
     return claims
 
 

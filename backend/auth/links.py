@@ -31,7 +31,7 @@ from backend.auth.models import LINK_SECRET_BYTES, LinkPurpose, LinkToken
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import lock_for_update
-from backend.errors import BadRequestError
+from backend.errors import BadRequestError, ProblemCode
 from backend.http.parsing import INT32_MAX, parse_int
 from backend.mail import Mail, Mailer
 from backend.models import NO_PASSWORD, AuditAction, AuditEvent, User
@@ -127,13 +127,16 @@ async def find(db: AsyncSession, *, token: str, purpose: LinkPurpose) -> LinkTok
     link = await db.get(LinkToken, link_id) if link_id is not None else None
     # Only once the secret matches does the answer say more than "not valid".
     if link is None or not hmac.compare_digest(link.token_hash, _hash(secret)):
-        raise LinkError(INVALID)
+        raise LinkError(INVALID, code=ProblemCode.LINK_INVALID)
     if link.purpose != purpose:
-        raise LinkError(f"This link is for {WHAT_FOR[link.purpose]}, not for {WHAT_FOR[purpose]}.")
+        raise LinkError(
+            f"This link is for {WHAT_FOR[link.purpose]}, not for {WHAT_FOR[purpose]}.",
+            code=ProblemCode.LINK_WRONG_PURPOSE,
+        )
     if link.used_at is not None:
-        raise LinkError(USED)
+        raise LinkError(USED, code=ProblemCode.LINK_USED)
     if link.expires_at <= utcnow():
-        raise LinkError(EXPIRED)
+        raise LinkError(EXPIRED, code=ProblemCode.LINK_EXPIRED)
     return link
 
 
@@ -151,7 +154,7 @@ async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
     )
     if used.rowcount != 1:
         await db.rollback()
-        raise LinkError(USED)
+        raise LinkError(USED, code=ProblemCode.LINK_USED)
     db.add(
         AuditEvent(
             actor_id=link.user_id,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pwdlib import PasswordHash
 from pwdlib.hashers.bcrypt import BcryptHasher
 
-from backend.errors import ServiceUnavailableError
+from backend.errors import ProblemCode, ServiceUnavailableError
 from backend.rules import PASSWORD_MAX_BYTES, normalise_password
 
 HASH_QUEUE_RETRY_AFTER_SECONDS = 1
@@ -66,6 +66,7 @@ class PasswordHasher:
         if self._in_flight >= self._concurrency + self._queue_limit:
             raise ServiceUnavailableError(
                 "Too many password checks in progress; retry shortly.",
+                code=ProblemCode.SERVER_BUSY,
                 retry_after_seconds=HASH_QUEUE_RETRY_AFTER_SECONDS,
             )
         self._in_flight += 1

@@ -61,18 +61,23 @@ from backend.auth.models import (
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import lock_for_update
-from backend.errors import DomainError, ForbiddenError, UnauthorizedError
+from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.listing import ListQuery
 from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, AuditEvent, User, UserPublic
 
 NOT_HONOURED = "The token is invalid or has been revoked."
 SESSION_ENDED = "This session has ended; log in again."
 DEACTIVATED = "This account is deactivated."
+EXPIRED = "This session has expired; log in again."
 REFUSALS = {
-    SessionEndReason.EXPIRED: "This session has expired; log in again.",
-    SessionEndReason.IDLE: "This session has expired; log in again.",
-    SessionEndReason.REUSE: "Refresh token reuse detected: this session has been revoked.",
+    SessionEndReason.EXPIRED: (EXPIRED, ProblemCode.SESSION_EXPIRED),
+    SessionEndReason.IDLE: (EXPIRED, ProblemCode.SESSION_EXPIRED),
+    SessionEndReason.REUSE: (
+        "Refresh token reuse detected: this session has been revoked.",
+        ProblemCode.REFRESH_TOKEN_REUSED,
+    ),
 }
+UNKNOWN_REFRESH_TOKEN = "The refresh token is unknown or has been revoked."  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,14 @@ async def start(
     now = utcnow()
     locked = await _lock_user_noting_login(db, user_id=user.id, now=now)
     if locked is None:
-        await _refuse(db, UnauthorizedError("This account was deleted meanwhile."))
+        await _refuse(
+            db,
+            UnauthorizedError(
+                "This account was deleted meanwhile.", code=ProblemCode.ACCOUNT_CHANGED
+            ),
+        )
     if not locked.is_active:  # deactivated while the password was being checked
-        await _refuse(db, ForbiddenError(DEACTIVATED))
+        await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
     # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
     await db.exec(
         delete(UserSession).where(
@@ -149,7 +159,9 @@ async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) ->
     claims = decode_token(refresh_token, REFRESH, settings)
     locked = await _lock_session(db, session_id=claims.sid, user_id=claims.sub)
     if locked is None:
-        await _refuse(db, UnauthorizedError("The refresh token is unknown or has been revoked."))
+        await _refuse(
+            db, UnauthorizedError(UNKNOWN_REFRESH_TOKEN, code=ProblemCode.REFRESH_TOKEN_INVALID)
+        )
     user_session, user = locked
     await _check_user(db, user, claims)
     now = utcnow()
@@ -157,7 +169,7 @@ async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) ->
     if ended is not None and user_session.revoked_reason is None:
         await _end_now(db, user_session, ended)  # its lifetime is over: recorded, refused
     if ended is not None:
-        await _refuse(db, UnauthorizedError(SESSION_ENDED))
+        await _refuse(db, UnauthorizedError(SESSION_ENDED, code=ProblemCode.SESSION_ENDED))
     # Conditional: the token is retired only if unused. Under the session's lock nothing
     # else rotates it meanwhile; the condition is the check, in the same statement.
     jti_hash = hash_token_id(claims.jti)
@@ -187,12 +199,15 @@ async def _refuse_retired(
     )
     used_at = (await db.exec(statement)).first()
     if used_at is None:
-        await _refuse(db, UnauthorizedError("The refresh token is unknown or has been revoked."))
+        await _refuse(
+            db, UnauthorizedError(UNKNOWN_REFRESH_TOKEN, code=ProblemCode.REFRESH_TOKEN_INVALID)
+        )
     if now - used_at <= timedelta(seconds=settings.REFRESH_REUSE_GRACE_SECONDS):
         await _refuse(
             db,
             UnauthorizedError(
-                "This refresh token was just rotated by another request; use the new one."
+                "This refresh token was just rotated by another request; use the new one.",
+                code=ProblemCode.REFRESH_TOKEN_ROTATED,
             ),
         )
     await _end_now(db, user_session, SessionEndReason.REUSE)
@@ -205,7 +220,8 @@ async def _end_now(
     user_session.revoked_at = utcnow()
     user_session.revoked_reason = reason
     await db.commit()
-    raise UnauthorizedError(REFUSALS.get(reason, SESSION_ENDED))
+    detail, code = REFUSALS.get(reason, (SESSION_ENDED, ProblemCode.SESSION_ENDED))
+    raise UnauthorizedError(detail, code=code)
 
 
 async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -> None:
@@ -221,7 +237,7 @@ async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -
         audit=False,
     )
     if not ended:
-        raise UnauthorizedError("The refresh token is unknown or has been revoked.")
+        raise UnauthorizedError(UNKNOWN_REFRESH_TOKEN, code=ProblemCode.REFRESH_TOKEN_INVALID)
 
 
 async def end(
@@ -371,7 +387,7 @@ async def check(
         user_session is None
         or user_session.end_reason(utcnow(), settings.SESSION_IDLE_DAYS) is not None
     ):
-        raise UnauthorizedError(NOT_HONOURED)
+        raise UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED)
     assert user is not None
     return Caller(user=user, user_session=user_session)
 
@@ -380,11 +396,11 @@ async def _check_user(db: AsyncSession, user: User | None, claims: TokenClaims) 
     # One message for a deleted user, another account that has its id now (of which
     # nothing may show, not even that it is deactivated) and a revoked token.
     if user is None or user.account_key != claims.acc:
-        await _refuse(db, UnauthorizedError(NOT_HONOURED))
+        await _refuse(db, UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED))
     if not user.is_active:
-        await _refuse(db, ForbiddenError(DEACTIVATED))
+        await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
     if user.token_version != claims.ver:
-        await _refuse(db, UnauthorizedError(NOT_HONOURED))
+        await _refuse(db, UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED))
 
 
 async def _refuse(db: AsyncSession, error: DomainError) -> NoReturn:

@@ -22,7 +22,7 @@ from backend.auth.jwt import REFRESH, decode_token
 from backend.auth.models import API_KEY_PREFIX, LoginResponse, RefreshRequest
 from backend.clock import utcnow
 from backend.config import Settings
-from backend.errors import ForbiddenError, UnauthorizedError
+from backend.errors import ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.deps import RuntimeDep
 
 
@@ -66,17 +66,22 @@ def _check_own_front_end(
     if not requested_with:
         raise ForbiddenError(
             f"Cookie transport requires the {CSRF_HEADER} header (any value), which "
-            "cross-site forms and links cannot send."
+            "cross-site forms and links cannot send.",
+            code=ProblemCode.CSRF_HEADER_MISSING,
         )
     if origin is None:
-        raise ForbiddenError("Cookie transport requires an Origin header, as browsers send.")
+        raise ForbiddenError(
+            "Cookie transport requires an Origin header, as browsers send.",
+            code=ProblemCode.ORIGIN_MISSING,
+        )
     # Listed, not matched: a wildcard in CORS_ORIGINS admits no cookie request. A browser
     # names the host it sends to in Host, so only our own pages can send a matching Origin
     # (behind a proxy that ends TLS the schemes differ: list the public origin instead).
     if origin not in settings.CORS_ORIGINS and origin != own_origin:
         raise ForbiddenError(
             f"Origin {origin} is not in CORS_ORIGINS: cookie transport is only for the "
-            "front ends listed there and the app's own origin."
+            "front ends listed there and the app's own origin.",
+            code=ProblemCode.ORIGIN_NOT_ALLOWED,
         )
 
 
@@ -107,7 +112,8 @@ async def get_presented_refresh_token(
         if not token:
             raise UnauthorizedError(
                 "No refresh token cookie: log in with transport=cookie first "
-                "(and send the request with credentials)."
+                "(and send the request with credentials).",
+                code=ProblemCode.REFRESH_COOKIE_MISSING,
             )
         return token
     if body is None:
@@ -115,7 +121,7 @@ async def get_presented_refresh_token(
         # bearer clients see no change.
         raise RequestValidationError([NULL_BODY if await request.body() else MISSING_BODY])
     if body.refresh_token.startswith(API_KEY_PREFIX):
-        raise ForbiddenError(KEYS_REFUSED)
+        raise ForbiddenError(KEYS_REFUSED, code=ProblemCode.API_KEY_NOT_ALLOWED)
     return body.refresh_token
 
 

@@ -21,7 +21,7 @@ from backend.auth.models import (
 )
 from backend.cli.common import echo_table, user_by_email, validated, with_db
 from backend.config import Settings
-from backend.errors import ConflictError
+from backend.errors import ConflictError, ProblemCode
 from backend.http.listing import ListQuery
 from backend.http.parsing import INT32_MAX
 
@@ -47,7 +47,10 @@ def create_key(
     async def create(db: AsyncSession, _settings: Settings) -> tuple[str, ApiKeyCreated]:
         user = await user_by_email(db, email)
         if not user.is_active:
-            raise ConflictError(f"{user.email} is deactivated: a key of it would not work.")
+            raise ConflictError(
+                f"{user.email} is deactivated: a key of it would not work.",
+                code=ProblemCode.ACCOUNT_DEACTIVATED,
+            )
         created = await api_keys.create(db, user=user, data=data, actor_id=None)
         return user.email, created
 

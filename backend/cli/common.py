@@ -18,7 +18,7 @@ from backend.config import Settings, get_settings
 from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import create_sessionmaker
-from backend.errors import DomainError, NotFoundError
+from backend.errors import DomainError, NotFoundError, ProblemCode
 from backend.models import Password, User, UserCreate
 from backend.rules import use_account_rules
 
@@ -105,5 +105,5 @@ def echo_table(rows: Sequence[tuple[str, ...]]) -> None:
 async def user_by_email(db: AsyncSession, email: str) -> User:
     user = await crud.get_user_by_email(db, email=email)
     if user is None:
-        raise NotFoundError(f"No user with email {email}.")
+        raise NotFoundError(f"No user with email {email}.", code=ProblemCode.USER_NOT_FOUND)
     return user

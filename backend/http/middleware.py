@@ -10,6 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.errors import ProblemCode
 from backend.http.parsing import parse_int
 from backend.http.problems import problem_response, unexpected_error_response
 
@@ -131,6 +132,7 @@ class ShutdownCutoffMiddleware:
             response = problem_response(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "The server is shutting down and stopped this request; retry shortly.",
+                code=ProblemCode.SHUTTING_DOWN,
                 headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_SECONDS)},
                 request_id=scope.get("state", {}).get("request_id"),
             )
@@ -188,6 +190,7 @@ class BodySizeLimitMiddleware:
         response = problem_response(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"The request body is larger than the limit of {self.max_bytes} bytes.",
+            code=ProblemCode.BODY_TOO_LARGE,
             request_id=scope.get("state", {}).get("request_id"),
             # The unread rest of the body would be parsed as the next request.
             headers={"Connection": "close"},
@@ -254,7 +257,9 @@ class ProblemCORSMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)  # type: ignore[arg-type]
         if response.status_code < 400:
             return response
-        problem = problem_response(response.status_code, bytes(response.body).decode())
+        problem = problem_response(
+            response.status_code, bytes(response.body).decode(), code=ProblemCode.CORS_REFUSED
+        )
         for name in ("access-control-allow-origin", "vary"):
             if name in response.headers:
                 problem.headers[name] = response.headers[name]

@@ -1,5 +1,8 @@
 """One error format for every error: RFC 9457 problem+json, and the handlers that
-render domain errors, validation errors, HTTP errors and database outages in it."""
+render domain errors, validation errors, HTTP errors and database outages in it.
+
+Every problem carries a stable `code` (backend.errors.ProblemCode) and a `type` URI
+made from it; `detail` is for people and may be reworded."""
 
 import json
 import logging
@@ -11,30 +14,43 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backend.db.engine import DATABASE_UNAVAILABLE, database_unavailable
-from backend.errors import DomainError, RetryLaterError, UnauthorizedError
+from backend.errors import DomainError, ProblemCode, RetryLaterError, UnauthorizedError
 from backend.runtime import runtime_of
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 DB_RETRY_AFTER_SECONDS = 2
+# A URN, not a URL: it names the problem type wherever the API is deployed (RFC 9457
+# allows a type URI that does not resolve; docs/api.md describes each code).
+PROBLEM_TYPE_PREFIX = "urn:problem-type:users-api:"
+# The framework's own refusals, by status; anything else it answers is HTTP_ERROR.
+HTTP_STATUS_CODES = {
+    HTTPStatus.NOT_FOUND: ProblemCode.NOT_FOUND,
+    HTTPStatus.METHOD_NOT_ALLOWED: ProblemCode.METHOD_NOT_ALLOWED,
+}
 
 
 class FieldError(BaseModel):
     field: str
     message: str
+    code: str = Field(
+        description="Why, for programs: pydantic's error type (missing, string_too_long, "
+        "...) or the API's own (password_too_common, ...)"
+    )
 
 
 class Problem(BaseModel):
-    type: str = "about:blank"
+    type: str = Field(description=f"{PROBLEM_TYPE_PREFIX} and the code")
     title: str
     status: int
+    code: ProblemCode = Field(description="Stable: what a client switches on")
     detail: str
     # The same sentence: react-admin and Refine show an error body's `message`.
     message: str
@@ -55,13 +71,16 @@ def problem_response(
     status: int,
     detail: str,
     *,
+    code: ProblemCode,
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
 ) -> JSONResponse:
     problem = Problem(
+        type=f"{PROBLEM_TYPE_PREFIX}{code}",
         title=HTTPStatus(status).phrase,
         status=status,
+        code=code,
         detail=detail,
         message=detail,
         request_id=request_id,
@@ -114,7 +133,9 @@ def _field_errors(errors: Sequence[Mapping[str, Any]]) -> list[FieldError]:
         if error["type"] == "none_required" and field in failed_otherwise:
             continue
         message = _validation_message(error)
-        field_errors.setdefault((field, message), FieldError(field=field, message=message))
+        field_errors.setdefault(
+            (field, message), FieldError(field=field, message=message, code=error["type"])
+        )
     return list(field_errors.values())
 
 
@@ -137,6 +158,7 @@ async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse
     return problem_response(
         exc.status_code,
         exc.detail,
+        code=exc.code,
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
     )
@@ -153,7 +175,10 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
         detail = f"{request.method} is not allowed on {request.url.path}."
         # Starlette names only the first matching route's methods; each route has one.
         headers["Allow"] = ", ".join(_allowed_methods(request))
-    return problem_response(status, detail, headers=headers, request_id=request_id_of(request))
+    code = HTTP_STATUS_CODES.get(HTTPStatus(status), ProblemCode.HTTP_ERROR)
+    return problem_response(
+        status, detail, code=code, headers=headers, request_id=request_id_of(request)
+    )
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -178,6 +203,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
     return problem_response(
         HTTPStatus.UNPROCESSABLE_ENTITY,
         f"Invalid input: {fields}.",
+        code=ProblemCode.VALIDATION_FAILED,
         errors=errors,
         request_id=request_id_of(request),
     )
@@ -192,6 +218,7 @@ async def _handle_database_error(request: Request, exc: Exception) -> JSONRespon
     return problem_response(
         HTTPStatus.SERVICE_UNAVAILABLE,
         "The database is unavailable or busy; retry shortly.",
+        code=ProblemCode.DATABASE_UNAVAILABLE,
         headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
         request_id=request_id_of(request),
     )
@@ -203,6 +230,7 @@ def unexpected_error_response(exc: Exception, *, request_id: str | None) -> JSON
     return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         "An unexpected error occurred. Quote the request id when reporting it.",
+        code=ProblemCode.INTERNAL_ERROR,
         request_id=request_id,
     )
 

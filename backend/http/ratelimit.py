@@ -16,7 +16,7 @@ from limits.storage import storage_from_string
 from starlette.requests import Request
 
 from backend.config import Settings
-from backend.errors import TooManyRequestsError
+from backend.errors import ProblemCode, TooManyRequestsError
 from backend.http.observability import Metrics
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ class RateLimiter:
         retry_after = max(1, math.ceil(reset_time - time.time()))
         raise TooManyRequestsError(
             f"Too many requests: at most {limit}. Retry in {retry_after} s.",
+            code=ProblemCode.RATE_LIMITED,
             retry_after_seconds=retry_after,
         )
 

@@ -19,7 +19,7 @@ from backend.auth.models import (
     SessionEndReason,
 )
 from backend.auth.transport import PresentedRefreshToken, TokenDeliveryDep
-from backend.errors import ForbiddenError, UnauthorizedError
+from backend.errors import ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.deps import ClientIP, DbSession, RuntimeDep
 from backend.http.problems import problem_responses
 from backend.models import User, UserPublic
@@ -68,7 +68,9 @@ async def register(
     login waits until the link is followed."""
     settings = runtime.settings
     if not settings.REGISTRATION_ENABLED:
-        raise ForbiddenError("Registration is closed on this server.")
+        raise ForbiddenError(
+            "Registration is closed on this server.", code=ProblemCode.REGISTRATION_CLOSED
+        )
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
     registered = await accounts.register(
@@ -132,7 +134,9 @@ async def login(
     if tokens is None:
         runtime.metrics.login_failures.inc()
         await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
-        raise UnauthorizedError("Incorrect email or password.")
+        raise UnauthorizedError(
+            "Incorrect email or password.", code=ProblemCode.CREDENTIALS_INVALID
+        )
     return delivery.send(tokens)
 
 
@@ -214,7 +218,10 @@ async def forgot_password(body: MailRequest, runtime: RuntimeDep, ip: ClientIP) 
     answer is the same, and as fast, whether or not it is: the look-up happens after it."""
     settings = runtime.settings
     if not settings.PASSWORD_RESET_ENABLED:
-        raise ForbiddenError("Password reset by email is not available on this server.")
+        raise ForbiddenError(
+            "Password reset by email is not available on this server.",
+            code=ProblemCode.PASSWORD_RESET_DISABLED,
+        )
     await _limit_mail(runtime, ip, body.email)
     links.mail_link_later(
         runtime.sessionmaker,
@@ -299,7 +306,10 @@ async def resend_verification(body: MailRequest, runtime: RuntimeDep, ip: Client
     fast, whether or not it is."""
     settings = runtime.settings
     if settings.EMAIL_VERIFICATION == "off":
-        raise ForbiddenError("Email verification is off on this server.")
+        raise ForbiddenError(
+            "Email verification is off on this server.",
+            code=ProblemCode.EMAIL_VERIFICATION_DISABLED,
+        )
     await _limit_mail(runtime, ip, body.email)
     links.mail_link_later(
         runtime.sessionmaker,

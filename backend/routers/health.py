@@ -5,7 +5,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.errors import ServiceUnavailableError
+from backend.errors import ProblemCode, ServiceUnavailableError
 from backend.http.deps import RuntimeDep
 from backend.http.problems import problem_responses
 
@@ -53,6 +53,7 @@ async def ready(runtime: RuntimeDep) -> HealthStatus:
     except (SQLAlchemyError, OSError) as error:  # TimeoutError is an OSError
         raise ServiceUnavailableError(
             f"The database is not reachable ({error.__class__.__name__}).",
+            code=ProblemCode.NOT_READY,
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
         ) from error
     checks = {"database": "ok"}

@@ -12,7 +12,7 @@ from backend.auth.deps import (
     get_session_caller,
 )
 from backend.auth.models import SESSION_ID_PATTERN, SessionEndReason, SessionPublic, UserSession
-from backend.errors import NotFoundError
+from backend.errors import NotFoundError, ProblemCode
 from backend.http.deps import DbSession, RuntimeDep
 from backend.http.listing import ISODateTime, ListQuery, Resource, parse_list_query
 from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
@@ -103,7 +103,9 @@ async def end_my_session(
         settings=runtime.settings,
     )
     if not ended:
-        raise NotFoundError(f"You have no live session {session_id}.")
+        raise NotFoundError(
+            f"You have no live session {session_id}.", code=ProblemCode.SESSION_NOT_FOUND
+        )
 
 
 @router.get(
@@ -150,7 +152,9 @@ async def end_session(
         audit=True,
     )
     if not ended:
-        raise NotFoundError(f"This user has no live session {session_id}.")
+        raise NotFoundError(
+            f"This user has no live session {session_id}.", code=ProblemCode.SESSION_NOT_FOUND
+        )
 
 
 @router.delete(

@@ -21,7 +21,7 @@ from backend.auth.deps import (
 from backend.auth.models import Accepted, LinkPurpose, LoginResponse, PasswordChange
 from backend.auth.transport import TokenDeliveryDep
 from backend.config import Settings
-from backend.errors import ConflictError, ForbiddenError
+from backend.errors import ConflictError, ForbiddenError, ProblemCode
 from backend.http.deps import ClientIP, DbSession, ExpectedVersions, RuntimeDep
 from backend.http.listing import ISODateTime, Resource, parse_list_query
 from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
@@ -185,7 +185,10 @@ async def reinvite_user(
 
 def _check_invitations(settings: Settings) -> None:
     if not settings.INVITATIONS_ENABLED:
-        raise ForbiddenError("Invitations by email are not available on this server.")
+        raise ForbiddenError(
+            "Invitations by email are not available on this server.",
+            code=ProblemCode.INVITATIONS_DISABLED,
+        )
 
 
 @router.get("/me", name="users-me", response_model=UserPublic)
@@ -334,7 +337,8 @@ def _check_read_only_fields(body: UserReplace, user: User) -> None:
             )
     if body.updated_at is not None and body.updated_at != user.updated_at:
         raise ConflictError(
-            "The user changed since it was read (updated_at differs): reload and retry."
+            "The user changed since it was read (updated_at differs): reload and retry.",
+            code=ProblemCode.STALE_RECORD,
         )
 
 

@@ -12,6 +12,8 @@ export type User = components["schemas"]["UserPublic"];
 export type LoginResponse = components["schemas"]["LoginResponse"];
 export type Problem = components["schemas"]["Problem"];
 export type FieldError = components["schemas"]["FieldError"];
+/** Every `code` a problem can carry: switch on it, not on the English of `detail`. */
+export type ProblemCode = components["schemas"]["ProblemCode"];
 
 /** The pair a login hands out. Keep it in memory: the refresh token lasts 14 days. */
 export interface Tokens {
@@ -41,6 +43,9 @@ export class ApiError extends Error {
   readonly title: string;
   /** A sentence for a person. */
   readonly detail: string;
+  /** Stable, for programs ("email_taken", "session_expired"...); null when the answer
+   * was not problem+json (a proxy's 502, say). */
+  readonly code: ProblemCode | null;
   readonly type: string;
   /** For a 422: which fields were refused, and why. */
   readonly errors: FieldError[];
@@ -58,6 +63,7 @@ export class ApiError extends Error {
     this.status = response.status;
     this.title = title;
     this.detail = detail;
+    this.code = problem?.code ?? null;
     this.type = problem?.type ?? "about:blank";
     this.errors = problem?.errors ?? [];
     this.requestId = problem?.request_id ?? response.headers.get("X-Request-ID");

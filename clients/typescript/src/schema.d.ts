@@ -744,6 +744,11 @@ export interface components {
             field: string;
             /** Message */
             message: string;
+            /**
+             * Code
+             * @description Why, for programs: pydantic's error type (missing, string_too_long, ...) or the API's own (password_too_common, ...)
+             */
+            code: string;
         };
         /** HealthStatus */
         HealthStatus: {
@@ -844,13 +849,15 @@ export interface components {
         Problem: {
             /**
              * Type
-             * @default about:blank
+             * @description urn:problem-type:users-api: and the code
              */
             type: string;
             /** Title */
             title: string;
             /** Status */
             status: number;
+            /** @description Stable: what a client switches on */
+            code: components["schemas"]["ProblemCode"];
             /** Detail */
             detail: string;
             /** Message */
@@ -860,6 +867,13 @@ export interface components {
             /** Errors */
             errors?: components["schemas"]["FieldError"][] | null;
         };
+        /**
+         * ProblemCode
+         * @description Every `code` a problem+json answer carries. Codes are never renamed or reused:
+         *     add one instead (docs/api.md lists them, and a test checks that it does).
+         * @enum {string}
+         */
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "rate_limited" | "server_busy" | "database_unavailable" | "shutting_down" | "not_ready" | "internal_error";
         /** RefreshRequest */
         RefreshRequest: {
             /** Refresh Token */

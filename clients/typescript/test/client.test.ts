@@ -104,6 +104,7 @@ test("a wrong password is an ApiError 401, and no tokens are kept", async () => 
   );
   assert.ok(refused instanceof ApiError, String(refused));
   assert.equal(refused.status, 401);
+  assert.equal(refused.code, "credentials_invalid");
   assert.equal(refused.title, "Unauthorized");
   assert.match(refused.detail, /email or password/i);
   assert.ok(refused.requestId);
@@ -301,6 +302,8 @@ test("a 409 and a 422 are ApiErrors carrying the problem's fields", async () => 
   });
   const conflict = catchApiError(() => ok(taken));
   assert.equal(conflict.status, 409);
+  assert.equal(conflict.code, "email_taken");
+  assert.equal(conflict.type, "urn:problem-type:users-api:email_taken");
   assert.equal(conflict.title, "Conflict");
   assert.match(conflict.detail, /already/i);
   assert.deepEqual(conflict.errors, []);
@@ -311,6 +314,8 @@ test("a 409 and a 422 are ApiErrors carrying the problem's fields", async () => 
   });
   const invalid = catchApiError(() => ok(short));
   assert.equal(invalid.status, 422);
+  assert.equal(invalid.code, "validation_failed");
+  assert.equal(invalid.errors.find((error) => error.field === "password")?.code, "password_too_short");
   assert.match(invalid.detail, /password/);
   assert.match(invalid.fieldError("password") ?? "", /at least 12 characters/);
   assert.equal(invalid.fieldError("email"), undefined);
