@@ -307,6 +307,22 @@ def test_every_route_is_in_the_api_reference_and_no_other(tmp_path: Path) -> Non
     assert sorted(documented - served - UNDOCUMENTED_BY_OPENAPI) == [], "routes the app lacks"
 
 
+# --- repository paths in code spans ---------------------------------------------------
+
+REPO_PATH = re.compile(r"`((?:backend|tests|clients|bench|alembic|docs|\.ci)/[\w./-]*)`")
+# Made by a build or a run, not kept in the repository: the dashboard's bundle, the
+# migrations as the wheel carries them, the benchmark's output.
+BUILT_PATHS = ("clients/admin/dist", "backend/alembic", "bench/.work")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO_ROOT)))
+def test_every_repository_path_in_the_docs_exists(page: Path) -> None:
+    named = set(REPO_PATH.findall("\n".join(prose_lines(page.read_text()))))
+    kept = {path for path in named if not path.startswith(BUILT_PATHS)}
+    missing = sorted(path for path in kept if not (REPO_ROOT / path).exists())
+    assert missing == []
+
+
 # --- the problem codes ---------------------------------------------------------------
 
 CODE_ROW = re.compile(r"^\| `([a-z_]+)` \| ([0-9]{3}|any) \|", re.MULTILINE)
