@@ -15,9 +15,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import crud
 from backend.auth import links, sessions
 from backend.auth.links import Issued
-from backend.auth.models import LinkPurpose, LoginResponse, RegisterRequest, SessionEndReason
+from backend.auth.models import (
+    ClientInfo,
+    LinkPurpose,
+    LoginResponse,
+    RegisterRequest,
+    SessionEndReason,
+)
 from backend.auth.passwords import PasswordHasher
-from backend.auth.sessions import DEACTIVATED, ClientInfo
+from backend.auth.sessions import DEACTIVATED
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import release_connection

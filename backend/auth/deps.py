@@ -16,8 +16,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend import crud
 from backend.auth import api_keys, sessions
 from backend.auth.api_keys import KeyCaller
-from backend.auth.models import API_KEY_PREFIX, SESSION_ID_PATTERN, ApiKeyScope, LoginRequest
-from backend.auth.sessions import Caller, ClientInfo
+from backend.auth.models import (
+    API_KEY_PREFIX,
+    SESSION_ID_PATTERN,
+    ApiKeyScope,
+    ClientInfo,
+    LoginRequest,
+)
+from backend.auth.sessions import Caller
 from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.deps import SAFE_METHODS, DbSession, RuntimeDep, UserId

@@ -2,6 +2,8 @@
 request and response bodies of the auth routes, and the verified claims of a JWT."""
 
 import secrets
+import unicodedata
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
@@ -140,6 +142,30 @@ class SessionPublic(SQLModel):
     user_agent: str | None = Field(description="The client's User-Agent at login")
     ip_address: str | None = Field(description="The client's address at login")
     current: bool = Field(description="Whether this is the session of the calling token")
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who logged in, as the session list shows it: the User-Agent and the address."""
+
+    user_agent: str | None
+    ip_address: str | None
+
+    @classmethod
+    def bounded(cls, user_agent: str | None, ip_address: str | None) -> "ClientInfo":
+        return cls(
+            user_agent=_printable(user_agent, USER_AGENT_MAX_CHARS),
+            ip_address=_printable(ip_address, IP_ADDRESS_MAX_CHARS),
+        )
+
+
+def _printable(value: str | None, max_chars: int) -> str | None:
+    """At most max_chars characters (the column's limit, counted as PostgreSQL does),
+    without control characters, which PostgreSQL refuses (NUL) or a terminal obeys."""
+    if value is None:
+        return None
+    kept = "".join(char for char in value if unicodedata.category(char) not in {"Cc", "Cs"})
+    return kept.strip()[:max_chars] or None
 
 
 class RefreshToken(SQLModel, table=True):

@@ -34,7 +34,6 @@ end_all changes the user's row (token_version) first so that a login, which take
 row before creating its session, is either all before it (and ended by it) or all after.
 """
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,9 +48,8 @@ from backend.auth import api_keys
 from backend.auth.authcache import AuthCache
 from backend.auth.jwt import ACCESS, REFRESH, create_token, decode_token, hash_token_id
 from backend.auth.models import (
-    IP_ADDRESS_MAX_CHARS,
-    USER_AGENT_MAX_CHARS,
     ApiKeyEndReason,
+    ClientInfo,
     LoginResponse,
     RefreshToken,
     SessionEndReason,
@@ -78,30 +76,6 @@ REFUSALS = {
     ),
 }
 UNKNOWN_REFRESH_TOKEN = "The refresh token is unknown or has been revoked."  # noqa: S105
-
-
-@dataclass(frozen=True)
-class ClientInfo:
-    """Who logged in, as the session list shows it: the User-Agent and the address."""
-
-    user_agent: str | None
-    ip_address: str | None
-
-    @classmethod
-    def bounded(cls, user_agent: str | None, ip_address: str | None) -> "ClientInfo":
-        return cls(
-            user_agent=_printable(user_agent, USER_AGENT_MAX_CHARS),
-            ip_address=_printable(ip_address, IP_ADDRESS_MAX_CHARS),
-        )
-
-
-def _printable(value: str | None, max_chars: int) -> str | None:
-    """At most max_chars characters (the column's limit, counted as PostgreSQL does),
-    without control characters, which PostgreSQL refuses (NUL) or a terminal obeys."""
-    if value is None:
-        return None
-    kept = "".join(char for char in value if unicodedata.category(char) not in {"Cc", "Cs"})
-    return kept.strip()[:max_chars] or None
 
 
 @dataclass(frozen=True)
