@@ -186,6 +186,7 @@ async def test_login_with_malformed_json_is_422(client: httpx.AsyncClient) -> No
     assert response.json()["errors"][0] == {
         "field": "body",
         "message": "Request body is not valid JSON.",
+        "code": "json_invalid",
     }
 
 

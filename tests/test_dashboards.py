@@ -142,6 +142,7 @@ async def test_max_per_page_is_a_setting_that_the_schema_states(settings: Settin
         assert refused.json()["errors"][0] == {
             "field": "per_page",
             "message": "must be an integer from 1 to 3",
+            "code": "value_error",
         }
         audit = await client.get(f"{API}/audit", params={"range": "[0,3]"}, headers=headers)
         assert audit.status_code == 422
@@ -166,6 +167,7 @@ async def test_a_larger_max_per_page_still_bounds_the_offset(settings: Settings)
         assert refused.json()["errors"][0] == {
             "field": "page",
             "message": "must be at most 100001 with per_page=10000",
+            "code": "value_error",
         }
 
 
