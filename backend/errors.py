@@ -58,12 +58,14 @@ class ProblemCode(StrEnum):
     LAST_ADMIN = "last_admin"  # the last active admin cannot be demoted or removed
     CANNOT_DELETE_SELF = "cannot_delete_self"
     INVITATION_ACCEPTED = "invitation_accepted"
+    CURRENT_PASSWORD_REQUIRED = "current_password_required"  # one's own, by /users/me/password
     VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
     STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
     LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link
     LINK_WRONG_PURPOSE = "link_wrong_purpose"
     LINK_USED = "link_used"
     LINK_EXPIRED = "link_expired"
+    LINK_ADDRESS_CHANGED = "link_address_changed"  # mailed to an address the account left
     # Try again later (with Retry-After).
     RATE_LIMITED = "rate_limited"
     SERVER_BUSY = "server_busy"  # too many password hashes waiting

@@ -168,11 +168,29 @@ async def update_user(
     changes: UserUpdate,
     hasher: PasswordHasher,
     actor_id: int | None = None,
+    by_api_key: bool = False,
     expected_versions: Collection[int] | None = None,
 ) -> User:
     """Apply the fields sent (crud.update_user) and commit. A deactivation, a role change
     or a new password also ends every session and API key of the user, and refuses
-    every token already issued, in the same transaction."""
+    every token already issued, in the same transaction.
+
+    Credentials are changed only with proof of who asks: never with an API key (which a
+    script holds, for months), and one's own password only with the current one
+    (change_password), never as an admin's edit."""
+    sets_email = changes.email is not None and changes.email != user.email
+    if by_api_key and (changes.password is not None or sets_email):
+        raise ForbiddenError(
+            "An API key cannot set a password or an email address: use an access token "
+            "from a login.",
+            code=ProblemCode.API_KEY_NOT_ALLOWED,
+        )
+    if changes.password is not None and actor_id is not None and user.id == actor_id:
+        raise ForbiddenError(
+            "Change your own password with POST /users/me/password, which asks for the "
+            "current one.",
+            code=ProblemCode.CURRENT_PASSWORD_REQUIRED,
+        )
     updated = await _stage_update(
         db,
         user=user,
@@ -197,6 +215,8 @@ async def _stage_update(
     values = crud.changed_values(user, changes)
     if changes.password is not None:
         values["hashed_password"] = await _hash(db, hasher, changes.password)
+    if "email" in values:
+        values["is_verified"] = False  # nobody has proven the new address yet
     end_reason = _sessions_end_reason(values)
     updated = await crud.update_user(
         db,
@@ -207,10 +227,28 @@ async def _stage_update(
         actor_id=actor_id,
         expected_versions=expected_versions,
     )
-    if end_reason is not None:  # after the user's row: the lock order of backend/auth/sessions.py
-        assert updated.id is not None
+    assert updated.id is not None
+    # After the user's row, in the same transaction: the lock order of auth/sessions.py.
+    stale_links = _stale_links(values, deactivating=changes.is_active is False)
+    if stale_links:
+        await links.revoke_pending(db, user_id=updated.id, purposes=stale_links)
+    if end_reason is not None:
         await sessions.end_all_staged(db, user_id=updated.id, reason=end_reason)
     return updated
+
+
+def _stale_links(values: dict[str, Any], *, deactivating: bool) -> set[LinkPurpose]:
+    """The pending links an account change makes wrong: every one mailed to an address
+    the account leaves, a reset once the password changed, an invitation once an admin
+    deactivated the account (even one never activated: a pending invitation)."""
+    if "email" in values:
+        return set(LinkPurpose)
+    stale = set()
+    if "hashed_password" in values:
+        stale.add(LinkPurpose.RESET)
+    if deactivating:
+        stale.add(LinkPurpose.INVITE)
+    return stale
 
 
 def _sessions_end_reason(values: dict[str, Any]) -> SessionEndReason | None:
@@ -277,11 +315,12 @@ async def set_password_with_link(
     Every session of the user ends, their tokens too, and a new one starts: one
     transaction, in which the link is used, so a link that loses a race changes nothing."""
     link = await links.find(db, token=token, purpose=purpose)
-    user_id = link.user_id  # read now: a rollback expires the loaded rows
+    user_id, email = link.user_id, link.email  # read now: a rollback expires the loaded rows
     hashed_password = await _hash(db, hasher, new_password)  # ends the read, too
     now = utcnow()
     values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
-    conditions = [col(User.id) == user_id]
+    # The address is checked again in the write: it may have changed during the hash.
+    conditions = [col(User.id) == user_id, col(User.email) == email]
     if purpose == LinkPurpose.INVITE:
         values["is_active"] = True
     else:
@@ -289,10 +328,15 @@ async def set_password_with_link(
     updated = await crud.update_user_row(db, conditions, values, now=now, revoke=True)
     if updated is None:
         await db.rollback()
-        if await crud.get_user(db, user_id=user_id) is None:  # its links went with it
+        current = await crud.get_user(db, user_id=user_id)
+        if current is None:  # its links went with it
             raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
+        if current.email != email:
+            raise links.address_changed()
         raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
     await links.consume(db, link=link, now=now)
+    assert updated.id is not None
+    await links.revoke_pending(db, user_id=updated.id, purposes={LinkPurpose.RESET})
     fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
     crud.add_audit_event(
         db,
@@ -301,7 +345,6 @@ async def set_password_with_link(
         target_id=updated.id,
         details={"fields": fields},
     )
-    assert updated.id is not None
     await sessions.end_all_staged(db, user_id=updated.id, reason=SessionEndReason.PASSWORD_CHANGE)
     return await sessions.start(db, user=updated, client=client, settings=settings)
 
@@ -311,10 +354,12 @@ async def verify_email(db: AsyncSession, *, token: str) -> User:
     link = await links.find(db, token=token, purpose=LinkPurpose.VERIFY)
     await release_connection(db)  # the read ends before the write (SQLite)
     now = utcnow()
+    # The address is the link's, checked in the write itself.
+    conditions = [col(User.id) == link.user_id, col(User.email) == link.email]
     updated = await crud.update_user_row(
-        db, [col(User.id) == link.user_id], {"is_verified": True}, now=now, revoke=False
+        db, conditions, {"is_verified": True}, now=now, revoke=False
     )
-    if updated is None:  # deleted meanwhile: its links went with it
+    if updated is None:  # deleted meanwhile (its links went with it), or its address changed
         await db.rollback()
         raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
     await links.consume(db, link=link, now=now)

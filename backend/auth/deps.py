@@ -139,6 +139,14 @@ async def get_current_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(get_current_admin)]
 
 
+async def get_admin_caller(caller: AnyCaller, _admin: AdminUser) -> Caller | KeyCaller:
+    return caller
+
+
+# An admin, and how they came: a login's access token or an API key.
+AdminCaller = Annotated[Caller | KeyCaller, Depends(get_admin_caller)]
+
+
 async def get_login_credentials(request: Request) -> LoginRequest:
     """Accept the OAuth2 password form (Swagger's Authorize, curl -d) or a JSON body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

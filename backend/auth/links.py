@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import html
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,7 +32,7 @@ from backend.auth.models import LINK_SECRET_BYTES, LinkPurpose, LinkToken
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import lock_for_update
-from backend.errors import BadRequestError, ProblemCode
+from backend.errors import BadRequestError, ProblemCode, UserGoneError
 from backend.http.parsing import INT32_MAX, parse_int
 from backend.mail import Mail, Mailer
 from backend.models import NO_PASSWORD, AuditAction, AuditEvent, User
@@ -42,6 +43,10 @@ INVALID = (
 )
 USED = "This link has already been used; ask for a new one if you still need it."
 EXPIRED = "This link has expired; ask for a new one."
+ADDRESS_CHANGED = (
+    "This link was mailed to an address the account no longer has; ask for a new one at "
+    "the current address."
+)
 WHAT_FOR = {
     LinkPurpose.INVITE: "accepting an invitation",
     LinkPurpose.RESET: "resetting a password",
@@ -89,9 +94,9 @@ async def issue(
     settings: Settings,
     actor_id: int | None,
 ) -> Issued:
-    """A new link; the user's older links of this purpose are revoked. The
-    caller commits."""
-    await _lock_user(db, user_id=user_id)
+    """A new link, bound to the user's address of now; the user's older links of this
+    purpose are revoked. The caller commits."""
+    email = await _lock_user(db, user_id=user_id)
     await db.exec(
         delete(LinkToken).where(
             col(LinkToken.user_id) == user_id, col(LinkToken.purpose) == purpose
@@ -103,6 +108,7 @@ async def issue(
         user_id=user_id,
         purpose=purpose,
         token_hash=_hash(secret),
+        email=email,
         created_at=now,
         expires_at=now + lifetime(purpose, settings),
     )
@@ -137,7 +143,29 @@ async def find(db: AsyncSession, *, token: str, purpose: LinkPurpose) -> LinkTok
         raise LinkError(USED, code=ProblemCode.LINK_USED)
     if link.expires_at <= utcnow():
         raise LinkError(EXPIRED, code=ProblemCode.LINK_EXPIRED)
+    email = (await db.exec(select(User.email).where(col(User.id) == link.user_id))).first()
+    if email != link.email:
+        raise address_changed()
     return link
+
+
+def address_changed() -> "LinkError":
+    return LinkError(ADDRESS_CHANGED, code=ProblemCode.LINK_ADDRESS_CHANGED)
+
+
+async def revoke_pending(
+    db: AsyncSession, *, user_id: int, purposes: Collection[LinkPurpose]
+) -> None:
+    """Delete the user's unused links of these purposes, in the caller's transaction: an
+    account change has made them wrong (an address or a password changed, a
+    deactivation)."""
+    await db.exec(
+        delete(LinkToken).where(
+            col(LinkToken.user_id) == user_id,
+            col(LinkToken.purpose).in_(purposes),
+            col(LinkToken.used_at).is_(None),
+        )
+    )
 
 
 async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
@@ -165,10 +193,15 @@ async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
     )
 
 
-async def _lock_user(db: AsyncSession, *, user_id: int) -> None:
-    """Serialise two links issued at once for one user, so the newer revokes the older."""
-    statement = select(User.id).where(col(User.id) == user_id)
-    await db.exec(await lock_for_update(db, statement, table=User, key_share=True))
+async def _lock_user(db: AsyncSession, *, user_id: int) -> str:
+    """Serialise two links issued at once for one user, so the newer revokes the older;
+    the user's address, which the lock keeps until the link is written."""
+    statement = select(User.email).where(col(User.id) == user_id)
+    locked = await lock_for_update(db, statement, table=User, key_share=True)
+    email = (await db.exec(locked)).first()
+    if email is None:
+        raise UserGoneError()
+    return email
 
 
 # --- the mail that carries a link ----------------------------------------------------

@@ -26,6 +26,7 @@ from backend.models import (
     UTCDateTime,
     string_enum,
 )
+from backend.rules import EMAIL_MAX_CHARS
 
 
 # --- what the auth routes take and answer ---------------------------------------------
@@ -240,6 +241,8 @@ class LinkToken(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
     purpose: LinkPurpose = Field(sa_type=string_enum(LinkPurpose, name="link_purpose", length=16))
     token_hash: str = Field(sa_type=String(64))
+    # The address it was mailed to: refused once the account's address differs.
+    email: str = Field(sa_type=String(EMAIL_MAX_CHARS))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -8,7 +8,9 @@ from typing_extensions import TypedDict
 
 from backend import crud
 from backend.auth import accounts, links
+from backend.auth.api_keys import KeyCaller
 from backend.auth.deps import (
+    AdminCaller,
     AdminTargetUser,
     AdminUser,
     CurrentUser,
@@ -19,6 +21,7 @@ from backend.auth.deps import (
     user_not_found,
 )
 from backend.auth.models import Accepted, LinkPurpose, LoginResponse, PasswordChange
+from backend.auth.sessions import Caller
 from backend.auth.transport import TokenDeliveryDep
 from backend.config import Settings
 from backend.errors import ConflictError, ForbiddenError, ProblemCode
@@ -265,7 +268,7 @@ async def update_user(
     body: UserUpdate,
     user: AdminTargetUser,
     db: DbSession,
-    admin: AdminUser,
+    caller: AdminCaller,
     runtime: RuntimeDep,
     expected_versions: ExpectedVersions,
     response: Response,
@@ -273,7 +276,7 @@ async def update_user(
     """Change the fields sent (admin only); role, deactivation and password changes
     revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412."""
     return await _update(
-        db, runtime, response, user=user, changes=body, admin=admin, expected=expected_versions
+        db, runtime, response, user=user, changes=body, caller=caller, expected=expected_versions
     )
 
 
@@ -287,7 +290,7 @@ async def replace_user(
     body: UserReplace,
     user: AdminTargetUser,
     db: DbSession,
-    admin: AdminUser,
+    caller: AdminCaller,
     runtime: RuntimeDep,
     expected_versions: ExpectedVersions,
     response: Response,
@@ -301,7 +304,7 @@ async def replace_user(
         response,
         user=user,
         changes=body.changes(),
-        admin=admin,
+        caller=caller,
         expected=expected_versions,
     )
 
@@ -313,7 +316,7 @@ async def _update(
     *,
     user: User,
     changes: UserUpdate,
-    admin: User,
+    caller: Caller | KeyCaller,
     expected: frozenset[int] | None,
 ) -> User:
     updated = await accounts.update_user(
@@ -321,7 +324,8 @@ async def _update(
         user=user,
         changes=changes,
         hasher=runtime.password_hasher,
-        actor_id=admin.id,
+        actor_id=caller.user.id,
+        by_api_key=isinstance(caller, KeyCaller),
         expected_versions=expected,
     )
     response.headers["ETag"] = etag(updated.version)
