@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
 from backend.auth.jwt import ACCESS, REFRESH, decode_token
+from backend.auth.models import TokenType
 from backend.config import DEFAULT_MAX_PER_PAGE, Settings
 from backend.errors import UnauthorizedError
 from backend.http.deps import get_expected_versions
@@ -259,13 +260,17 @@ CLAIMS = st.fixed_dictionaries(
 )
 
 
-def assert_claims_or_401(token: str, expected_type: str) -> None:
+def assert_claims_or_401(token: str, expected_type: TokenType) -> None:
     try:
         claims = decode_token(token, expected_type, TOKEN_SETTINGS)
     except UnauthorizedError as error:
         status: int = error.status_code
     else:
+        # Accepted claims are ones a query can take: an id within a table's, no text.
         assert claims.type == expected_type
+        assert 1 <= claims.sub <= INT32_MAX
+        assert 0 <= claims.ver <= INT32_MAX
+        assert type(claims.exp) is int
         status = 200
     assert status in {200, 401}
 
@@ -277,7 +282,7 @@ def assert_claims_or_401(token: str, expected_type: str) -> None:
     | st.binary(max_size=60).map(lambda data: data.decode("latin-1")),
     expected_type=st.sampled_from([ACCESS, REFRESH]),
 )
-def test_any_text_as_a_token_is_refused_with_401(token: str, expected_type: str) -> None:
+def test_any_text_as_a_token_is_refused_with_401(token: str, expected_type: TokenType) -> None:
     assert_claims_or_401(token, expected_type)
 
 
@@ -303,7 +308,10 @@ def signed(header: dict[str, Any], payload: dict[str, Any]) -> str:
     expected_type=st.sampled_from([ACCESS, REFRESH]),
 )
 def test_signed_tokens_with_any_claims_decode_or_are_refused_with_401(
-    claims: dict[str, Any], extra: dict[str, Any], header: dict[str, Any], expected_type: str
+    claims: dict[str, Any],
+    extra: dict[str, Any],
+    header: dict[str, Any],
+    expected_type: TokenType,
 ) -> None:
     assert_claims_or_401(signed(header, {**extra, **claims}), expected_type)
 

@@ -63,6 +63,36 @@ async def test_forged_tokens_are_refused(client: httpx.AsyncClient) -> None:
         assert response.headers["content-type"] == "application/problem+json", name
 
 
+@pytest.mark.parametrize(
+    "claims_change",
+    [
+        {"sub": "1" * 40},  # past any id: a database overflow (500) if it reached a query
+        {"sub": " 1"},
+        {"sub": "01"},
+        {"sub": "1.0"},
+        {"sub": "-1"},
+        {"sub": "0"},
+        {"sub": 1},  # RFC 7519: a string
+        {"exp": "9999999999"},
+        {"exp": 9999999999.5},
+        {"iat": "1"},
+        {"ver": "0"},
+        {"ver": 2**40},
+        {"jti": 7},
+        {"acc": "x" * 100},
+        {"type": "access "},
+    ],
+    ids=lambda change: ",".join(f"{key}={value!r}"[:24] for key, value in change.items()),
+)
+async def test_signed_tokens_with_malformed_claims_are_401(
+    client: httpx.AsyncClient, claims_change: dict[str, Any]
+) -> None:
+    """Correctly signed, so only the claims' own shape can refuse them: strictly."""
+    token = jwt.encode({**await _claims(client), **claims_change}, TEST_SECRET_KEY)
+    response = await client.get(f"{API}/users/me", headers=bearer(token))
+    assert (response.status_code, response.json()["code"]) == (401, "token_invalid")
+
+
 async def test_a_verified_token_is_refused_under_another_secret_key(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -1,12 +1,13 @@
 """The login-side families: sessions, refresh tokens, mailed links and API keys, the
 request and response bodies of the auth routes, and the verified claims of a JWT."""
 
+import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict
@@ -14,6 +15,7 @@ from sqlalchemy import String
 from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
+from backend.http.parsing import INT32_MAX
 from backend.models import (
     EXAMPLE_EMAIL,
     EXAMPLE_PASSWORD,
@@ -192,21 +194,43 @@ class RefreshToken(SQLModel, table=True):
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+ID_TEXT = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def _id_text(value: object) -> int:
+    if not isinstance(value, str) or not ID_TEXT.fullmatch(value) or int(value) > INT32_MAX:
+        raise ValueError("must be a user id as text")
+    return int(value)
+
+
+# A user id as a token's subject: RFC 7519's string, in the one spelling our tokens use
+# (no sign, space or leading zero), within the ids a table can hold.
+TokenSubject = Annotated[int, BeforeValidator(_id_text)]
+TOKEN_TEXT_MAX_CHARS = 64
+TokenType = Literal["access", "refresh"]
+
+
 class TokenClaims(BaseModel):
-    """The verified payload of one of our JWTs."""
+    """The verified payload of one of our JWTs, read strictly: a correctly signed token
+    whose claims are not exactly what we issue is refused like a forged one."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, strict=True)
 
-    sub: int
-    type: str
-    jti: str
-    ver: int
-    acc: str  # the account key: see User.account_key
-    exp: int
-    iat: int
+    sub: TokenSubject
+    type: TokenType
+    jti: str = pydantic.Field(max_length=TOKEN_TEXT_MAX_CHARS)
+    ver: int = pydantic.Field(ge=0, le=INT32_MAX)
+    # The account key: see User.account_key.
+    acc: str = pydantic.Field(max_length=TOKEN_TEXT_MAX_CHARS)
+    exp: int = pydantic.Field(ge=0)
+    iat: int = pydantic.Field(ge=0)
     # The session. Refresh tokens from before sessions named their family `fam`; the
     # migration made each family a session of the same id, so they still work.
-    sid: str | None = pydantic.Field(default=None, validation_alias=AliasChoices("sid", "fam"))
+    sid: str | None = pydantic.Field(
+        default=None,
+        max_length=TOKEN_TEXT_MAX_CHARS,
+        validation_alias=AliasChoices("sid", "fam"),
+    )
 
 
 # --- mailed links ---------------------------------------------------------------------
