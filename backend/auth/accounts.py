@@ -123,6 +123,7 @@ async def log_in(
 ) -> LoginResponse | None:
     """Tokens for the user whose password this is, or None; unknown emails cost one
     verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
+    hasher.admit()
     user = await crud.get_user_by_email(db, email=email)
     matched, new_hash = await _verify(
         db, hasher, password, user.hashed_password if user else NO_PASSWORD
@@ -314,6 +315,7 @@ async def set_password_with_link(
     forgotten password (RESET), with a mailed link, used once. Either proves the email.
     Every session of the user ends, their tokens too, and a new one starts: one
     transaction, in which the link is used, so a link that loses a race changes nothing."""
+    hasher.admit()
     link = await links.find(db, token=token, purpose=purpose)
     user_id, email = link.user_id, link.email  # read now: a rollback expires the loaded rows
     hashed_password = await _hash(db, hasher, new_password)  # ends the read, too

@@ -62,13 +62,19 @@ class PasswordHasher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+    def admit(self) -> None:
+        """Refuse (503) at once when a hash could neither start nor queue now. A workflow
+        that reads the database before it hashes asks first, so that in a login storm a
+        refusal costs no connection and no query, only this comparison."""
         if self._in_flight >= self._concurrency + self._queue_limit:
             raise ServiceUnavailableError(
                 "Too many password checks in progress; retry shortly.",
                 code=ProblemCode.SERVER_BUSY,
                 retry_after_seconds=HASH_QUEUE_RETRY_AFTER_SECONDS,
             )
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        self.admit()  # again: the queue may have filled while the caller read its row
         self._in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
