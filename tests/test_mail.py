@@ -56,6 +56,22 @@ async def test_a_message_has_plain_text_and_html_and_the_same_link(
     assert "Hello Ada &lt;script&gt;," in html_of(message)  # names are escaped in HTML
 
 
+async def test_a_mail_to_an_unproven_address_carries_no_name_the_registrant_chose(
+    database_url: str, smtp: Mailbox
+) -> None:
+    """Anyone may register someone else's address: the verification mail they cause must
+    not carry their words (a name like "Call +1 555 0100 to claim your refund")."""
+    lure = "Call +1 555 0100 to claim your refund"
+    settings = mail_settings(smtp.port, EMAIL_VERIFICATION="optional")
+    async with app_with(database_url, **settings) as (app, client):
+        body = {"email": "victim@example.com", "name": lure, "password": "Correct-Horse-9-x"}
+        assert (await client.post(f"{API}/auth/register", json=body)).status_code == 200
+        [message] = await delivered(app, smtp)
+    assert lure not in text_of(message)
+    assert lure not in html_of(message)
+    assert "Hello victim@example.com," in text_of(message)
+
+
 async def test_a_server_that_never_answers_costs_no_request_any_time(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -234,9 +234,10 @@ def link_mail(settings: Settings, *, purpose: LinkPurpose, user: User, link: Iss
     url = link_url(settings, purpose, link.token)
     intro = INTROS[purpose].format(project=project)
     outro = OUTRO.format(expires=link.expires_at.strftime("%Y-%m-%d %H:%M"))
-    text = f"Hello {user.name},\n\n{intro}\n\n{url}\n\n{outro}\n"
+    greeted = _greeting_name(user, purpose)
+    text = f"Hello {greeted},\n\n{intro}\n\n{url}\n\n{outro}\n"
     html_body = (
-        f"<p>Hello {html.escape(user.name)},</p>\n<p>{html.escape(intro)}</p>\n"
+        f"<p>Hello {html.escape(greeted)},</p>\n<p>{html.escape(intro)}</p>\n"
         f'<p><a href="{html.escape(url)}">{html.escape(url)}</a></p>\n'
         f"<p>{html.escape(outro)}</p>\n"
     )
@@ -246,6 +247,15 @@ def link_mail(settings: Settings, *, purpose: LinkPurpose, user: User, link: Iss
         text=text,
         html=html_body,
     )
+
+
+def _greeting_name(user: User, purpose: LinkPurpose) -> str:
+    """The name a mail greets: one an admin gave (an invitation) or whose owner proved
+    the address. Anyone may register any address under any name, so a mail to an address
+    not yet proven greets the address: our mail never carries a stranger's words."""
+    if purpose is LinkPurpose.INVITE or user.is_verified:
+        return user.name
+    return user.email
 
 
 def send_link(
