@@ -39,6 +39,29 @@ async def bad_login(client: httpx.AsyncClient, email: str = ADMIN_EMAIL) -> http
     return await post_login(client, email, "Wrong-Password-1")
 
 
+async def test_wrong_current_passwords_spend_the_accounts_failed_login_budget(
+    settings: Settings,
+) -> None:
+    """Guesses of the current password through POST /users/me/password, from rotating
+    addresses, are counted per account like failed logins."""
+    update = {"RATE_LIMIT_LOGIN_PER_ACCOUNT": "3/minute", "RATE_LIMIT_LOGIN": "100/minute"}
+    app = create_app(settings.model_copy(update=update))
+    async with running(app, PEER) as client:
+        tokens = (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        answers = []
+        for guess in range(4):
+            async with client_at(app, f"198.51.100.{guess + 1}") as elsewhere:
+                body = {"current_password": f"Guess-Number-{guess}", "new_password": USER_PASSWORD}
+                answer = await elsewhere.post(
+                    f"{API}/users/me/password", json=body, headers=headers
+                )
+                answers.append((answer.status_code, answer.json()["code"]))
+        assert answers == [(400, "password_incorrect")] * 3 + [(429, "rate_limited")]
+        # The budget is the account's: a login with the right password waits too.
+        assert (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 429
+
+
 async def test_login_is_limited_per_ip_and_email(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"RATE_LIMIT_LOGIN": "3/minute"}))
     async with running(app, PEER) as client:

@@ -24,7 +24,7 @@ from backend.auth.models import Accepted, LinkPurpose, LoginResponse, PasswordCh
 from backend.auth.sessions import Caller
 from backend.auth.transport import TokenDeliveryDep
 from backend.config import Settings
-from backend.errors import ConflictError, ForbiddenError, ProblemCode
+from backend.errors import ConflictError, DomainError, ForbiddenError, ProblemCode
 from backend.http.deps import ClientIP, DbSession, ExpectedVersions, RuntimeDep
 from backend.http.listing import ISODateTime, Resource, parse_list_query
 from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
@@ -229,15 +229,23 @@ async def change_password(
     """Change your password. Every session ends; this call returns a new session's pair."""
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.login, "login", ip, user.email)
-    tokens = await accounts.change_password(
-        db,
-        user=user,
-        current_password=body.current_password,
-        new_password=body.new_password,
-        hasher=runtime.password_hasher,
-        settings=runtime.settings,
-        client=client,
-    )
+    # Wrong current passwords spend the account's budget of failed logins, from any
+    # address: a stolen access token is no way to guess the password at leisure.
+    await limiter.check(limiter.login_failures_per_account, "login-account", user.email)
+    try:
+        tokens = await accounts.change_password(
+            db,
+            user=user,
+            current_password=body.current_password,
+            new_password=body.new_password,
+            hasher=runtime.password_hasher,
+            settings=runtime.settings,
+            client=client,
+        )
+    except DomainError as error:
+        if error.code is ProblemCode.PASSWORD_INCORRECT:
+            await limiter.count(limiter.login_failures_per_account, "login-account", user.email)
+        raise
     return delivery.send(tokens)
 
 
