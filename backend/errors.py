@@ -32,6 +32,7 @@ class ProblemCode(StrEnum):
     REFRESH_TOKEN_REUSED = "refresh_token_reused"  # the whole session is revoked
     REFRESH_TOKEN_ROTATED = "refresh_token_rotated"  # just rotated by a concurrent request
     REFRESH_COOKIE_MISSING = "refresh_cookie_missing"
+    REFRESH_COOKIE_REPEATED = "refresh_cookie_repeated"  # two cookies of that name: which?
     API_KEY_INVALID = "api_key_invalid"  # unknown, expired, revoked, or its owner inactive
     API_KEY_NOT_ALLOWED = "api_key_not_allowed"  # sessions and keys need a login's token
     API_KEY_READ_ONLY = "api_key_read_only"

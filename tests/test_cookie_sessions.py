@@ -118,6 +118,23 @@ async def test_refresh_reads_the_cookie_and_rotates_it(client: httpx.AsyncClient
     assert again.status_code == 200, again.text
 
 
+async def test_two_refresh_cookies_are_refused_not_chosen_between(
+    client: httpx.AsyncClient,
+) -> None:
+    """A cookie planted for a parent domain or another path comes with the real one;
+    neither is taken, so the planted one never decides which session is refreshed."""
+    _, real = await cookie_login(client)
+    _, planted = await cookie_login(client)
+    for action in ("refresh", "logout"):
+        twice = {**FROM_FRONT_END, "Cookie": f"refresh_token={planted}; refresh_token={real}"}
+        refused = await client.post(f"{API}/auth/{action}{COOKIE}", headers=twice)
+        assert (refused.status_code, refused.json()["code"]) == (400, "refresh_cookie_repeated")
+    # Both sessions are untouched: each cookie alone still refreshes.
+    for token in (real, planted):
+        response = await client.post(f"{API}/auth/refresh{COOKIE}", headers=sending(token))
+        assert response.status_code == 200, response.text
+
+
 async def test_logout_ends_the_session_and_clears_the_cookie(client: httpx.AsyncClient) -> None:
     _, token = await cookie_login(client)
     response = await client.post(f"{API}/auth/logout{COOKIE}", headers=sending(token))

@@ -22,7 +22,7 @@ from backend.auth.jwt import REFRESH, decode_token
 from backend.auth.models import API_KEY_PREFIX, LoginResponse, RefreshRequest
 from backend.clock import utcnow
 from backend.config import Settings
-from backend.errors import ForbiddenError, ProblemCode, UnauthorizedError
+from backend.errors import BadRequestError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.deps import RuntimeDep
 
 
@@ -108,6 +108,13 @@ async def get_presented_refresh_token(
     """The refresh token the client presents: the body's, or with cookie transport the
     cookie's."""
     if transport is Transport.COOKIE:
+        if _cookies_named(request, REFRESH_COOKIE) > 1:
+            # Parsers keep the first or the last; a cookie planted for a parent domain or
+            # another path must not decide which session is refreshed or ended.
+            raise BadRequestError(
+                f"The request carries more than one {REFRESH_COOKIE} cookie.",
+                code=ProblemCode.REFRESH_COOKIE_REPEATED,
+            )
         token = request.cookies.get(REFRESH_COOKIE)
         if not token:
             raise UnauthorizedError(
@@ -126,6 +133,11 @@ async def get_presented_refresh_token(
 
 
 PresentedRefreshToken = Annotated[str, Depends(get_presented_refresh_token)]
+
+
+def _cookies_named(request: Request, name: str) -> int:
+    pairs = (pair for header in request.headers.getlist("cookie") for pair in header.split(";"))
+    return sum(1 for pair in pairs if pair.split("=", 1)[0].strip() == name)
 
 
 class CookieScope(TypedDict):
