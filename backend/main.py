@@ -21,6 +21,7 @@ from backend.http.admin import install_admin
 from backend.http.docs import install_docs
 from backend.http.middleware import (
     BodySizeLimitMiddleware,
+    HeadAsGetMiddleware,
     LivenessMiddleware,
     ProblemCORSMiddleware,
     ResponseHeadersMiddleware,
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "ETag",
         ],
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(TrailingSlashMiddleware)
     # Just inside the headers, so the 503s it sends for cut requests get them too.
     app.add_middleware(ShutdownCutoffMiddleware)

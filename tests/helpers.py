@@ -74,7 +74,8 @@ async def create_user(
 async def check_problem(response: httpx.Response) -> None:
     """Every problem any test sees carries a known code, its type URI, and a code per
     field: run on each response of the clients below (an httpx event hook)."""
-    if not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+    problem_json = response.headers.get("content-type", "").startswith(PROBLEM_JSON)
+    if not problem_json or response.request.method == "HEAD":  # HEAD: headers alone
         return
     await response.aread()
     problem = response.json()

@@ -224,6 +224,26 @@ class TrailingSlashMiddleware:
         await self.app(scope, receive, send)
 
 
+class HeadAsGetMiddleware:
+    """Answer HEAD as GET without the body (RFC 9110: the same headers). FastAPI's routes
+    list GET alone, so HEAD was a 405 everywhere, read-only API keys' HEAD included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 class LivenessMiddleware:
     """Answer `GET /health` here, ahead of the router: an orchestrator asks every few
     seconds per instance, and routing and dependency solving were 80% of its cost (a
