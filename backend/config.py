@@ -33,6 +33,10 @@ from backend.rules import (
 )
 
 MIN_SECRET_KEY_BYTES = 32
+PRODUCTION_BCRYPT_ROUNDS = 12
+# The first admin's passwords the README, the docs and .env.example show: anyone who read
+# them knows them.
+DOCUMENTED_ADMIN_PASSWORDS = frozenset({"Admin-Pass-1", "Change-Me-Now-1"})
 # The records one request may ask for is the MAX_PER_PAGE setting: its default is what
 # react-admin's stock Export button asks for at once, and its ceiling keeps one answer
 # to a few megabytes.
@@ -289,6 +293,11 @@ class Settings(BaseSettings):
             self._secret_key_generated = True
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
+        if self.STAGE == "production" and self.BCRYPT_ROUNDS < PRODUCTION_BCRYPT_ROUNDS:
+            raise ValueError(
+                f"BCRYPT_ROUNDS must be at least {PRODUCTION_BCRYPT_ROUNDS} when "
+                f"STAGE=production (it is {self.BCRYPT_ROUNDS}): lower costs are for tests"
+            )
         return self
 
     @field_validator("ADMIN_DIR")
@@ -322,6 +331,10 @@ class Settings(BaseSettings):
             problem = password_problem(password, min_length=self.PASSWORD_MIN_LENGTH)
             if problem:
                 raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem.message}")
+            if self.STAGE == "production" and password in DOCUMENTED_ADMIN_PASSWORDS:
+                raise ValueError(
+                    "FIRST_ADMIN_PASSWORD is the example from the docs: choose your own"
+                )
             self.FIRST_ADMIN_PASSWORD = password
         return self
 

@@ -223,7 +223,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrailingSlashMiddleware)
     # Just inside the headers, so the 503s it sends for cut requests get them too.
     app.add_middleware(ShutdownCutoffMiddleware)
-    app.add_middleware(ResponseHeadersMiddleware, api_prefix=settings.API_V1_PREFIX)
+    app.add_middleware(
+        ResponseHeadersMiddleware,
+        api_prefix=settings.API_V1_PREFIX,
+        https=settings.public_url.startswith("https://"),
+    )
     app.add_middleware(RequestLogMiddleware, metrics=metrics if settings.METRICS_ENABLED else None)
     app.add_middleware(OneLineStartupFailure)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from backend.config import Settings, load_settings, secret_key_weakness
 from backend.db.engine import async_url
@@ -211,6 +212,26 @@ def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
         STAGE="production", SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL="postgresql://u:p@h/db"
     )
     assert settings.AUTO_MIGRATE is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"BCRYPT_ROUNDS": "10"}, "BCRYPT_ROUNDS must be at least 12 when STAGE=production"),
+        (
+            {"FIRST_ADMIN_EMAIL": "admin@example.com", "FIRST_ADMIN_PASSWORD": "Admin-Pass-1"},
+            "FIRST_ADMIN_PASSWORD is the example from the docs",
+        ),
+    ],
+)
+def test_production_refuses_test_strength_hashes_and_the_documented_password(
+    overrides: dict[str, str], message: str
+) -> None:
+    production = {"STAGE": "production", "SECRET_KEY": TEST_SECRET_KEY}
+    with pytest.raises(ValidationError, match=message):
+        settings_from(**production, DATABASE_URL="postgresql://u:p@h/db", **overrides)
+    # Elsewhere both are what tests and first runs use.
+    settings_from(**{**production, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db", **overrides)
 
 
 def test_env_file_is_read(tmp_path: os.PathLike[str]) -> None:

@@ -2,7 +2,9 @@
 
 import httpx
 
-from tests.helpers import API
+from backend.config import Settings
+from backend.main import create_app
+from tests.helpers import API, running
 
 ORIGIN = "https://dashboard.example.com"
 
@@ -67,3 +69,14 @@ async def test_security_headers(client: httpx.AsyncClient) -> None:
             assert len(response.headers.get_list(name)) == 1, (response.url, name)
     assert api.headers.get_list("cache-control") == ["no-store"]
     assert "cache-control" not in health.headers
+
+
+async def test_hsts_only_when_the_public_address_is_https(settings: Settings) -> None:
+    for public_url, expected in (
+        ("https://users.example.com", "max-age=31536000"),
+        ("http://127.0.0.1:8000", None),
+    ):
+        app = create_app(settings.model_copy(update={"PUBLIC_URL": public_url}))
+        async with running(app) as client:
+            response = await client.get("/health")
+        assert response.headers.get("strict-transport-security") == expected, public_url

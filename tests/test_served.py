@@ -1,6 +1,6 @@
 """The app as a server process, started both documented ways: `backend serve`, and plain
-`uvicorn --factory backend.main:served_app` with none of its flags (the careless way:
-uvicorn's access log and proxy headers on). Either way the logs hold no secret, the client
+`uvicorn --factory backend.main:served_app` with none of its flags but
+`--no-server-header` (the careless way: uvicorn's access log and proxy headers on). Either way the logs hold no secret, the client
 cannot pick its rate-limit key with X-Forwarded-For, and a database that cannot be used
 stops start-up with one line."""
 
@@ -28,7 +28,10 @@ START_SECONDS = 60.0
 BIN = Path(sys.executable).parent
 COMMANDS = {
     "backend serve": [str(BIN / "backend"), "serve", "--port"],
-    "uvicorn": [sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app", "--port"],
+    "uvicorn": [
+        *(sys.executable, "-m", "uvicorn", "--factory", "backend.main:served_app"),
+        *("--no-server-header", "--port"),
+    ],
 }
 
 
@@ -36,6 +39,7 @@ class ServerProcess:
     """A server started in an empty folder (no .env), its stdout and stderr in files."""
 
     def __init__(self, how: str, workdir: Path, **env: str) -> None:
+        self.how = how
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.stdout, self.stderr = workdir / "stdout.log", workdir / "stderr.log"
@@ -88,6 +92,12 @@ def server(
         yield server
     finally:
         server.stop()
+
+
+def test_no_server_banner(server: ServerProcess) -> None:
+    response = httpx.get(f"{server.base_url}/health")
+    assert response.status_code == 200
+    assert "server" not in response.headers, server.how
 
 
 def test_no_password_or_token_reaches_any_log_line(server: ServerProcess) -> None:

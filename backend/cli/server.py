@@ -57,6 +57,8 @@ def serve(
             # The API has no WebSocket route; uvicorn's default would import the
             # websockets library into every worker anyway (0.7 MB of its memory).
             ws="none",
+            # No `server: uvicorn`: the stack is nobody's business but ours.
+            server_header=False,
             timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,
             # Our logging: one configuration, and one line per request of our own.
             log_config=None,

@@ -28,6 +28,9 @@ _SECURITY_HEADER_PAIRS = [
     (name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
 ]
 _NO_STORE = (b"cache-control", b"no-store")
+# A year, the usual floor for HSTS preload lists; no includeSubDomains: other hosts of
+# the domain are not ours to pin to HTTPS.
+_HSTS = (b"strict-transport-security", b"max-age=31536000")
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A client cut off by a shutdown can retry at once against another instance; this one,
 # restarted, is ready again within a few seconds (the readiness probe's Retry-After too).
@@ -38,9 +41,12 @@ class ResponseHeadersMiddleware:
     """X-Request-ID (echoed when well-formed, else made) and security headers on every
     response; API responses, which carry tokens and personal data, are never cached."""
 
-    def __init__(self, app: ASGIApp, *, api_prefix: str) -> None:
+    def __init__(self, app: ASGIApp, *, api_prefix: str, https: bool = False) -> None:
         self.app = app
         self.api_prefix = api_prefix
+        # Served at an https PUBLIC_URL (behind a proxy that ends TLS): browsers are told
+        # to use HTTPS only, so no later visit goes out in the clear first.
+        self.always = [*_SECURITY_HEADER_PAIRS, _HSTS] if https else _SECURITY_HEADER_PAIRS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,7 +57,7 @@ class ResponseHeadersMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         no_store = scope["path"].startswith(self.api_prefix + "/")
 
-        added = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *_SECURITY_HEADER_PAIRS]
+        added = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *self.always]
         if no_store:
             added.append(_NO_STORE)
 
