@@ -63,20 +63,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return os.cpu_count() or 1
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (--dist loadgroup), a module whose tests share a module-scoped fixture (a
-    generated client, a served app, a browser) runs on one worker, which sets it up once;
-    every other test goes to whichever worker is free."""
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures is None:
-            continue
-        definitions = fixtures.name2fixturedefs.values()
-        if any(d[-1].scope == "module" for d in definitions if d):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 CHOICE = pytest.StashKey[Choice]()
 SERVER = pytest.StashKey[Server | None]()
 STOPS = pytest.StashKey[ExitStack]()
