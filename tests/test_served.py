@@ -1,8 +1,8 @@
 """The app as a server process, started both documented ways: `backend serve`, and plain
 `uvicorn --factory backend.main:served_app` with none of its flags but
-`--no-server-header` (the careless way: uvicorn's access log and proxy headers on). Either way the logs hold no secret, the client
-cannot pick its rate-limit key with X-Forwarded-For, and a database that cannot be used
-stops start-up with one line."""
+`--no-server-header` (the careless way: uvicorn's access log and proxy headers on).
+Either way the logs hold no secret, the client cannot pick its rate-limit key with
+X-Forwarded-For, and a database that cannot be used stops start-up with one line."""
 
 import json
 import os
