@@ -22,9 +22,11 @@ from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
 from backend.rules import (
+    BIDI_CONTROLS,
     EMAIL_MAX_CHARS,
     PASSWORD_MAX_BYTES,
     account_rules,
+    is_default_ignorable,
     normalise_email,
     normalise_password,
     password_problem,
@@ -120,13 +122,24 @@ def _normalise_name(value: str) -> str:
     if len(value) > NAME_MAX_CHARS:
         raise ValueError(f"must be at most {NAME_MAX_CHARS} characters long")
     value = _reject_control_characters(value.strip())
+    if any(char in BIDI_CONTROLS for char in value):
+        raise ValueError("must not contain bidirectional control characters")
+    if all(char.isspace() or is_default_ignorable(char) for char in value):
+        raise ValueError("must not be empty (invisible characters alone are empty)")
     if not value:
         raise ValueError("must not be empty")
     return value
 
 
 _CONTROL = r"\u0000-\u001F\u007F-\u009F"
-_PRINTABLE = f"[^{_CONTROL}]"
+_BIDI = r"\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069"
+_PRINTABLE = f"[^{_CONTROL}{_BIDI}]"
+# What makes a name not empty: something visible (the ignorables of the Basic
+# Multilingual Plane; JSON Schema patterns have no flag for the rest).
+_INVISIBLE = (
+    r"\u00AD\u034F\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200D\u2060-\u206F\u3164"
+    r"\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8"
+)
 
 
 def _normalise_email(value: str) -> str:
@@ -172,7 +185,7 @@ Name = Annotated[
             "minLength": 1,
             "maxLength": NAME_MAX_CHARS,
             # Some non-space character, and no control characters anywhere.
-            "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}]{_PRINTABLE}*$",
+            "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}{_BIDI}{_INVISIBLE}]{_PRINTABLE}*$",
             "description": f"At most {NAME_MAX_CHARS} characters, not all spaces; "
             "surrounding spaces are trimmed.",
         }
