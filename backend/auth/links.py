@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from backend import crud
 from backend.auth.models import LINK_SECRET_BYTES, LinkPurpose, LinkToken
 from backend.clock import utcnow
 from backend.config import Settings
@@ -35,7 +36,7 @@ from backend.db.session import lock_for_update
 from backend.errors import BadRequestError, ProblemCode, UserGoneError
 from backend.http.parsing import INT32_MAX, parse_int
 from backend.mail import Mail, Mailer
-from backend.models import NO_PASSWORD, AuditAction, AuditEvent, User
+from backend.models import NO_PASSWORD, AuditAction, User
 
 INVALID = (
     "This link is not valid (it may have been replaced by a newer one): copy the whole "
@@ -114,13 +115,12 @@ async def issue(
     )
     db.add(link)
     await db.flush()
-    db.add(
-        AuditEvent(
-            actor_id=actor_id,
-            action=AuditAction.LINK_ISSUE,
-            target_id=user_id,
-            details={"purpose": purpose.value, "expires_at": link.expires_at.isoformat()},
-        )
+    crud.add_audit_event(
+        db,
+        action=AuditAction.LINK_ISSUE,
+        actor_id=actor_id,
+        target_id=user_id,
+        details={"purpose": purpose.value, "expires_at": link.expires_at.isoformat()},
     )
     return Issued(token=f"{link.id}.{secret}", expires_at=link.expires_at)
 
@@ -183,13 +183,12 @@ async def consume(db: AsyncSession, *, link: LinkToken, now: datetime) -> None:
     if used.rowcount != 1:
         await db.rollback()
         raise LinkError(USED, code=ProblemCode.LINK_USED)
-    db.add(
-        AuditEvent(
-            actor_id=link.user_id,
-            action=AuditAction.LINK_USE,
-            target_id=link.user_id,
-            details={"purpose": link.purpose.value},
-        )
+    crud.add_audit_event(
+        db,
+        action=AuditAction.LINK_USE,
+        actor_id=link.user_id,
+        target_id=link.user_id,
+        details={"purpose": link.purpose.value},
     )
 
 

@@ -61,7 +61,7 @@ from backend.config import Settings
 from backend.db.session import lock_for_update
 from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.listing import ListQuery
-from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, AuditEvent, User, UserPublic
+from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, User, UserPublic
 
 NOT_HONOURED = "The token is invalid or has been revoked."
 SESSION_ENDED = "This session has ended; log in again."
@@ -256,13 +256,12 @@ async def _end(
     user_session.revoked_at = utcnow()
     user_session.revoked_reason = reason
     if audit:
-        db.add(
-            AuditEvent(
-                actor_id=actor_id,
-                action=AuditAction.SESSION_END,
-                target_id=user_id,
-                details={"session_id": user_session.id},
-            )
+        crud.add_audit_event(
+            db,
+            action=AuditAction.SESSION_END,
+            actor_id=actor_id,
+            target_id=user_id,
+            details={"session_id": user_session.id},
         )
     await db.commit()
     return True
@@ -286,13 +285,12 @@ async def end_all(
     )
     ended = await end_all_staged(db, user_id=user.id, reason=reason)
     if audit:
-        db.add(
-            AuditEvent(
-                actor_id=actor_id,
-                action=AuditAction.SESSIONS_END_ALL,
-                target_id=user.id,
-                details={"sessions": ended},
-            )
+        crud.add_audit_event(
+            db,
+            action=AuditAction.SESSIONS_END_ALL,
+            actor_id=actor_id,
+            target_id=user.id,
+            details={"sessions": ended},
         )
     await db.commit()
     return ended
