@@ -278,7 +278,7 @@ def _skeletons_recomputed(connection: Connection) -> dict[str, Any]:
         return [(email, skeleton) for email, skeleton in result]
 
     before = rows()
-    ids = dict(connection.execute(text("SELECT email, id FROM users")).all())
+    ids: dict[str, int] = dict(connection.execute(text("SELECT email, id FROM users")).all())
     command.upgrade(config, "head")
     upgraded = rows()
     command.downgrade(config, BEFORE_INVISIBLE_SKELETONS)
