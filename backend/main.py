@@ -30,6 +30,7 @@ from backend.http.middleware import (
     UnexpectedErrorMiddleware,
 )
 from backend.http.observability import (
+    DatabaseOutage,
     Metrics,
     RequestLogMiddleware,
     configure_logging,
@@ -71,11 +72,14 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         queue_limit=settings.HASH_QUEUE_LIMIT,
     )
     metrics.watch(engine, password_hasher)
+    database_outage = DatabaseOutage(metrics)
+    database_outage.watch(engine)
     auth_cache = AuthCache(settings, metrics)
     return Runtime(
         settings=settings,
         metrics=metrics,
         engine=engine,
+        database_outage=database_outage,
         sessionmaker=tracked_sessionmaker(engine, settings, auth_cache=auth_cache),
         read_sessionmaker=tracked_sessionmaker(
             engine, settings, auth_cache=auth_cache, read_only=True

@@ -21,12 +21,12 @@ from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorat
 from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
+from backend.confusables import is_default_ignorable
 from backend.rules import (
     BIDI_CONTROLS,
     EMAIL_MAX_CHARS,
     PASSWORD_MAX_BYTES,
     account_rules,
-    is_default_ignorable,
     normalise_email,
     normalise_password,
     password_problem,

@@ -25,25 +25,11 @@ MAX_REPEATED_BLOCK = 4
 # "P" and eleven spaces, "aaaaaabbbbbb": a long password of a few characters is a short one.
 MIN_DISTINCT_CHARACTERS = 4
 EMAIL_MAX_CHARS = 254
-# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters that
-# render as nothing, so a text of them alone looks empty.
-DEFAULT_IGNORABLE = (
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
-    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
-    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
-    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
-    (0xE0000, 0xE0FFF),
-)  # fmt: skip
 # Bidirectional controls reorder what is shown around them ("Ada" + U+202E + "exe.gnp"
 # shows as "Adapng.exe"); no name needs one.
 BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
-
-
-def is_default_ignorable(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in DEFAULT_IGNORABLE)
 
 
 def normalise_password(password: str) -> str:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from backend.auth.authcache import AuthCache
     from backend.auth.passwords import PasswordHasher
     from backend.config import Settings
-    from backend.http.observability import Metrics
+    from backend.http.observability import DatabaseOutage, Metrics
     from backend.http.ratelimit import RateLimiter
     from backend.mail import Mailer
 
@@ -28,6 +28,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     engine: AsyncEngine
+    database_outage: DatabaseOutage
     sessionmaker: async_sessionmaker[AsyncSession]
     read_sessionmaker: async_sessionmaker[AsyncSession]  # for GET and HEAD requests
     password_hasher: PasswordHasher

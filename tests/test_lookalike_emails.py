@@ -17,7 +17,16 @@ from backend.db.migrate import alembic_config
 from backend.main import create_app
 from backend.models import User
 from backend.rules import AccountRules, use_account_rules
-from tests.helpers import API, USER_PASSWORD, RegisterUser, login, make_settings
+from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    API,
+    USER_PASSWORD,
+    RegisterUser,
+    bearer,
+    login,
+    make_settings,
+)
 
 ROOT = "root@example.com"
 LOOKALIKES = {
@@ -117,11 +126,50 @@ async def test_international_addresses_are_allowed_but_not_lookalikes(
     assert (await _register(client, "用户@例子.测试")).status_code == 200
 
 
+# Invisible characters that email-validator lets into an international address (a
+# combining grapheme joiner, a variation selector, Hangul fillers): they render as nothing.
+INVISIBLE_VARIANTS = {
+    "U+034F": "ro\u034fot@example.com",
+    "U+FE0F": "root\ufe0f@example.com",
+    "U+3164": "ro\u3164ot@example.com",
+    "U+115F": "\u115froot@example.com",
+    "U+FFA0": "roo\uffa0t@example.com",
+}
+
+
+async def test_invisible_characters_do_not_make_another_address(
+    international_client: httpx.AsyncClient,
+) -> None:
+    client = international_client
+    admin = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
+    assert (await _register(client, ROOT)).status_code == 200
+    other = await _register(client, "other@example.com")
+    other_id = other.json()["user"]["id"]
+    for name, email in INVISIBLE_VARIANTS.items():
+        body = {"email": email, "name": "N", "password": USER_PASSWORD}
+        refusals = {
+            "register": await _register(client, email),
+            "admin create": await client.post(f"{API}/users", json=body, headers=admin),
+            "admin update": await client.patch(
+                f"{API}/users/{other_id}", json={"email": email}, headers=admin
+            ),
+        }
+        for how, response in refusals.items():
+            assert response.status_code == 409, (name, how, response.text)
+            assert response.json()["code"] == "email_lookalike", (name, how)
+    # The same invisible characters in front of other letters are one address too.
+    assert (await _register(client, "ada\u034f@example.com")).status_code == 200
+    assert (await _register(client, "ada@example.com")).status_code == 409
+
+
 def test_skeletons_follow_tr39() -> None:
     assert skeleton("rоοt") == skeleton("ｒｏｏｔ") == skeleton("root")
     assert skeleton("paypal") == skeleton("раураl")
     assert skeleton("admİn") == skeleton("admin")
     assert skeleton("root") != skeleton("rööt")
+    assert {skeleton(email) for email in INVISIBLE_VARIANTS.values()} == {skeleton(ROOT)}
+    # Format characters, which email-validator refuses in addresses today.
+    assert skeleton("ro\u200bot\u2060") == skeleton("r\u00adoot") == skeleton("root")
     assert len(email_skeleton("ﷺ" * 60 + "@example.com")) == 64  # NFKC expands it 18 times
 
 

@@ -1,15 +1,19 @@
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, Integer, bindparam, inspect, text
 from sqlmodel import SQLModel
 
 from backend.config import Settings
+from backend.confusables import email_skeleton
 from backend.db.engine import create_engine
 from backend.db.migrate import alembic_config, include_in_autogenerate, upgrade_to_head
 from tests.helpers import make_settings
@@ -233,3 +237,93 @@ async def test_families_become_sessions_and_back(settings: Settings) -> None:
         ("t4", FAMILY_REVOKED, True),
     ]
     assert found["again"] == [FAMILY_LIVE, FAMILY_REVOKED]
+
+
+BEFORE_INVISIBLE_SKELETONS = "5a1e7c0de5e1"
+INVISIBLE_SKELETONS = "384aeb2d8415"
+# In id order. At the previous revision invisible characters told these apart.
+SKELETON_ROWS = [
+    "root@example.com",
+    "ro\u034fot@example.com",  # a look-alike of the older root@: gets none
+    "ada\ufe0f@example.com",  # a look-alike of nobody: gets ada@'s skeleton
+    "b\u3164ob@example.com",  # older than bob@: keeps the skeleton bob@ held
+    "bob@example.com",
+    "carol@example.com",  # inserted by hand without a skeleton: gets one
+]
+
+
+def _skeletons_recomputed(connection: Connection) -> dict[str, Any]:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, BEFORE_INVISIBLE_SKELETONS)
+    module = ScriptDirectory.from_config(config).get_revision(INVISIBLE_SKELETONS).module
+    skeleton_before = module._email_skeleton_before
+    now = bindparam("now", datetime.now(UTC), type_=DateTime(timezone=True))
+    for number, email in enumerate(SKELETON_ROWS):
+        connection.execute(
+            text(
+                "INSERT INTO users (email, email_skeleton, name, role, is_active,"
+                " hashed_password, token_version, account_key, created_at, updated_at)"
+                " VALUES (:email, :skeleton, 'Old', 'user', true, 'x', 0, :key, :now, :now)"
+            ).bindparams(now),
+            {
+                "email": email,
+                "skeleton": None if email.startswith("carol") else skeleton_before(email),
+                "key": f"{number:032d}",
+            },
+        )
+
+    def rows() -> list[tuple[str, str | None]]:
+        result = connection.execute(text("SELECT email, email_skeleton FROM users ORDER BY id"))
+        return [(email, skeleton) for email, skeleton in result]
+
+    before = rows()
+    ids: dict[str, int] = dict(connection.execute(text("SELECT email, id FROM users")).all())
+    command.upgrade(config, "head")
+    upgraded = rows()
+    command.downgrade(config, BEFORE_INVISIBLE_SKELETONS)
+    downgraded = rows()
+    command.upgrade(config, "head")
+    connection.execute(text("DELETE FROM users"))
+    return {"before": before, "upgraded": upgraded, "downgraded": downgraded, "ids": ids}
+
+
+async def test_skeletons_are_recomputed_and_lookalikes_kept(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="alembic.runtime.migration")
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            found = await connection.run_sync(_skeletons_recomputed)
+    finally:
+        await engine.dispose()
+    assert [email for email, _ in found["before"]] == SKELETON_ROWS
+    # Before, every invisible variant had a skeleton of its own.
+    assert len({skeleton for _, skeleton in found["before"]}) == len(SKELETON_ROWS)
+    assert found["upgraded"] == [
+        ("root@example.com", email_skeleton("root@example.com")),
+        ("ro\u034fot@example.com", None),
+        ("ada\ufe0f@example.com", email_skeleton("ada@example.com")),
+        ("b\u3164ob@example.com", email_skeleton("bob@example.com")),
+        ("bob@example.com", None),
+        ("carol@example.com", email_skeleton("carol@example.com")),
+    ]
+    ids = found["ids"]
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "alembic.runtime.migration" and "look-alike" in record.getMessage()
+    ]
+    groups = [
+        f"look-alike emails: user {ids[keeper]} keeps the skeleton, users {ids[other]} get "
+        "none (NULL)"
+        for keeper, other in [
+            ("root@example.com", "ro\u034fot@example.com"),
+            ("b\u3164ob@example.com", "bob@example.com"),
+        ]
+    ]
+    assert sorted(logged) == sorted(groups * 2)  # by each of the two upgrades
+    # Downgraded: the previous skeletons again (carol@ keeps the one she got).
+    assert found["downgraded"][:5] == found["before"][:5]
+    assert found["downgraded"][5] == ("carol@example.com", email_skeleton("carol@example.com"))

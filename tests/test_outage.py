@@ -8,6 +8,7 @@ when the test fails. Outside CI a machine without those tools skips the test.
 import asyncio
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from backend.db.engine import create_engine, database_unavailable
 from backend.db.session import BudgetedSession, create_sessionmaker
 from backend.http.deps import DbSession
+from backend.http.observability import OUTAGE_SETTLE_SECONDS
 from backend.main import create_app
 from backend.models import User
 from tests.helpers import API, USER_PASSWORD, bearer, free_port, make_settings, running
@@ -476,3 +478,59 @@ async def test_frozen_database_answers_503_within_the_budget_then_recovers(
     recovered = [o for o in load.outcomes if o.phase == "recovered"]
     assert all(o.status == 200 for o in recovered), recovered
     assert pool.checkedout() == 0
+
+
+REFUSED_DURING_OUTAGE = 5
+
+
+async def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = make_settings(
+        cluster.url, RATE_LIMIT_ENABLED=False, AUTO_MIGRATE=True, AUTH_CACHE_SECONDS=0
+    )
+    app = create_app(settings)
+    async with running(app, raise_app_exceptions=False) as client:
+        metrics = app.state.runtime.metrics
+        body = {"email": "logged@example.com", "name": "Logged", "password": USER_PASSWORD}
+        registered = await client.post(f"{API}/auth/register", json=body)
+        assert registered.status_code == 200
+        headers = bearer(registered.json()["access_token"])
+        await asyncio.to_thread(cluster.ctl, "stop", "-m", "fast")
+        refused = [
+            (await client.get(f"{API}/users/me", headers=headers)).status_code
+            for _ in range(REFUSED_DURING_OUTAGE)
+        ]
+        down = metrics.registry.get_sample_value("database_down")
+        await asyncio.to_thread(cluster.ctl, "start")
+        started = time.monotonic()
+        # Readiness answers 503 of its own while the server starts: not a refused request.
+        while (await client.get("/health/ready")).status_code != 200:
+            assert time.monotonic() - started < RECOVERY_LIMIT_SECONDS, "no recovery"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(OUTAGE_SETTLE_SECONDS)
+        again = await client.get(f"{API}/users/me", headers=headers)
+        up = metrics.registry.get_sample_value("database_down")
+
+    assert refused == [503] * REFUSED_DURING_OUTAGE
+    assert again.status_code == 200
+    assert (down, up) == (1, 0)
+    outage_lines = [
+        record
+        for record in caplog.records
+        if record.name != "backend.access" and record.getMessage().startswith("database")
+    ]
+    assert [record.levelname for record in outage_lines] == ["WARNING", "WARNING"], [
+        record.getMessage() for record in outage_lines
+    ]
+    start, end = (record.getMessage() for record in outage_lines)
+    assert re.fullmatch(r"database unavailable \(\w+\): .*", start), start
+    assert re.fullmatch(
+        rf"database available again after [\d.]+ s; {REFUSED_DURING_OUTAGE} requests "
+        "answered 503 meanwhile",
+        end,
+    ), end
+    # Each refused request is still a line of the access log.
+    access = [record for record in caplog.records if record.name == "backend.access"]
+    assert sum(record.__dict__["status"] == 503 for record in access) == REFUSED_DURING_OUTAGE

@@ -17,12 +17,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
 
+logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("backend.access")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -113,6 +115,11 @@ class Metrics:
             "Requests answered 503 because the database was down or overloaded.",
             registry=self.registry,
         )
+        self.database_down = Gauge(
+            "database_down",
+            "1 from a request answered 503 for the database until it answers again, else 0.",
+            registry=self.registry,
+        )
         self.auth_checks = Counter(
             "auth_checks",
             "Access tokens checked, by where their user and session rows came from.",
@@ -149,6 +156,62 @@ class _StateCollector(Collector):
             "Password hashes waiting for a worker thread.",
             value=self.hasher.queue_depth,
         )
+
+
+# An outage ends at a statement that succeeds this long after the last 503: a database
+# that refuses some requests and answers others (a full pool, one statement timeout
+# among quick ones) is one outage, not a start and an end line per refused request.
+OUTAGE_SETTLE_SECONDS = 1.0
+
+
+class DatabaseOutage:
+    """One warning when requests start getting 503 because of the database, one when it
+    answers again with the outage's length and how many were refused meanwhile, as the
+    rate-limit storage does (backend/http/ratelimit.py). Each request stays a line of
+    the access log, with its 503."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.down_since: float | None = None  # monotonic time of the first 503
+        self.refused = 0
+        self._last_refused_at = 0.0
+
+    def watch(self, engine: AsyncEngine) -> None:
+        """Hear of every statement the database answers, the readiness probe's included."""
+        event.listen(engine.sync_engine, "after_cursor_execute", self._statement_answered)
+
+    def refused_request(self, cause: str) -> None:
+        """A request is answered 503 because of the database; `cause` names the error."""
+        self.metrics.database_unavailable.inc()
+        self._last_refused_at = time.monotonic()
+        if self.down_since is None:
+            self.down_since = self._last_refused_at
+            self.refused = 0
+            self.metrics.database_down.set(1)
+            logger.warning(
+                "database unavailable (%s): requests that need it are answered 503 until "
+                "it answers again",
+                cause,
+            )
+        self.refused += 1
+
+    def _statement_answered(self, *_: object) -> None:
+        if self.down_since is not None:  # all that every statement costs while it is up
+            self._answered()
+
+    def _answered(self) -> None:
+        assert self.down_since is not None
+        now = time.monotonic()
+        if now - self._last_refused_at < OUTAGE_SETTLE_SECONDS:
+            return
+        # At the level of the line that opened the outage, so whoever sees one sees both.
+        logger.warning(
+            "database available again after %.1f s; %d requests answered 503 meanwhile",
+            now - self.down_since,
+            self.refused,
+        )
+        self.down_since = None
+        self.metrics.database_down.set(0)
 
 
 def install_metrics_endpoint(app: FastAPI, metrics: Metrics) -> None:

@@ -213,8 +213,8 @@ async def _handle_database_error(request: Request, exc: Exception) -> JSONRespon
     if not database_unavailable(exc):
         return unexpected_error_response(exc, request_id=request_id_of(request))
     cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    runtime_of(request.scope).metrics.database_unavailable.inc()
-    logger.warning("database unavailable: %s", cause.__class__.__name__)
+    # Logged once per outage there; each request is a line of the access log.
+    runtime_of(request.scope).database_outage.refused_request(cause.__class__.__name__)
     return problem_response(
         HTTPStatus.SERVICE_UNAVAILABLE,
         "The database is unavailable or busy; retry shortly.",
