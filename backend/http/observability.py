@@ -155,7 +155,6 @@ class _StateCollector(Collector):
 
 def install_metrics_endpoint(app: FastAPI, metrics: Metrics, *, token: str | None) -> None:
     """/metrics; with a token, only for `Authorization: Bearer <token>`."""
-    # Header values arrive decoded as latin-1: encoded back, they are the bytes sent.
     expected = token.encode() if token is not None else None
 
     # At the root like /health: scrapers and orchestrators look there, not under the API.
@@ -174,6 +173,7 @@ def _check_scraper(authorization: str | None, expected: bytes) -> None:
             code=ProblemCode.NOT_AUTHENTICATED,
         )
     # In constant time: how much of a guess matched must not show in the answer's timing.
+    # Header values arrive decoded as latin-1: encoded back, they are the bytes sent.
     if not hmac.compare_digest(credentials.strip().encode("latin-1"), expected):
         raise UnauthorizedError(
             "The bearer token is not the METRICS_TOKEN.", code=ProblemCode.METRICS_TOKEN_INVALID
