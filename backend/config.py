@@ -51,7 +51,8 @@ LOCAL_URL = "http://127.0.0.1:8000"
 HOW_TO_BUILD_THE_DASHBOARD = "cd clients/admin && npm ci && npm run build"
 
 # A weak SECRET_KEY lets anyone who holds one token crack the key offline and forge an
-# admin's. A key that is set is refused, in every stage, when it is:
+# admin's. A key that is set is refused, in every stage, when it is (and so is a
+# METRICS_TOKEN, which a scraper sends with every request and could be guessed likewise):
 # - shorter than 32 bytes: RFC 7518 3.2 wants an HS256 key of at least 256 bits;
 # - or contains one of these placeholders (any case), a sign it was copied from a
 #   template or typed by hand. Each is 5+ characters, so a random key contains one by
@@ -86,7 +87,7 @@ MAX_SECRET_KEY_STEP_SHARE = 0.5
 
 
 def secret_key_weakness(key: str) -> str | None:
-    """Why this SECRET_KEY is too weak to sign tokens with, or None if it is not."""
+    """Why this SECRET_KEY (or METRICS_TOKEN) is too weak, or None if it is not."""
     size = len(key.encode())
     if size < MIN_SECRET_KEY_BYTES:
         return f"is {size} bytes; it must be at least {MIN_SECRET_KEY_BYTES}"
@@ -166,6 +167,12 @@ class Settings(BaseSettings):
     AUTO_MIGRATE: bool | None = None
     # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
     SHUTDOWN_GRACE_SECONDS: int = Field(default=20, ge=1)
+    # A client that holds a connection without finishing its request is closed, so that
+    # idle sockets cannot pile up (backend/http/connections.py). A real client writes its
+    # header section at once, so 10 s is many round trips even on a poor mobile link.
+    HEADER_READ_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
+    # The longest pause between two pieces of a body: Apache's mod_reqtimeout default.
+    BODY_READ_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0, le=300)
 
     BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     HASH_CONCURRENCY: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1)
@@ -216,6 +223,9 @@ class Settings(BaseSettings):
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
     METRICS_ENABLED: bool = False
+    # Set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`; production
+    # with metrics on needs it.
+    METRICS_TOKEN: SecretStr | None = None
     # The built dashboard, served at /admin: unset, the checkout's clients/admin/dist when
     # it has been built (else no /admin); empty, never served.
     ADMIN_DIR: str | None = None
@@ -293,6 +303,19 @@ class Settings(BaseSettings):
             self._secret_key_generated = True
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
+        if self.METRICS_TOKEN is not None:
+            weakness = secret_key_weakness(self.METRICS_TOKEN.get_secret_value())
+            if weakness:
+                raise ValueError(
+                    f"METRICS_TOKEN is too weak: it {weakness}. Generate one with: "
+                    f"{HOW_TO_MAKE_A_KEY}"
+                )
+        elif self.STAGE == "production" and self.METRICS_ENABLED:
+            raise ValueError(
+                "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=production: metrics "
+                "name every route and count failed logins. Generate one with: "
+                f"{HOW_TO_MAKE_A_KEY}"
+            )
         if self.STAGE == "production" and self.BCRYPT_ROUNDS < PRODUCTION_BCRYPT_ROUNDS:
             raise ValueError(
                 f"BCRYPT_ROUNDS must be at least {PRODUCTION_BCRYPT_ROUNDS} when "
@@ -337,6 +360,11 @@ class Settings(BaseSettings):
                 )
             self.FIRST_ADMIN_PASSWORD = password
         return self
+
+    @field_validator("METRICS_TOKEN", mode="before")
+    @classmethod
+    def empty_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("SMTP_HOST", "SMTP_USERNAME", "MAIL_FROM", "PUBLIC_URL")
     @classmethod

@@ -18,6 +18,7 @@ class ProblemCode(StrEnum):
     NOT_FOUND = "not_found"  # no route matches the path
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BODY_TOO_LARGE = "body_too_large"
+    REQUEST_TIMEOUT = "request_timeout"  # 408: the header section or the body stalled
     CORS_REFUSED = "cors_refused"  # a preflight from an origin not in CORS_ORIGINS
     HTTP_ERROR = "http_error"  # any other status the framework answers itself
     # Who calls.
@@ -44,6 +45,7 @@ class ProblemCode(StrEnum):
     CSRF_HEADER_MISSING = "csrf_header_missing"
     ORIGIN_MISSING = "origin_missing"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    METRICS_TOKEN_INVALID = "metrics_token_invalid"  # /metrics: not the METRICS_TOKEN
     # What the server offers.
     REGISTRATION_CLOSED = "registration_closed"
     PASSWORD_RESET_DISABLED = "password_reset_disabled"

@@ -20,6 +20,7 @@ from backend.db.migrate import upgrade_to_head
 from backend.http.admin import install_admin
 from backend.http.docs import install_docs
 from backend.http.middleware import (
+    BodyReadTimeoutMiddleware,
     BodySizeLimitMiddleware,
     HeadAsGetMiddleware,
     LivenessMiddleware,
@@ -190,7 +191,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_docs(app, settings)
     if settings.METRICS_ENABLED:
-        install_metrics_endpoint(app, metrics)
+        token = settings.METRICS_TOKEN
+        install_metrics_endpoint(
+            app, metrics, token=token.get_secret_value() if token is not None else None
+        )
     if settings.admin_dir is not None:
         install_admin(app, settings.admin_dir)
 
@@ -198,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # adds its headers to 413s and 500s too.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    # Outside the size limit, which reads chunked bodies itself.
+    app.add_middleware(BodyReadTimeoutMiddleware, seconds=settings.BODY_READ_TIMEOUT_SECONDS)
     routes = {route.name: route for route in health.router.routes if isinstance(route, APIRoute)}
     app.add_middleware(
         LivenessMiddleware,

@@ -222,6 +222,11 @@ def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
             {"FIRST_ADMIN_EMAIL": "admin@example.com", "FIRST_ADMIN_PASSWORD": "Admin-Pass-1"},
             "FIRST_ADMIN_PASSWORD is the example from the docs",
         ),
+        ({"METRICS_ENABLED": "true"}, "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=pro"),
+        (
+            {"METRICS_ENABLED": "true", "METRICS_TOKEN": ""},
+            "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=production",
+        ),
     ],
 )
 def test_production_refuses_test_strength_hashes_and_the_documented_password(
@@ -232,6 +237,49 @@ def test_production_refuses_test_strength_hashes_and_the_documented_password(
         settings_from(**production, DATABASE_URL="postgresql://u:p@h/db", **overrides)
     # Elsewhere both are what tests and first runs use.
     settings_from(**{**production, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db", **overrides)
+
+
+def test_production_serves_metrics_with_a_token() -> None:
+    token = secrets.token_urlsafe(32)
+    settings = settings_from(
+        STAGE="production",
+        SECRET_KEY=TEST_SECRET_KEY,
+        DATABASE_URL="postgresql://u:p@h/db",
+        METRICS_ENABLED="true",
+        METRICS_TOKEN=token,
+    )
+    assert settings.METRICS_TOKEN is not None
+    assert settings.METRICS_TOKEN.get_secret_value() == token
+    assert token not in repr(settings)
+
+
+@pytest.mark.parametrize("stage", ["test", "production"])
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("prometheus", "is 10 bytes; it must be at least 32"),
+        ("metrics-token-changeme-" + "x7Qk9" * 3, "the placeholder 'changeme'"),
+        ("m" * 40, "0 bits of entropy"),
+    ],
+)
+def test_a_weak_metrics_token_is_refused_in_one_line(stage: str, token: str, reason: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(
+            _env_file=None,
+            STAGE=stage,
+            SECRET_KEY=TEST_SECRET_KEY,
+            METRICS_ENABLED=True,
+            METRICS_TOKEN=token,
+        )
+    message = str(raised.value.code)
+    assert message.startswith("Configuration error: METRICS_TOKEN is too weak: it ")
+    assert reason in message
+    assert len(message.splitlines()) == 1
+    assert token not in message
+
+
+def test_an_empty_metrics_token_is_unset() -> None:
+    assert settings_from(METRICS_TOKEN="").METRICS_TOKEN is None
 
 
 def test_env_file_is_read(tmp_path: os.PathLike[str]) -> None:

@@ -6,6 +6,7 @@ import logging
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from backend.config import Settings
 from backend.http.observability import configure_logging
@@ -115,6 +116,40 @@ async def test_metrics_endpoint(settings: Settings) -> None:
     assert 'db_pool_connections{state="in_use"}' in text
     assert "password_hash_queue_depth 0.0" in text
     assert in_api.status_code == 404
+
+
+METRICS_TOKEN = "Vq3-metrics-scraper-9fKz2LpXw7Rt4Yb8NcJ6"
+
+
+async def test_metrics_token_is_required_when_set(settings: Settings) -> None:
+    app = create_app(
+        settings.model_copy(
+            update={"METRICS_ENABLED": True, "METRICS_TOKEN": SecretStr(METRICS_TOKEN)}
+        )
+    )
+    async with running(app) as client:
+        missing = await client.get("/metrics")
+        other_scheme = await client.get("/metrics", headers={"Authorization": "Basic eDp5"})
+        wrong = await client.get("/metrics", headers=bearer(METRICS_TOKEN[:-1] + "7"))
+        longer = await client.get("/metrics", headers=bearer(METRICS_TOKEN + "x"))
+        right = await client.get("/metrics", headers=bearer(METRICS_TOKEN))
+        lower_case = await client.get(
+            "/metrics", headers={"Authorization": f"bearer {METRICS_TOKEN}"}
+        )
+    for refused, code in [
+        (missing, "not_authenticated"),
+        (other_scheme, "not_authenticated"),
+        (wrong, "metrics_token_invalid"),
+        (longer, "metrics_token_invalid"),
+    ]:
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["code"] == code
+        assert "METRICS_TOKEN" in refused.json()["detail"]
+        assert "http_requests_total" not in refused.text
+    assert right.status_code == lower_case.status_code == 200
+    assert "http_requests_total" in right.text
 
 
 async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:

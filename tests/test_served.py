@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -38,6 +39,8 @@ COMMANDS = {
 class ServerProcess:
     """A server started in an empty folder (no .env), its stdout and stderr in files."""
 
+    commands: ClassVar[dict[str, list[str]]] = COMMANDS
+
     def __init__(self, how: str, workdir: Path, **env: str) -> None:
         self.how = how
         self.port = free_port()
@@ -56,7 +59,7 @@ class ServerProcess:
         }
         with self.stdout.open("wb") as stdout, self.stderr.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [*COMMANDS[how], str(self.port)],
+                [*self.commands[how], str(self.port)],
                 cwd=workdir,
                 env=environment,
                 stdout=stdout,

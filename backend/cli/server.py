@@ -15,6 +15,7 @@ from backend.cli.common import app, exit_with, hasher, user_create, with_db
 from backend.config import Settings, get_settings
 from backend.db.engine import DatabaseStartupError
 from backend.db.migrate import upgrade_to_head
+from backend.http.connections import ReadDeadlineProtocol
 from backend.http.observability import configure_logging
 from backend.main import create_app
 from backend.models import UserRole
@@ -54,6 +55,8 @@ def serve(
             reload=reload,
             # Client addresses come from TRUSTED_PROXIES (backend/http/ratelimit.py) only.
             proxy_headers=False,
+            # httptools, as uvicorn would pick, with deadlines for slow clients' requests.
+            http=ReadDeadlineProtocol,
             # The API has no WebSocket route; uvicorn's default would import the
             # websockets library into every worker anyway (0.7 MB of its memory).
             ws="none",

@@ -7,6 +7,7 @@ import uuid
 from http import HTTPStatus
 
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,6 +95,10 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, send_and_note_start)
+        except ClientDisconnect:
+            # Read while the body was still coming: the client left, or its body paused
+            # too long (BodyReadTimeoutMiddleware answered 408). No one to answer, no bug.
+            return
         except Exception as error:
             if response_started:
                 raise  # too late for an error response: the server must drop the connection
@@ -152,6 +157,72 @@ class ShutdownCutoffMiddleware:
                     self.cut_off,
                 )
                 self.cut_off = 0
+
+
+class BodyReadTimeoutMiddleware:
+    """A body that pauses for longer than the timeout between two pieces gets 408
+    problem+json, and the connection is closed.
+
+    uvicorn waits for a body as long as the client likes. Here, not in the server's
+    protocol (backend/http/connections.py), because only a body the app reads is waited
+    for, and the answer then goes out through the middleware outside: request id,
+    security headers, CORS, the request log. After it the app reads a disconnect and
+    anything it sends is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        body_done = timed_out = response_started = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()  # a wait for the disconnect, however long
+            try:
+                async with asyncio.timeout(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                if not response_started:
+                    await self._refuse(scope, receive, send)
+                return {"type": "http.disconnect"}
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        async def send_unless_timed_out(message: Message) -> None:
+            nonlocal response_started
+            if timed_out:
+                return
+            response_started = True
+            await send(message)
+
+        await self.app(scope, receive_in_time, send_unless_timed_out)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"The request body paused for longer than {self.seconds:g} s.",
+            code=ProblemCode.REQUEST_TIMEOUT,
+            request_id=scope.get("state", {}).get("request_id"),
+            # The rest of the body, should it come, would be parsed as the next request.
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 class BodySizeLimitMiddleware:

@@ -1,11 +1,12 @@
 """Logs (one line per request, JSON outside `local`) and Prometheus metrics."""
 
+import hmac
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
+from backend.errors import ProblemCode, UnauthorizedError
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("backend.access")
@@ -214,11 +216,31 @@ class DatabaseOutage:
         self.metrics.database_down.set(0)
 
 
-def install_metrics_endpoint(app: FastAPI, metrics: Metrics) -> None:
+def install_metrics_endpoint(app: FastAPI, metrics: Metrics, *, token: str | None) -> None:
+    """/metrics; with a token, only for `Authorization: Bearer <token>`."""
+    expected = token.encode() if token is not None else None
+
     # At the root like /health: scrapers and orchestrators look there, not under the API.
     @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if expected is not None:
+            _check_scraper(request.headers.get("authorization"), expected)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_scraper(authorization: str | None, expected: bytes) -> None:
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise UnauthorizedError(
+            "Metrics need `Authorization: Bearer` with the METRICS_TOKEN.",
+            code=ProblemCode.NOT_AUTHENTICATED,
+        )
+    # In constant time: how much of a guess matched must not show in the answer's timing.
+    # Header values arrive decoded as latin-1: encoded back, they are the bytes sent.
+    if not hmac.compare_digest(credentials.strip().encode("latin-1"), expected):
+        raise UnauthorizedError(
+            "The bearer token is not the METRICS_TOKEN.", code=ProblemCode.METRICS_TOKEN_INVALID
+        )
 
 
 class RequestLogMiddleware:
