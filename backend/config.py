@@ -177,6 +177,8 @@ class Settings(BaseSettings):
     BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     HASH_CONCURRENCY: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1)
     HASH_QUEUE_LIMIT: int = Field(default=32, ge=0)
+    # Admit a password hash only if, at the measured hash rate, it finishes within this.
+    LOGIN_MAX_WAIT_SECONDS: float = Field(default=2.0, gt=0)
 
     DB_POOL_SIZE: int = Field(default=10, ge=1)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0)

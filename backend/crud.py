@@ -56,6 +56,14 @@ async def get_user_by_email(db: AsyncSession, *, email: str) -> User | None:
     return result.first()
 
 
+async def count_password_costs(db: AsyncSession) -> dict[int, int]:
+    """How many stored bcrypt hashes there are of each cost (the NN of `$2b$NN$`)."""
+    cost = func.substr(col(User.hashed_password), 5, 2)
+    query = select(cost, func.count()).where(col(User.hashed_password).like("$2%")).group_by(cost)
+    rows = (await db.exec(query)).all()
+    return {int(text): count for text, count in rows if text.isdigit()}
+
+
 # What a list of users shows, read as plain rows: an export page is a thousand users, and
 # building a User object for each cost more than the query (~85 us a row).
 PUBLIC_USER_COLUMNS = tuple(UserPublic.model_fields)

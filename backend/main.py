@@ -71,6 +71,8 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         rounds=settings.BCRYPT_ROUNDS,
         concurrency=settings.HASH_CONCURRENCY,
         queue_limit=settings.HASH_QUEUE_LIMIT,
+        max_wait_seconds=settings.LOGIN_MAX_WAIT_SECONDS,
+        secret=settings.SECRET_KEY,
     )
     metrics.watch(engine, password_hasher)
     database_outage = DatabaseOutage(metrics)
@@ -107,6 +109,7 @@ def _lifespan(
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
             runtime.auth_cache.start()
+            await runtime.password_hasher.calibrate()
             yield
         finally:
             await runtime.close()

@@ -66,6 +66,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--hash-queue-limit", type=int, default=32)
     parser.add_argument(
+        "--login-max-wait-seconds",
+        type=float,
+        default=2.0,
+        help="LOGIN_MAX_WAIT_SECONDS for the app (default 2, the app's); the storm's "
+        "admitted logins are held to it",
+    )
+    parser.add_argument(
         "--db-pool-size", type=int, default=10, help="every server's pool, the peer's too"
     )
     parser.add_argument("--db-max-overflow", type=int, default=10, help="likewise")
@@ -98,6 +105,7 @@ def options_from(args: argparse.Namespace) -> Options:
         bcrypt_rounds=args.bcrypt_rounds,
         hash_concurrency=args.hash_concurrency,
         hash_queue_limit=args.hash_queue_limit,
+        login_max_wait_seconds=args.login_max_wait_seconds,
         db_pool_size=args.db_pool_size,
         db_max_overflow=args.db_max_overflow,
         memory_checkpoints=(1_000, 3_000) if smoke else (10_000, 100_000),
@@ -122,6 +130,7 @@ def run(argv: list[str]) -> int:
         BCRYPT_ROUNDS=options.bcrypt_rounds,
         HASH_CONCURRENCY=options.hash_concurrency,
         HASH_QUEUE_LIMIT=options.hash_queue_limit,
+        LOGIN_MAX_WAIT_SECONDS=options.login_max_wait_seconds,
         DB_POOL_SIZE=options.db_pool_size,
         DB_MAX_OVERFLOW=options.db_max_overflow,
         ACCESS_TOKEN_EXPIRE_MINUTES=ACCESS_TOKEN_MINUTES,

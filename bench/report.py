@@ -21,6 +21,7 @@ from bench.wrk import WrkResult
 TAIL_TARGET = 3.0
 STORM_SHARE_TARGET = 0.40
 STORM_P99_TARGET_MS = 200
+REFUSAL_P99_TARGET_MS = 50
 IDLE_RSS_TARGET_MB = 80
 RSS_GROWTH_TARGET = 0.10
 APP_COLOUR = "#1f77b4"
@@ -102,6 +103,12 @@ def failed(runs: list[WrkResult]) -> int:
     return sum(run.failed for run in runs)
 
 
+def status_p99(runs: list[WrkResult], status: str) -> float | None:
+    """The worst run's p99 of the answers with this status (login.lua), None if none."""
+    timed = [run.by_status[status] for run in runs if status in run.by_status]
+    return max((each.p99_ms for each in timed if each.count), default=None)
+
+
 def refused_share(runs: list[WrkResult]) -> float:
     answered = sum(run.requests for run in runs)
     return sum(run.counters.get("status_503", 0) for run in runs) / answered if answered else 0.0
@@ -176,6 +183,22 @@ def targets(results: Results) -> list[str]:
                 f"< {STORM_P99_TARGET_MS} ms",
                 f"{storm_p99:.1f} ms" if answered else "no read answered",
                 verdict(answered and storm_p99 < STORM_P99_TARGET_MS),
+            ),
+        ]
+        budget_ms = results.options.login_max_wait_seconds * 1000
+        admitted, refused = status_p99(level.logins, "200"), status_p99(level.logins, "503")
+        rows += [
+            (
+                f"admitted logins' p99 during {level.login_connections} login connections "
+                f"<= LOGIN_MAX_WAIT_SECONDS ({budget_ms:.0f} ms)",
+                "none admitted" if admitted is None else f"{admitted:.1f} ms",
+                verdict(admitted is not None and admitted <= budget_ms),
+            ),
+            (
+                f"refused logins' p99 during {level.login_connections} login connections "
+                f"<= {REFUSAL_P99_TARGET_MS} ms",
+                "none refused" if refused is None else f"{refused:.1f} ms",
+                verdict(refused is None or refused <= REFUSAL_P99_TARGET_MS),
             ),
         ]
     idle = megabytes(results.memory.idle_kib)
@@ -294,7 +317,8 @@ def storm_section(results: Results) -> list[str]:
         f"{storm.reads.label} at {options.connections} connections alone, then while a second "
         f"wrk logs in with each of {counts} connections (both wrk on the load core), "
         f"{options.runs} times. HASH_CONCURRENCY={options.hash_concurrency}, "
-        f"HASH_QUEUE_LIMIT={options.hash_queue_limit}.",
+        f"HASH_QUEUE_LIMIT={options.hash_queue_limit}, "
+        f"LOGIN_MAX_WAIT_SECONDS={options.login_max_wait_seconds:g}.",
         "",
         *table(("load", "req/s per run", "req/s", "p50 ms", "p99 ms", "failed"), rows, "lrrrrr"),
         "",
@@ -310,9 +334,22 @@ def storm_section(results: Results) -> list[str]:
             f"- {level.login_connections} login connections: reads kept "
             f"{rps(level.reads) / rps(storm.quiet):.0%} of their quiet throughput; "
             f"{rps(logins):.2f} logins/s, {rps(logins) / bound:.0%} of the bound, "
-            f"{refused_share(logins):.1%} refused with 503."
+            f"{refused_share(logins):.1%} refused with 503; "
+            f"{status_line(logins, '200', 'admitted')}; {status_line(logins, '503', 'refused')}."
         )
     return lines
+
+
+def status_line(runs: list[WrkResult], status: str, what: str) -> str:
+    timed = [run.by_status[status] for run in runs if status in run.by_status]
+    count = sum(each.count for each in timed)
+    if not count:
+        return f"none {what}"
+    worst = max(timed, key=lambda each: each.p99_ms)
+    return (
+        f"{count} {what}: p50 {worst.p50_ms:.1f} ms, p99 {worst.p99_ms:.1f} ms, "
+        f"max {max(each.max_ms for each in timed):.1f} ms (worst run)"
+    )
 
 
 def storm_row(label: str, runs: list[WrkResult]) -> list[object]:

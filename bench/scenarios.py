@@ -91,6 +91,7 @@ class Options:
     bcrypt_rounds: int
     hash_concurrency: int
     hash_queue_limit: int
+    login_max_wait_seconds: float
     db_pool_size: int
     db_max_overflow: int
     memory_checkpoints: tuple[int, ...]
@@ -126,6 +127,7 @@ class Load:
             script="login.lua",
             seconds=seconds,
             connections=connections,
+            threads=connections,  # one connection a thread: login.lua times by status
             args=(str(self.options.users), urllib.parse.quote(USER_PASSWORD, safe="")),
         )
 
@@ -362,4 +364,6 @@ def describe(run: WrkResult) -> str:
         text += f"  failed {run.errors}"
     if run.counters:
         text += f"  {run.counters}"
+    for status, timed in run.by_status.items():
+        text += f"  {status}: {timed.count} p99 {timed.p99_ms:.1f} ms"
     return text

@@ -16,6 +16,16 @@ TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
+class StatusLatency:
+    """The answers of one status in a run (login.lua), timed by the script."""
+
+    count: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
 class WrkResult:
     requests: int
     seconds: float
@@ -23,6 +33,7 @@ class WrkResult:
     p99_ms: float
     errors: dict[str, int]
     counters: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, StatusLatency] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -137,5 +148,14 @@ def parse_output(stdout: str, stderr: str, returncode: int) -> WrkResult:
                 p99_ms=data["p99_us"] / 1000,
                 errors=data["errors"],
                 counters=data["counters"],
+                by_status={
+                    status: StatusLatency(
+                        count=timed["count"],
+                        p50_ms=timed["p50_us"] / 1000,
+                        p99_ms=timed["p99_us"] / 1000,
+                        max_ms=timed["max_us"] / 1000,
+                    )
+                    for status, timed in data.get("latency_by_status", {}).items()
+                },
             )
     raise RuntimeError(f"wrk exited {returncode} without a summary:\n{stdout}\n{stderr}")

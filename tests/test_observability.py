@@ -97,7 +97,14 @@ async def test_logs_never_contain_passwords_or_tokens(
 
 async def test_metrics_endpoint(settings: Settings) -> None:
     app: FastAPI = create_app(
-        settings.model_copy(update={"METRICS_ENABLED": True, "RATE_LIMIT_LOGIN": "1/minute"})
+        settings.model_copy(
+            update={
+                "METRICS_ENABLED": True,
+                "RATE_LIMIT_LOGIN": "1/minute",
+                "HASH_CONCURRENCY": 1,
+                "HASH_QUEUE_LIMIT": 32,
+            }
+        )
     )
     async with running(app) as client:
         form = {"username": ADMIN_EMAIL, "password": "Wrong-Password-1"}
@@ -115,6 +122,11 @@ async def test_metrics_endpoint(settings: Settings) -> None:
     assert 'rate_limit_rejections_total{limit="login"} 1.0' in text
     assert 'db_pool_connections{state="in_use"}' in text
     assert "password_hash_queue_depth 0.0" in text
+    # Measured from the hash timed at start-up and the login's; at cost 4, far under the
+    # 2 s budget, so the cap (HASH_CONCURRENCY 1 + HASH_QUEUE_LIMIT 32) limits admission.
+    assert "password_hash_seconds 0.0\n" not in text
+    assert "password_hash_seconds " in text
+    assert f"password_hash_admission_limit {1 + 32}.0" in text
     assert in_api.status_code == 404
 
 

@@ -146,9 +146,11 @@ async def test_the_raw_fallback_costs_the_same_for_unknown_users() -> None:
     calls: list[str] = []
     original = hasher._verify_one
 
-    def counting(password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+    def counting(
+        password: str, hashed_password: str | None, dummy_cost: int
+    ) -> tuple[bool, str | None]:
         calls.append(password)
-        return original(password, hashed_password)
+        return original(password, hashed_password, dummy_cost)
 
     hasher._verify_one = counting  # type: ignore[method-assign]
     try:

@@ -138,16 +138,20 @@ class GatedHasher(PasswordHasher):
         self.release = threading.Event()
         self.checked_out_while_waiting: int | None = None
 
-    async def verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+    async def verify(
+        self, password: str, hashed_password: str | None, *, account: str = ""
+    ) -> tuple[bool, str | None]:
         self.waiting += 1
         if self.waiting == self.expected:
             self.checked_out_while_waiting = self.pool.checkedout()  # type: ignore[attr-defined]
             self.all_waiting.set()
-        return await super().verify(password, hashed_password)
+        return await super().verify(password, hashed_password, account=account)
 
-    def _verify(self, password: str, hashed_password: str | None) -> tuple[bool, str | None]:
+    def _verify(
+        self, password: str, hashed_password: str | None, dummy_cost: int
+    ) -> tuple[bool, str | None]:
         self.release.wait(timeout=30)
-        return super()._verify(password, hashed_password)
+        return super()._verify(password, hashed_password, dummy_cost)
 
 
 async def test_logins_waiting_for_a_hash_hold_no_connection_and_reads_go_on(

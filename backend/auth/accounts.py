@@ -124,9 +124,15 @@ async def log_in(
     """Tokens for the user whose password this is, or None; unknown emails cost one
     verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
     hasher.admit()
+    if not hasher.knows_costs:  # once per process: the costs an unknown email may take
+        hasher.learn_costs(await crud.count_password_costs(db))
     user = await crud.get_user_by_email(db, email=email)
     matched, new_hash = await _verify(
-        db, hasher, password, user.hashed_password if user else NO_PASSWORD
+        db,
+        hasher,
+        password,
+        user.hashed_password if user else NO_PASSWORD,
+        account=email.lower(),  # the form get_user_by_email looks up
     )
     if user is None or not matched:
         return None
@@ -375,8 +381,14 @@ async def _hash(db: AsyncSession, hasher: PasswordHasher, password: str) -> str:
 
 
 async def _verify(
-    db: AsyncSession, hasher: PasswordHasher, password: str, hashed_password: str
+    db: AsyncSession,
+    hasher: PasswordHasher,
+    password: str,
+    hashed_password: str,
+    *,
+    account: str = "",
 ) -> tuple[bool, str | None]:
     await release_connection(db)
-    # No account, or one invited and without a password yet: the same time, no match.
-    return await hasher.verify(password, hashed_password or None)
+    # No account, or one invited and without a password yet: the time a stored hash
+    # would take (the cost drawn for `account`), no match.
+    return await hasher.verify(password, hashed_password or None, account=account)

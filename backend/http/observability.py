@@ -72,6 +72,12 @@ class HashQueue(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
+    @property
+    def hash_seconds(self) -> float: ...
+
+    @property
+    def admission_limit(self) -> int: ...
+
 
 class Metrics:
     """This app's Prometheus metrics, in a registry of its own."""
@@ -157,6 +163,17 @@ class _StateCollector(Collector):
             "password_hash_queue_depth",
             "Password hashes waiting for a worker thread.",
             value=self.hasher.queue_depth,
+        )
+        yield GaugeMetricFamily(
+            "password_hash_seconds",
+            "Mean wall time of a recent password hash in its thread (0 before the first).",
+            value=self.hasher.hash_seconds,
+        )
+        yield GaugeMetricFamily(
+            "password_hash_admission_limit",
+            "Password hashes admitted at once: what the measured rate finishes within "
+            "LOGIN_MAX_WAIT_SECONDS, at most HASH_CONCURRENCY + HASH_QUEUE_LIMIT.",
+            value=self.hasher.admission_limit,
         )
 
 

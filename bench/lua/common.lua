@@ -30,11 +30,13 @@ function done(summary, latency, requests)
       table.insert(counters, string.format('"%s": %d', name, total))
    end
    local errors = summary.errors
+   -- A script may add fields of its own to the line (login.lua: latency by status).
+   local extra = summary_fields and (", " .. summary_fields(threads)) or ""
    io.write(string.format(
       'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
          .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
-         .. '"counters": {%s}}\n',
+         .. '"counters": {%s}%s}\n',
       summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
       errors.connect, errors.read, errors.write, errors.status, errors.timeout,
-      table.concat(counters, ", ")))
+      table.concat(counters, ", "), extra))
 end
