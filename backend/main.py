@@ -70,7 +70,8 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         concurrency=settings.HASH_CONCURRENCY,
         queue_limit=settings.HASH_QUEUE_LIMIT,
     )
-    metrics.watch(engine, password_hasher)
+    mailer = Mailer(settings)
+    metrics.watch(engine, password_hasher, mailer)
     auth_cache = AuthCache(settings, metrics)
     return Runtime(
         settings=settings,
@@ -82,7 +83,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         ),
         password_hasher=password_hasher,
         rate_limiter=RateLimiter(settings, metrics),
-        mailer=Mailer(settings),
+        mailer=mailer,
         auth_cache=auth_cache,
     )
 
