@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     # All one message may take, connecting included: a dead or slow server costs a
     # background task this long, never a request.
     SMTP_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)
+    # The bytes mail waiting for a sender may hold (and 1,000 mails at most), while the
+    # server is slow or down: past it, new mail is dropped. A waiting mail holds its
+    # recipient, name and link: about 0.5 kB, 1.2 kB with the longest non-ASCII address
+    # and name.
+    MAIL_QUEUE_MAX_BYTES: int = Field(default=1_000_000, ge=16_384)
     MAIL_FROM: str | None = None
     # Where the links in mail point: the front end that shows the forms.
     PUBLIC_URL: str | None = None

@@ -74,7 +74,8 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         max_wait_seconds=settings.LOGIN_MAX_WAIT_SECONDS,
         secret=settings.SECRET_KEY,
     )
-    metrics.watch(engine, password_hasher)
+    mailer = Mailer(settings)
+    metrics.watch(engine, password_hasher, mailer)
     database_outage = DatabaseOutage(metrics)
     database_outage.watch(engine)
     auth_cache = AuthCache(settings, metrics)
@@ -89,7 +90,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         ),
         password_hasher=password_hasher,
         rate_limiter=RateLimiter(settings, metrics),
-        mailer=Mailer(settings),
+        mailer=mailer,
         auth_cache=auth_cache,
     )
 

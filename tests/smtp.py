@@ -55,9 +55,23 @@ class Mailbox:
         return "250 Message accepted for delivery"
 
 
+class Counter(Mailbox):
+    """A mailbox that counts what it receives and keeps none of it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.received = 0
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, db: Session, envelope: Envelope
+    ) -> str:
+        self.received += 1
+        return "250 Message accepted for delivery"
+
+
 @contextmanager
-def smtp_server() -> Iterator[Mailbox]:
-    mailbox = Mailbox(free_port())
+def smtp_server(mailbox: Mailbox | None = None) -> Iterator[Mailbox]:
+    mailbox = mailbox or Mailbox(free_port())
     controller = Controller(mailbox, hostname="127.0.0.1", port=mailbox.port)
     controller.start()
     try:
@@ -67,13 +81,15 @@ def smtp_server() -> Iterator[Mailbox]:
 
 
 @contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never says a word."""
+def silent_server(port: int = 0) -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never says a word;
+    when it closes, the connections it held are reset."""
     with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
         listener.listen(16)
-        port: int = listener.getsockname()[1]
-        yield port
+        bound: int = listener.getsockname()[1]
+        yield bound
 
 
 def mail_settings(port: int, **overrides: Any) -> dict[str, Any]:

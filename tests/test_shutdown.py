@@ -21,6 +21,7 @@ import pytest
 from sqlmodel import SQLModel
 
 from backend.db.engine import create_engine
+from backend.mail import MAIL_SENDERS
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -30,6 +31,7 @@ from tests.helpers import (
     make_settings,
     wait_until_healthy,
 )
+from tests.smtp import mail_settings, silent_server
 
 GRACE_SECONDS = 20
 # The 16 queued hashes take ~5 s, so past this grace most of them are still running.
@@ -42,7 +44,9 @@ BCRYPT_ROUNDS = 12
 
 
 class Server:
-    def __init__(self, workdir: Path, grace_seconds: int, database_url: str) -> None:
+    def __init__(
+        self, workdir: Path, grace_seconds: int, database_url: str, **settings: str
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "server.log"
@@ -59,6 +63,7 @@ class Server:
             "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
             "METRICS_ENABLED": "true",
+            **settings,
         }
         command = [str(Path(sys.executable).parent / "backend"), "serve", "--port", str(self.port)]
         with self.log.open("wb") as log:
@@ -78,8 +83,10 @@ class Server:
             self.process.wait()
 
 
-def start_server(workdir: Path, grace_seconds: int, database_url: str) -> Iterator[Server]:
-    server = Server(workdir, grace_seconds, database_url)  # in a folder with no .env
+def start_server(
+    workdir: Path, grace_seconds: int, database_url: str, **settings: str
+) -> Iterator[Server]:
+    server = Server(workdir, grace_seconds, database_url, **settings)  # in a folder with no .env
     try:
         server.wait_until_healthy()
         yield server
@@ -216,3 +223,53 @@ def test_requests_past_the_grace_period_get_503_problems(impatient_server: Serve
     counted = [line for line in log.splitlines() if "requests cut off" in line]
     assert len(counted) == 1, log
     assert f": {len(cut)} requests cut off, answered 503" in counted[0], log
+
+
+MAILS = 10
+
+
+def test_sigterm_with_mail_hanging_exits_within_the_grace_period(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Mail queued and being sent to a server that never answers, with an SMTP timeout
+    far past the grace period: the process still exits 0 within it, and says what it
+    did not send."""
+    asyncio.run(empty_tables(database_url))
+    with silent_server() as port:
+        mail = {key: str(value) for key, value in mail_settings(port).items()}
+        mail["SMTP_TIMEOUT_SECONDS"] = "60"
+        for server in start_server(tmp_path, SHORT_GRACE_SECONDS, database_url, **mail):
+            for _ in range(MAILS):
+                forgot = httpx.post(
+                    f"{server.base_url}{API}/auth/password/forgot",
+                    json={"email": ADMIN_EMAIL},
+                    timeout=10,
+                )
+                assert forgot.status_code == 202
+            wait_until_mail_waits(server, MAILS - MAIL_SENDERS)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 30 s after SIGTERM:\n{server.output()}")
+            exit_seconds = time.monotonic() - signalled
+            log = server.output()
+    print(f"\nexit code {server.process.returncode} {exit_seconds:.2f} s after SIGTERM")
+    assert server.process.returncode == 0, log
+    # The mail gets the grace period; the rest of the shutdown well under a second.
+    assert exit_seconds < SHORT_GRACE_SECONDS + 3, log
+    assert f"mail cut off at shutdown: {MAILS} mails not sent, 0 look-ups stopped" in log
+    assert "Traceback" not in log, log
+
+
+def wait_until_mail_waits(server: Server, queued: int) -> None:
+    """Until the look-ups are done and their mail waits: `queued` in the queue, the rest
+    being sent."""
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+        if f"mail_queue_depth {float(queued)}" in metrics.splitlines():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the mail did not queue:\n{server.output()}")

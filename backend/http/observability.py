@@ -14,7 +14,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
@@ -79,6 +79,19 @@ class HashQueue(Protocol):
     def admission_limit(self) -> int: ...
 
 
+class MailQueue(Protocol):
+    """What the metrics read of the mailer (backend/mail.py)."""
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+
 class Metrics:
     """This app's Prometheus metrics, in a registry of its own."""
 
@@ -140,16 +153,17 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, engine: AsyncEngine, hasher: HashQueue) -> None:
-        self.registry.register(_StateCollector(engine, hasher))
+    def watch(self, engine: AsyncEngine, hasher: HashQueue, mailer: MailQueue) -> None:
+        self.registry.register(_StateCollector(engine, hasher, mailer))
 
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time: the connection pool and the password-hash queue."""
+    """Read at scrape time: the connection pool, the password-hash queue, the mail queue."""
 
-    def __init__(self, engine: AsyncEngine, hasher: HashQueue) -> None:
+    def __init__(self, engine: AsyncEngine, hasher: HashQueue, mailer: MailQueue) -> None:
         self.engine = engine
         self.hasher = hasher
+        self.mailer = mailer
 
     def collect(self) -> Iterator[Metric]:
         pool: Any = self.engine.pool
@@ -174,6 +188,21 @@ class _StateCollector(Collector):
             "Password hashes admitted at once: what the measured rate finishes within "
             "LOGIN_MAX_WAIT_SECONDS, at most HASH_CONCURRENCY + HASH_QUEUE_LIMIT.",
             value=self.hasher.admission_limit,
+        )
+        yield GaugeMetricFamily(
+            "mail_queue_depth",
+            "Mails waiting for a sender (not those being sent).",
+            value=self.mailer.queued,
+        )
+        yield GaugeMetricFamily(
+            "mail_queue_bytes",
+            "Bytes the mails waiting for a sender hold (MAIL_QUEUE_MAX_BYTES at most).",
+            value=self.mailer.queued_bytes,
+        )
+        yield CounterMetricFamily(
+            "mail_dropped",
+            "Mails dropped, not sent, because the mail queue was full.",
+            value=self.mailer.dropped,
         )
 
 

@@ -83,7 +83,6 @@ async def register(
     if registered.verify_link is not None:
         links.send_link(
             runtime.mailer,
-            settings,
             purpose=LinkPurpose.VERIFY,
             user=registered.user,
             link=registered.verify_link,

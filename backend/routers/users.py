@@ -161,7 +161,7 @@ async def invite_user(
     settings = runtime.settings
     _check_invitations(settings)
     user, link = await accounts.invite_user(db, data=body, settings=settings, actor_id=admin.id)
-    links.send_link(runtime.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    links.send_link(runtime.mailer, purpose=LinkPurpose.INVITE, user=user, link=link)
     response.headers["ETag"] = etag(user.version)
     response.headers["Location"] = str(request.url_for("users-get", user_id=user.id))
     return user
@@ -182,7 +182,7 @@ async def reinvite_user(
     settings = runtime.settings
     _check_invitations(settings)
     link = await accounts.reinvite_user(db, user=user, settings=settings, actor_id=admin.id)
-    links.send_link(runtime.mailer, settings, purpose=LinkPurpose.INVITE, user=user, link=link)
+    links.send_link(runtime.mailer, purpose=LinkPurpose.INVITE, user=user, link=link)
     return Accepted(detail="A new invitation link is on its way; the previous one no longer works.")
 
 
