@@ -266,12 +266,13 @@ class Mailer:
     def _working(self) -> set[asyncio.Task[None]]:
         return {task for task in self._background | self._senders if not task.done()}
 
-    async def close(self) -> None:
-        # The sends in flight get their whole SMTP timeout and the queue behind them that
-        # long too, but never past the shutdown grace period: a server that hangs must
-        # not keep the process from exiting.
-        settings = self.settings
-        await self.drain(min(settings.SMTP_TIMEOUT_SECONDS + 1, settings.SHUTDOWN_GRACE_SECONDS))
+    async def close(self, *, within: float) -> None:
+        """Drain for at most `within` seconds (what is left of the shutdown grace period).
+
+        The sends in flight get their whole SMTP timeout and the queue behind them that
+        long too, but never past the grace period: a server that hangs must not keep the
+        process from exiting."""
+        await self.drain(min(self.settings.SMTP_TIMEOUT_SECONDS + 1, within))
 
     @staticmethod
     async def _logged(work: Coroutine[Any, Any, None], what: str) -> None:

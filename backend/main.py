@@ -2,10 +2,14 @@
 
 import gc
 import logging
+import signal
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from types import FrameType
+from typing import Any, Self
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -102,7 +106,9 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = start_runtime(settings, metrics)
         app.state.runtime = runtime
+        stop_signal = StopSignal()
         try:
+            stop_signal.listen()
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
@@ -113,9 +119,59 @@ def _lifespan(
             await runtime.password_hasher.calibrate()
             yield
         finally:
-            await runtime.close()
+            stop_signal.close()
+            # What is left (mail) shares the grace period with the requests that were in
+            # flight at the signal, rather than getting one of its own after theirs.
+            await runtime.close(
+                within=max(0.0, settings.SHUTDOWN_GRACE_SECONDS - stop_signal.elapsed)
+            )
 
     return lifespan
+
+
+class StopSignal:
+    """When the server was told to stop (SIGTERM or SIGINT).
+
+    uvicorn handles both with signal.signal, installs its handlers before the lifespan
+    starts and restores the previous ones after it ends; these note the time and pass the
+    signal on to uvicorn's. Outside the main thread (an app driven by a test client) no
+    signal reaches the app, and nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # monotonic
+        self._replaced: dict[int, Callable[[int, FrameType | None], Any]] = {}
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.at is None else time.monotonic() - self.at
+
+    def listen(self) -> Self:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for number in self.SIGNALS:
+            handler = signal.getsignal(number)
+            if callable(handler):
+                self._replaced[number] = handler
+                signal.signal(number, self._noting(handler))
+        return self
+
+    def close(self) -> None:
+        for number, handler in self._replaced.items():
+            signal.signal(number, handler)
+        self._replaced.clear()
+
+    def _noting(
+        self, handler: Callable[[int, FrameType | None], Any]
+    ) -> Callable[[int, FrameType | None], Any]:
+        def noting(number: int, frame: FrameType | None) -> Any:
+            if self.at is None:
+                self.at = time.monotonic()
+            return handler(number, frame)
+
+        return noting
 
 
 class OneLineStartupFailure:

@@ -36,9 +36,10 @@ class Runtime:
     mailer: Mailer
     auth_cache: AuthCache
 
-    async def close(self) -> None:
+    async def close(self, *, within: float) -> None:
+        """Stop, giving the work left (mail) at most `within` seconds."""
         # Mail first: work handed over may still need the database.
-        await self.mailer.close()
+        await self.mailer.close(within=within)
         await self.auth_cache.close()
         self.password_hasher.close()
         await self.engine.dispose()

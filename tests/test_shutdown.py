@@ -58,6 +58,9 @@ class Server:
             "BCRYPT_ROUNDS": str(BCRYPT_ROUNDS),
             "HASH_CONCURRENCY": "1",
             "HASH_QUEUE_LIMIT": str(REQUESTS * 2),
+            # Every login admitted, however long its hash waits: these tests are about
+            # requests in flight at SIGTERM, not about refusing them before.
+            "LOGIN_MAX_WAIT_SECONDS": "60",
             "RATE_LIMIT_ENABLED": "false",
             "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
             "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
@@ -261,6 +264,37 @@ def test_sigterm_with_mail_hanging_exits_within_the_grace_period(
     assert exit_seconds < SHORT_GRACE_SECONDS + 3, log
     assert f"mail cut off at shutdown: {MAILS} mails not sent, 0 look-ups stopped" in log
     assert "Traceback" not in log, log
+
+
+MIDDLE_GRACE_SECONDS = 3
+
+
+def test_requests_and_mail_share_one_grace_period(tmp_path: Path, database_url: str) -> None:
+    """Slow logins in flight past the grace period and mail hanging: the mail gets what is
+    left of the grace period once the requests are cut off, not a grace period of its own
+    after theirs, so the process exits within about one."""
+    asyncio.run(empty_tables(database_url))
+    with silent_server() as port:
+        mail = {key: str(value) for key, value in mail_settings(port).items()}
+        mail["SMTP_TIMEOUT_SECONDS"] = "60"
+        for server in start_server(tmp_path, MIDDLE_GRACE_SECONDS, database_url, **mail):
+            for _ in range(MAILS):
+                forgot = httpx.post(
+                    f"{server.base_url}{API}/auth/password/forgot",
+                    json={"email": ADMIN_EMAIL},
+                    timeout=10,
+                )
+                assert forgot.status_code == 202
+            wait_until_mail_waits(server, MAILS - MAIL_SENDERS)
+            outcomes, _, exit_seconds = logins_cut_by_sigterm(server)
+            log = server.output()
+    statuses = [status_of(outcome) for outcome in outcomes]
+    print(f"\noutcomes {statuses}; exit {exit_seconds:.2f} s after SIGTERM")
+    assert server.process.returncode == 0, log
+    assert 503 in statuses, log  # the logins did outlast the grace period
+    # One grace period and the rest of the shutdown; two would be over 6 s.
+    assert exit_seconds < MIDDLE_GRACE_SECONDS + 2, log
+    assert f"mail cut off at shutdown: {MAILS} mails not sent, 0 look-ups stopped" in log
 
 
 def wait_until_mail_waits(server: Server, queued: int) -> None:
