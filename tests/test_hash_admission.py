@@ -30,6 +30,19 @@ def test_admission_holds_what_the_measured_rate_finishes_within_the_budget() -> 
     assert admission.limit == 5
 
 
+def test_a_hash_running_longer_than_the_mean_lowers_the_limit_at_once() -> None:
+    """The mean lags: when reads take the CPU, the hash running now says more."""
+    admission = Admission(concurrency=1, cap=33, max_wait_seconds=2)
+    admission.record(0.2)
+    admission.running[1] = time.perf_counter() - 0.1  # running, not yet past the mean
+    assert admission.limit == 10
+    admission.running[1] = time.perf_counter() - 0.8  # four times the mean, still running
+    assert admission.limit == 2
+    assert admission.retry_after(2) == 2
+    del admission.running[1]
+    assert admission.limit == 10
+
+
 def test_admission_never_below_concurrency_nor_above_the_cap() -> None:
     slow = Admission(concurrency=2, cap=34, max_wait_seconds=2)
     slow.record(10.0)  # a machine slower than the budget still serves one per thread
