@@ -1,7 +1,9 @@
 """Settings from the environment and `.env`, validated once at start-up."""
 
+import hashlib
 import math
 import os
+import re
 import secrets
 import sys
 from collections import Counter
@@ -25,18 +27,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.rules import (
     DEFAULT_PASSWORD_MIN_LENGTH,
+    EXAMPLE_PASSWORDS,
     PASSWORD_MIN_LENGTH_FLOOR,
     AccountRules,
+    common_passwords,
     normalise_email,
     normalise_password,
+    password_email_problem,
     password_problem,
 )
 
 MIN_SECRET_KEY_BYTES = 32
 PRODUCTION_BCRYPT_ROUNDS = 12
-# The first admin's passwords the README, the docs and .env.example show: anyone who read
-# them knows them.
-DOCUMENTED_ADMIN_PASSWORDS = frozenset({"Admin-Pass-1", "Change-Me-Now-1"})
 # The records one request may ask for is the MAX_PER_PAGE setting: its default is what
 # react-admin's stock Export button asks for at once, and its ceiling keeps one answer
 # to a few megabytes.
@@ -84,6 +86,41 @@ MIN_SECRET_KEY_ENTROPY_BITS = 128
 #   code point order ("abcd...", "1234...", "aabb..."), which frequencies cannot see. In
 #   a random url-safe key about 5% of neighbours are, in a hex key about 18%.
 MAX_SECRET_KEY_STEP_SHARE = 0.5
+# Two shapes the frequencies misjudge:
+# - hex (one case): 16 symbols, so at most 4 bits a character, which a sample of 32
+#   characters' frequencies underrates (secrets.token_hex(16) scores about 115 bits).
+#   A hex key is credited 4 bits a character when its frequencies give at least 2.5 bits
+#   a character: in 200,000 token_hex(16) the lowest was 2.82, "deadbeef" repeated is 2.16.
+#   A hex key of a digest's length is also refused when it is the hex digest of a common
+#   password or secret (sha256("secret") scores 242 bits, and is the second guess);
+HEX_KEY = re.compile(r"[0-9a-f]+|[0-9A-F]+")
+HEX_BITS_PER_CHARACTER = 4
+MIN_HEX_FREQUENCY_BITS = 2.5
+HEX_DIGESTS = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
+# Secrets seen in templates and tutorials, whose digests are refused with the common
+# passwords' (the placeholders above are, too).
+COMMON_SECRETS = (
+    "secret",
+    "secretkey",
+    "secret_key",
+    "secret-key",
+    "mysecret",
+    "supersecret",
+    "jwt_secret",
+    "jwtsecret",
+    "your-secret-key",
+    "your_secret_key",
+    "admin",
+    "test",
+)
+# - words in letters alone ("correct horse battery staple ..."): frequencies see
+#   English's letters, not the words; each is credited what a word drawn at random from
+#   a 7,776-word diceware list is worth, log2(7776) ~ 12.9 bits.
+# Each word after the first starts at a separator or a capital, so the pattern cannot
+# split a word two ways (nested `+` would backtrack exponentially on a near-miss).
+PASSPHRASE_KEY = re.compile(r"[A-Z]?[a-z]+(?:[ ._-]?[A-Z][a-z]+|[ ._-][a-z]+)*")
+PASSPHRASE_WORD = re.compile(r"[A-Z]?[a-z]+")
+BITS_PER_PASSPHRASE_WORD = math.log2(7776)
 
 
 def secret_key_weakness(key: str) -> str | None:
@@ -97,6 +134,11 @@ def secret_key_weakness(key: str) -> str | None:
             return f"contains the placeholder {placeholder!r}"
     counts = Counter(key).values()
     bits = sum(count * math.log2(len(key) / count) for count in counts)
+    if HEX_KEY.fullmatch(key):
+        if len(key) in HEX_DIGESTS and _is_digest_of_common_secret(key):
+            return f"is the {HEX_DIGESTS[len(key)]} hex digest of a common password or secret"
+        if bits >= MIN_HEX_FREQUENCY_BITS * len(key):
+            bits = HEX_BITS_PER_CHARACTER * len(key)
     if bits < MIN_SECRET_KEY_ENTROPY_BITS:
         return (
             f"has about {bits:.0f} bits of entropy (repeated or few distinct characters); "
@@ -105,7 +147,29 @@ def secret_key_weakness(key: str) -> str | None:
     steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in pairwise(key))
     if steps > MAX_SECRET_KEY_STEP_SHARE * (len(key) - 1):
         return "is mostly runs of repeated or consecutive characters"
+    if PASSPHRASE_KEY.fullmatch(key):
+        words = len(PASSPHRASE_WORD.findall(key))
+        bits = words * BITS_PER_PASSPHRASE_WORD
+        if bits < MIN_SECRET_KEY_ENTROPY_BITS:
+            return (
+                f"is words ({words}), about {bits:.0f} bits if drawn at random; it needs "
+                f"{MIN_SECRET_KEY_ENTROPY_BITS}"
+            )
     return None
+
+
+def _is_digest_of_common_secret(key: str) -> bool:
+    """Hashes each candidate once, only for a hex key of a digest's length, at start-up:
+    about 0.2 s for the 111,711 common passwords (sha512: 0.3 s)."""
+    algorithm = HEX_DIGESTS[len(key)]
+    key = key.lower()
+    secrets_ = [*EXAMPLE_PASSWORDS, *SECRET_KEY_PLACEHOLDERS, *COMMON_SECRETS]
+    # `echo secret | sha256sum` hashes the line with its newline.
+    texts = [text + end for text in secrets_ for end in ("", "\n")]
+    return any(
+        hashlib.new(algorithm, text.encode()).hexdigest() == key
+        for text in (*texts, *common_passwords())
+    )
 
 
 class Settings(BaseSettings):
@@ -359,12 +423,10 @@ class Settings(BaseSettings):
         if self.FIRST_ADMIN_PASSWORD is not None:
             password = normalise_password(self.FIRST_ADMIN_PASSWORD)
             problem = password_problem(password, min_length=self.PASSWORD_MIN_LENGTH)
+            if problem is None and self.FIRST_ADMIN_EMAIL is not None:
+                problem = password_email_problem(password, self.FIRST_ADMIN_EMAIL)
             if problem:
                 raise ValueError(f"FIRST_ADMIN_PASSWORD: {problem.message}")
-            if self.STAGE == "production" and password in DOCUMENTED_ADMIN_PASSWORDS:
-                raise ValueError(
-                    "FIRST_ADMIN_PASSWORD is the example from the docs: choose your own"
-                )
             self.FIRST_ADMIN_PASSWORD = password
         return self
 

@@ -101,6 +101,19 @@ class ConflictError(DomainError):
     status_code = HTTPStatus.CONFLICT
 
 
+class FieldInvalidError(DomainError):
+    """A field its request's own validation cannot judge: it needs the account it is for
+    (a password against the stored email). Answered as a 422 like any other field's."""
+
+    status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+
+    def __init__(self, field: str, message: str, *, field_code: str) -> None:
+        super().__init__(f"Invalid input: {field}.", code=ProblemCode.VALIDATION_FAILED)
+        self.field = field
+        self.message = message
+        self.field_code = field_code
+
+
 class UserGoneError(NotFoundError):
     def __init__(self) -> None:
         super().__init__("The user was deleted meanwhile.", code=ProblemCode.USER_NOT_FOUND)

@@ -6,6 +6,7 @@ guessed. Passwords are compared and hashed in their NFKC form, so that one typed
 another keyboard or operating system (NFC or NFD, fullwidth or not) is the same password.
 """
 
+import gzip
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -14,6 +15,8 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
+
+from backend.confusables import is_default_ignorable
 
 PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer passwords are refused, never truncated
 # NIST's floor for a memorised secret the user chose; the default is ASVS's 12.
@@ -34,6 +37,27 @@ BIDI_CONTROLS = frozenset(
 
 def normalise_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
+
+
+# The passwords this project's README, docs, .env.example and bench show as examples:
+# anyone who read them knows them (tests/test_docs_drift.py finds every one there).
+EXAMPLE_PASSWORDS = frozenset(
+    {"Admin-Pass-1", "Change-Me-Now-1", "Analytical-Engine-1843", "Bench-Password-1"}
+)
+# A common password with a guessable tail ("Summer2024!!", "Welcome12345") is refused
+# too: a tail of up to this many digits and symbols, or a longer one that is a run of
+# consecutive or repeated digits ("1234567") with up to MAX_TAIL_SYMBOLS symbols after.
+# Longer tails are left to the other rules: "TestPassword123" stays accepted, since its
+# base "testpassword" is on no list.
+MAX_GUESSABLE_TAIL = 6
+MAX_TAIL_SYMBOLS = 3
+# The base before a tail must be this long: a shorter one ("abc") is no word to refuse.
+MIN_BASE_LENGTH = 4
+# A password built from the email's local part: a local part this long (casefolded, its
+# punctuation dropped) that makes up at least this share of the password's letters and
+# digits ("alice.smith@x" and "AliceSmith2024").
+MIN_LOCAL_PART_LENGTH = 4
+MIN_LOCAL_PART_SHARE = 0.5
 
 
 class PasswordProblem(NamedTuple):
@@ -61,10 +85,6 @@ def password_problem(password: str, *, min_length: int) -> PasswordProblem | Non
             "password_too_long", f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8"
         )
     folded = password.casefold()
-    if folded in _common_passwords():
-        return PasswordProblem(
-            "password_too_common", "is too common: it appears in lists of breached passwords"
-        )
     if _is_sequence(folded) or _is_repeated_block(folded):
         return PasswordProblem(
             "password_too_simple",
@@ -75,7 +95,68 @@ def password_problem(password: str, *, min_length: int) -> PasswordProblem | Non
             "password_too_simple",
             f"is too simple: it needs at least {MIN_DISTINCT_CHARACTERS} different characters",
         )
+    visible = _visible(password).casefold()
+    if visible in _example_passwords():
+        return PasswordProblem(
+            "password_too_common", "is an example from this project's documentation"
+        )
+    if _is_common(visible):
+        return PasswordProblem(
+            "password_too_common",
+            "is too common: it appears in lists of breached passwords, alone or with a few "
+            "digits or symbols after it",
+        )
     return None
+
+
+def password_email_problem(password: str, email: str) -> PasswordProblem | None:
+    """Why this password is refused for the account with this email, or None: a password
+    made mostly of the email's local part is the first guess of whoever knows the email."""
+    local = _alphanumerics(email.rpartition("@")[0])
+    if len(local) < MIN_LOCAL_PART_LENGTH:
+        return None
+    letters = _alphanumerics(_visible(password))
+    if letters.count(local) * len(local) >= MIN_LOCAL_PART_SHARE * len(letters) > 0:
+        return PasswordProblem(
+            "password_like_email", "must not be made of the email address's name part"
+        )
+    return None
+
+
+def _alphanumerics(text: str) -> str:
+    return "".join(char for char in text.casefold() if char.isalnum())
+
+
+def _visible(password: str) -> str:
+    """The password as it looks, for the checks only (it is hashed as it was typed):
+    without format characters (Cf: zero-width space, soft hyphen, ...) and other default
+    ignorables, nor surrounding whitespace, which add nothing a reader of it sees."""
+    return "".join(
+        char
+        for char in password
+        if unicodedata.category(char) != "Cf" and not is_default_ignorable(char)
+    ).strip()
+
+
+def _is_common(folded: str) -> bool:
+    if folded in common_passwords():
+        return True
+    tail_length = len(folded) - len(folded.rstrip(_TAIL_CHARACTERS))
+    base, tail = folded[: len(folded) - tail_length], folded[len(folded) - tail_length :]
+    if not tail or len(base) < MIN_BASE_LENGTH:
+        return False
+    if base not in common_passwords() and base not in _example_passwords():
+        return False
+    digits = tail.rstrip(_SYMBOLS)
+    return len(tail) <= MAX_GUESSABLE_TAIL or (
+        len(tail) - len(digits) <= MAX_TAIL_SYMBOLS
+        and digits.isdigit()
+        and (_is_sequence(digits) or _is_repeated_block(digits))
+    )
+
+
+_SYMBOLS = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ "
+_TAIL_CHARACTERS = "0123456789" + _SYMBOLS
 
 
 def _is_sequence(password: str) -> bool:
@@ -101,10 +182,17 @@ def _is_repeated_block(password: str) -> bool:
 
 
 @cache
-def _common_passwords() -> frozenset[str]:
-    text = files("backend").joinpath("data/common-passwords.txt").read_text(encoding="utf-8")
-    _header, _, body = text.partition("\n\n")
+def common_passwords() -> frozenset[str]:
+    """The common passwords, lower-cased, read once, when first needed: 111,711 of them,
+    360 kB gzipped in the package; reading takes about 0.1 s, the set about 11 MB."""
+    packed = files("backend").joinpath("data/common-passwords.txt.gz").read_bytes()
+    _header, _, body = gzip.decompress(packed).decode().partition("\n\n")
     return frozenset(body.splitlines())
+
+
+@cache
+def _example_passwords() -> frozenset[str]:
+    return frozenset(password.casefold() for password in EXAMPLE_PASSWORDS)
 
 
 @dataclass(frozen=True)

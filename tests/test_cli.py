@@ -74,6 +74,14 @@ def test_create_admin_rejects_a_weak_password(sqlite_env: Path) -> None:
     assert "password: must be at least 12 characters long" in result.output
 
 
+def test_create_admin_rejects_a_password_like_the_email(sqlite_env: Path) -> None:
+    args = ["create-admin", "--email", "zebedee.quill@example.com", "--password", "ZebedeeQuill-24"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "password: must not be made of the email address's name part" in result.output
+    assert sqlite3.connect(sqlite_env).execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
 def test_serve_refuses_several_workers_on_sqlite(sqlite_env: Path) -> None:
     result = runner.invoke(app, ["serve", "--workers", "2"])
     assert result.exit_code == 2

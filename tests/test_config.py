@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import os
 import secrets
 import subprocess
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from backend import config
 from backend.config import Settings, load_settings, secret_key_weakness
 from backend.db.engine import async_url
 from tests.helpers import REPO_ROOT, TEST_SECRET_KEY
@@ -53,6 +55,15 @@ def test_production_without_secret_key_exits_with_one_line() -> None:
         ("abcdefghijklmnopqrstuvwxyzABCDEF", "runs of repeated or consecutive"),
         ("0123456789:;<=>?@ABCDEFGHIJKLMNO", "runs of repeated or consecutive"),
         ("aabbccddeeffgghhiijjkkllmmnnooppqqrrssttuuvvwwxxyyzz", "runs of repeated"),
+        (hashlib.sha256(b"secret").hexdigest(), "the sha256 hex digest of a common"),
+        (hashlib.sha256(b"secret\n").hexdigest().upper(), "the sha256 hex digest"),
+        (hashlib.md5(b"changeme").hexdigest(), "the md5 hex digest"),  # noqa: S324
+        (hashlib.sha1(b"sunshine").hexdigest(), "the sha1 hex digest"),  # noqa: S324
+        (hashlib.sha512(b"iloveyou").hexdigest(), "the sha512 hex digest"),
+        (hashlib.sha256(b"Admin-Pass-1").hexdigest(), "the sha256 hex digest"),
+        ("deadbeef" * 4, "bits of entropy"),
+        ("correct horse battery staple plus four more", "is words (7), about 90 bits"),
+        ("CorrectHorseBatteryStapleIsNotRandomEnough", "is words (8), about 103 bits"),
     ],
 )
 def test_a_weak_secret_key_is_refused_in_every_stage(stage: str, key: str, reason: str) -> None:
@@ -71,13 +82,32 @@ def test_a_weak_secret_key_is_refused_in_every_stage(stage: str, key: str, reaso
     [
         lambda: secrets.token_urlsafe(32),
         lambda: secrets.token_urlsafe(48),
+        lambda: secrets.token_hex(16),
         lambda: secrets.token_hex(32),
         lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
     ],
-    ids=["token_urlsafe(32)", "token_urlsafe(48)", "token_hex(32)", "openssl rand -base64 32"],
+    ids=[
+        "token_urlsafe(32)",
+        "token_urlsafe(48)",
+        "token_hex(16)",
+        "token_hex(32)",
+        "openssl rand -base64 32",
+    ],
 )
-def test_random_keys_of_256_bits_pass(make_key: Callable[[], str]) -> None:
+def test_random_keys_of_128_bits_or_more_pass(
+    make_key: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each hex key of a digest's length is hashed against 111,711 candidates (0.2 s):
+    # that part runs below for a few keys, the estimates here for a thousand.
+    monkeypatch.setattr(config, "HEX_DIGESTS", {})
     for _ in range(1000):
+        key = make_key()
+        assert secret_key_weakness(key) is None, key
+
+
+@pytest.mark.parametrize("make_key", [secrets.token_hex, lambda: secrets.token_hex(16)])
+def test_random_hex_keys_are_no_common_digest(make_key: Callable[[], str]) -> None:
+    for _ in range(3):
         key = make_key()
         assert secret_key_weakness(key) is None, key
 
@@ -214,29 +244,46 @@ def test_auto_migrate_defaults_off_for_postgresql_outside_local() -> None:
     assert settings.AUTO_MIGRATE is False
 
 
+def test_production_refuses_test_strength_hashes() -> None:
+    production = {"STAGE": "production", "SECRET_KEY": TEST_SECRET_KEY, "BCRYPT_ROUNDS": "10"}
+    message = "BCRYPT_ROUNDS must be at least 12 when STAGE=production"
+    with pytest.raises(ValidationError, match=message):
+        settings_from(**production, DATABASE_URL="postgresql://u:p@h/db")
+    # Elsewhere it is what tests use.
+    settings_from(**{**production, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db")
+
+
+@pytest.mark.parametrize("stage", ["local", "test", "staging", "production"])
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("email", "password", "message"),
     [
-        ({"BCRYPT_ROUNDS": "10"}, "BCRYPT_ROUNDS must be at least 12 when STAGE=production"),
-        (
-            {"FIRST_ADMIN_EMAIL": "admin@example.com", "FIRST_ADMIN_PASSWORD": "Admin-Pass-1"},
-            "FIRST_ADMIN_PASSWORD is the example from the docs",
-        ),
-        ({"METRICS_ENABLED": "true"}, "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=pro"),
-        (
-            {"METRICS_ENABLED": "true", "METRICS_TOKEN": ""},
-            "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=production",
-        ),
+        ("admin@example.com", "Admin-Pass-1", "an example from this project's documentation"),
+        ("admin@example.com", "Change-Me-Now-1", "an example from this project's documentation"),
+        ("zebedee.quill@example.com", "ZebedeeQuill2024", "must not be made of the email"),
     ],
 )
-def test_production_refuses_test_strength_hashes_and_the_documented_password(
-    overrides: dict[str, str], message: str
+def test_the_first_admin_password_is_not_an_example_nor_the_email(
+    stage: str, email: str, password: str, message: str
 ) -> None:
-    production = {"STAGE": "production", "SECRET_KEY": TEST_SECRET_KEY}
+    with pytest.raises(ValidationError, match=f"FIRST_ADMIN_PASSWORD: .*{message}"):
+        settings_from(
+            STAGE=stage,
+            SECRET_KEY=TEST_SECRET_KEY,
+            DATABASE_URL="sqlite:///x.db",
+            FIRST_ADMIN_EMAIL=email,
+            FIRST_ADMIN_PASSWORD=password,
+        )
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_production_refuses_metrics_without_a_token(token: str | None) -> None:
+    metrics = {"METRICS_ENABLED": "true"} | ({} if token is None else {"METRICS_TOKEN": token})
+    production = {"STAGE": "production", "SECRET_KEY": TEST_SECRET_KEY, **metrics}
+    message = "METRICS_ENABLED=true needs METRICS_TOKEN when STAGE=production"
     with pytest.raises(ValidationError, match=message):
-        settings_from(**production, DATABASE_URL="postgresql://u:p@h/db", **overrides)
-    # Elsewhere both are what tests and first runs use.
-    settings_from(**{**production, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db", **overrides)
+        settings_from(**production, DATABASE_URL="postgresql://u:p@h/db")
+    # Elsewhere metrics may be open: a local Prometheus, the tests.
+    settings_from(**{**production, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db")
 
 
 def test_production_serves_metrics_with_a_token() -> None:

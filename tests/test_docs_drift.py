@@ -1,7 +1,8 @@
 """The README and docs/ cannot drift from the code: every relative link and anchor
 resolves, every setting is on the settings page with its default, every route of the
-OpenAPI document is in the API reference, every module of the design map exists, and
-the README's curl tour and the CSV export of docs/scripting.md run against a served app.
+OpenAPI document is in the API reference, every module of the design map exists, every
+password the docs show as an example is refused, and the README's curl tour and the CSV
+export of docs/scripting.md run against a served app.
 
 No database half: plain functions, and one `backend serve` process on a SQLite file for
 the two runnable examples.
@@ -25,6 +26,7 @@ from pydantic.fields import FieldInfo
 from backend.config import Settings
 from backend.errors import ProblemCode
 from backend.main import create_app
+from backend.rules import PASSWORD_MIN_LENGTH_FLOOR, password_problem
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -331,6 +333,49 @@ CODE_ROW = re.compile(r"^\| `([a-z_]+)` \| ([0-9]{3}|any) \|", re.MULTILINE)
 def test_every_problem_code_has_a_row_in_the_api_reference() -> None:
     documented = CODE_ROW.findall((DOCS / "api.md").read_text())
     assert [code for code, _ in documented] == [code.value for code in ProblemCode]
+
+
+# --- example passwords ---------------------------------------------------------------
+
+# Where a password appears as an example: an account's password in an environment
+# variable or a Python constant, a JSON or form field, a keyword argument, a client call.
+_VALUE = r"[\w!#%*+,.@~^-]+(?=[\s\"'|)&`]|$)"  # a literal: not `$VAR`, nor code
+EXAMPLE_PASSWORD = re.compile(
+    rf"(?:ADMIN_|USER_)PASSWORD\s*[=:]\s*[\"']?(?P<env>{_VALUE})"
+    rf"|\"password\":\s*\"(?P<json>{_VALUE})"
+    rf"|\bpassword=[\"']?(?P<form>{_VALUE})"
+    rf"|login\(\"[^\"]*\",\s*\"(?P<call>{_VALUE})",
+    re.MULTILINE,
+)
+EXAMPLE_SOURCES = [
+    *PAGES,
+    REPO_ROOT / ".env.example",
+    REPO_ROOT / "compose.yml",
+    *(REPO_ROOT / "bench").rglob("*.py"),
+    *(REPO_ROOT / "bench").rglob("*.lua"),
+]
+
+
+def documented_passwords() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in EXAMPLE_SOURCES:
+        for match in EXAMPLE_PASSWORD.finditer(path.read_text()):
+            password = next(group for group in match.groups() if group is not None)
+            found.setdefault(password, str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def test_every_example_password_is_refused() -> None:
+    """Anyone who read the docs knows their passwords: each one they show is refused
+    by the password policy, whatever PASSWORD_MIN_LENGTH is."""
+    found = documented_passwords()
+    assert {"Admin-Pass-1", "Change-Me-Now-1", "Bench-Password-1"} <= set(found)
+    accepted = {
+        password: where
+        for password, where in found.items()
+        if password_problem(password, min_length=PASSWORD_MIN_LENGTH_FLOOR) is None
+    }
+    assert accepted == {}, "add them to backend.rules.EXAMPLE_PASSWORDS"
 
 
 # --- (d) the design map ----------------------------------------------------------------

@@ -237,3 +237,17 @@ async def test_the_invitee_password_follows_the_policy(
     short = await set_password(client, token, "short")
     assert short.status_code == 422
     assert short.json()["errors"][0]["field"] == "new_password"
+
+
+async def test_a_password_like_the_email_is_refused_by_the_link(
+    client: httpx.AsyncClient, app: FastAPI, smtp: Mailbox, admin_headers: dict[str, str]
+) -> None:
+    await invite(client, admin_headers)
+    token = await mailed_token(app, smtp, INVITEE["email"])
+    refused = await set_password(client, token, "Grace-1906-!!")
+    assert refused.status_code == 422, refused.text
+    assert [(e["field"], e["code"]) for e in refused.json()["errors"]] == [
+        ("password", "password_like_email")
+    ]
+    # The link is not used up by a refused password.
+    assert (await set_password(client, token, PASSWORD)).status_code == 200

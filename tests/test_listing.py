@@ -30,7 +30,7 @@ PEOPLE = [
 async def people(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> list[dict[str, Any]]:
     created = []
     for email, name, role in PEOPLE:
-        fields = {"email": email, "name": name, "role": role, "password": "Password-123"}
+        fields = {"email": email, "name": name, "role": role, "password": "Sturdy-Kettle-123"}
         created.append((await create_user(client, admin_headers, **fields)).json())
     return created
 
@@ -186,7 +186,7 @@ async def test_get_many_by_ids_returns_every_id_asked_for(
     for number in range(13):
         response = await client.post(
             f"{API}/users",
-            json={"email": f"m{number}@example.com", "name": "M", "password": "Password-123"},
+            json={"email": f"m{number}@example.com", "name": "M", "password": "Sturdy-Kettle-123"},
             headers=admin_headers,
         )
         ids.append(response.json()["id"])

@@ -175,7 +175,7 @@ async def test_if_match_naming_no_possible_version_is_412(
 ) -> None:
     created = await client.post(
         f"{API}/users",
-        json={"email": "target@example.com", "name": "Target", "password": "Password-123"},
+        json={"email": "target@example.com", "name": "Target", "password": "Sturdy-Kettle-123"},
         headers=admin_headers,
     )
     url = created.headers["location"]

@@ -18,7 +18,14 @@ from sqlmodel import col, select
 from backend.auth.passwords import PasswordHasher
 from backend.main import create_app
 from backend.models import User
-from backend.rules import AccountRules, normalise_password, password_problem, use_account_rules
+from backend.rules import (
+    AccountRules,
+    common_passwords,
+    normalise_password,
+    password_email_problem,
+    password_problem,
+    use_account_rules,
+)
 from tests.helpers import API, RegisterUser, bearer, login, make_settings
 
 USER = {"email": "policy@example.com", "name": "Policy"}
@@ -50,6 +57,10 @@ def default_rules() -> Iterator[None]:
         ("qwertyuiop123", "too common"),
         ("ｐａｓｓｗｏｒｄ１２３４", "too common"),  # fullwidth: NFKC first
         ("1q2w3e4r5t6y", "too common"),
+        ("Password123!", "too common"),  # a common password with a guessable tail
+        ("\u200bpassword1234", "too common"),  # what does not show is not compared
+        ("password1234 ", "too common"),
+        ("Admin-Pass-1", "an example from this project's documentation"),
     ],
 )
 async def test_register_refuses_weak_passwords(
@@ -66,6 +77,8 @@ async def test_register_refuses_weak_passwords(
     "password",
     [
         "TestPassword123",  # the seed's own test password (zxcvbn rates it 1 of 4)
+        "Kettle-Harbour-2024",  # words and a year, neither on a list
+        "blue83749201",  # a common word, but with 8 digits that are no pattern
         "all lower case, no digits",  # no composition rules
         "correct horse battery staple",
         "ДлинныйПароль2024",
@@ -215,3 +228,120 @@ def test_runs_and_short_patterns_are_refused(password: str) -> None:
 )
 def test_passwords_that_only_contain_a_run_pass(password: str) -> None:
     assert password_problem(normalise_password(password), min_length=12) is None
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "Password123!",
+        "P@ssw0rd1234",
+        "Welcome12345",
+        "Summer2024!!",
+        "Admin1234567",
+        "letmein12345",
+        "passwordpassword",
+        "monkey123456",
+        "sunshine1234567!",  # a longer tail that is a run of digits
+        "\u200bpassword123",
+        "pass\u00adword123",  # a soft hyphen inside
+        "password123 ",
+        " password123",
+        "password123\u2060",
+        "Change-Me-Now-1",
+        "Analytical-Engine-1843",
+        "ADMIN-PASS-1",
+    ],
+)
+def test_common_passwords_decorated_or_hidden_are_refused(password: str) -> None:
+    problem = password_problem(normalise_password(password), min_length=8)
+    assert problem is not None
+    assert problem.code == "password_too_common"
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "TestPassword123",
+        "OtherTestPassword1",
+        "Sunshine83749201",  # 8 digits that are no pattern: not a guessable tail
+        "Admin-Password-1",
+        "abcdefghijkl-not-a-run",
+    ],
+)
+def test_passphrases_off_the_list_are_accepted(password: str) -> None:
+    assert password_problem(normalise_password(password), min_length=12) is None
+
+
+def test_the_list_holds_the_most_common_hundred_thousand() -> None:
+    passwords = common_passwords()
+    assert len([password for password in passwords if len(password) >= 8]) >= 100_000
+    assert {"password", "welcome", "p@ssw0rd", "iloveyou"} <= passwords
+    assert all(password == password.lower() for password in passwords)
+    assert all(password == unicodedata.normalize("NFKC", password) for password in passwords)
+
+
+@pytest.mark.parametrize(
+    ("password", "email"),
+    [
+        ("AliceSmith2024", "alice.smith@example.com"),
+        ("alice.smith!", "alice.smith@example.com"),
+        ("Policy-Policy-1", "policy@example.com"),
+        ("\u200bMargaret1906!", "margaret@example.com"),
+    ],
+)
+def test_a_password_made_of_the_email_is_refused(password: str, email: str) -> None:
+    problem = password_email_problem(normalise_password(password), email)
+    assert problem is not None
+    assert problem.code == "password_like_email"
+
+
+@pytest.mark.parametrize(
+    ("password", "email"),
+    [
+        ("TestPassword123", "test@example.com"),  # the name part is a small share of it
+        ("Ada-Analytical-1843", "ada@example.com"),  # a name part under 4 characters
+        ("Boss-Password-1", "boss@example.com"),
+        ("Kettle-Harbour-2024", "alice.smith@example.com"),
+    ],
+)
+def test_a_password_that_merely_contains_a_short_name_is_accepted(
+    password: str, email: str
+) -> None:
+    assert password_email_problem(password, email) is None
+
+
+LIKE_EMAIL = "Policy-Policy-1"  # for policy@example.com
+
+
+async def test_every_path_that_sets_a_password_refuses_one_like_the_email(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], register: RegisterUser
+) -> None:
+    registered = await client.post(f"{API}/auth/register", json={**USER, "password": LIKE_EMAIL})
+    created = await client.post(
+        f"{API}/users",
+        headers=admin_headers,
+        json={**USER, "password": LIKE_EMAIL, "role": "user", "is_active": True},
+    )
+    user = await register(email="changer@example.com", password="Old-Password-1")
+    user_id = user["user"]["id"]
+    changed = await client.post(
+        f"{API}/users/me/password",
+        headers=bearer(user["access_token"]),
+        json={"current_password": "Old-Password-1", "new_password": "Changer-2024-!"},
+    )
+    # An admin's edit: against the stored email, and against the new one it sends.
+    stored = await client.patch(
+        f"{API}/users/{user_id}", headers=admin_headers, json={"password": "Changer-2024-!"}
+    )
+    new = await client.patch(
+        f"{API}/users/{user_id}",
+        headers=admin_headers,
+        json={"email": "policy@example.com", "password": LIKE_EMAIL},
+    )
+    for response in (registered, created, changed, stored, new):
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "validation_failed"
+        assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [
+            ("password", "password_like_email")
+        ]
+    assert (await login(client, "changer@example.com", "Old-Password-1"))["access_token"]

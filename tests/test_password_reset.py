@@ -288,3 +288,17 @@ async def test_admin_password_is_unaffected_by_a_stranger_asking(
     assert (await forgot(client, ADMIN_EMAIL)).status_code == 202
     assert len(await delivered(app, smtp)) == 1
     await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+async def test_a_password_like_the_email_is_refused_by_a_reset_link(
+    client: httpx.AsyncClient, app: FastAPI, smtp: Mailbox, register: RegisterUser
+) -> None:
+    await register()
+    await forgot(client, EMAIL)
+    token = await mailed_token(app, smtp, EMAIL)
+    refused = await reset(client, token, "User-2024-!!!!")
+    assert refused.status_code == 422, refused.text
+    assert [(e["field"], e["code"]) for e in refused.json()["errors"]] == [
+        ("password", "password_like_email")
+    ]
+    assert (await reset(client, token, NEW_PASSWORD)).status_code == 200

@@ -31,10 +31,12 @@ from backend.errors import (
     BadRequestError,
     ConflictError,
     EmailTakenError,
+    FieldInvalidError,
     ForbiddenError,
     ProblemCode,
 )
 from backend.models import NO_PASSWORD, AuditAction, User, UserCreate, UserInvite, UserUpdate
+from backend.rules import password_email_problem
 
 EMAIL_NOT_VERIFIED = (
     "This account's email address is not verified yet: follow the link mailed to it, or ask "
@@ -55,7 +57,7 @@ async def create_user(
     the audit trail, in the same transaction, as `actor_id`'s doing (an admin, or None
     for the CLI). `verified`: the email counts as proven (the operator's own first admin).
     """
-    hashed_password = await _hash(db, hasher, data.password)
+    hashed_password = await _hash(db, hasher, data.password, email=data.email)
     user = await crud.insert_user(
         db, data=data, hashed_password=hashed_password, is_verified=verified
     )
@@ -97,7 +99,7 @@ async def register(
     """Create an account and, unless its email must be verified first, log it in, in one
     transaction: a client that gets no answer may retry without finding its email taken
     by an account it never heard of. The verification link is issued in it too."""
-    hashed_password = await _hash(db, hasher, data.password)
+    hashed_password = await _hash(db, hasher, data.password, email=data.email)
     user = await crud.insert_user(db, data=data, hashed_password=hashed_password)
     assert user.id is not None
     verify_link = None
@@ -221,7 +223,8 @@ async def _stage_update(
 ) -> User:
     values = crud.changed_values(user, changes)
     if changes.password is not None:
-        values["hashed_password"] = await _hash(db, hasher, changes.password)
+        email = values.get("email", user.email)
+        values["hashed_password"] = await _hash(db, hasher, changes.password, email=email)
     if "email" in values:
         values["is_verified"] = False  # nobody has proven the new address yet
     end_reason = _sessions_end_reason(values)
@@ -324,7 +327,7 @@ async def set_password_with_link(
     hasher.admit()
     link = await links.find(db, token=token, purpose=purpose)
     user_id, email = link.user_id, link.email  # read now: a rollback expires the loaded rows
-    hashed_password = await _hash(db, hasher, new_password)  # ends the read, too
+    hashed_password = await _hash(db, hasher, new_password, email=email)  # ends the read, too
     now = utcnow()
     values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
     # The address is checked again in the write: it may have changed during the hash.
@@ -375,7 +378,12 @@ async def verify_email(db: AsyncSession, *, token: str) -> User:
     return updated
 
 
-async def _hash(db: AsyncSession, hasher: PasswordHasher, password: str) -> str:
+async def _hash(db: AsyncSession, hasher: PasswordHasher, password: str, *, email: str) -> str:
+    """The hash of a password for the account with this email. Every path that sets a
+    password comes here, so the one rule that needs the email is checked here."""
+    problem = password_email_problem(password, email)
+    if problem:
+        raise FieldInvalidError("password", problem.message, field_code=problem.code)
     await release_connection(db)
     return await hasher.hash(password)
 

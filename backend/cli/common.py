@@ -18,7 +18,7 @@ from backend.config import Settings, get_settings
 from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
 from backend.db.migrate import upgrade_to_head
 from backend.db.session import create_sessionmaker
-from backend.errors import DomainError, NotFoundError, ProblemCode
+from backend.errors import DomainError, FieldInvalidError, NotFoundError, ProblemCode
 from backend.models import Password, User, UserCreate
 from backend.rules import use_account_rules
 
@@ -34,7 +34,8 @@ app = typer.Typer(
 
 def with_db(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
     """Run `work` in a db session on the configured database, migrating it first when
-    AUTO_MIGRATE is on; a DomainError (the API's 404s and 409s) exits 1 with its text."""
+    AUTO_MIGRATE is on; a DomainError (the API's 404s and 409s) exits 1 with its text, a
+    refused field (a password like the email) exits 2, as the validation does."""
     settings = get_settings()
 
     async def run() -> T:
@@ -51,6 +52,9 @@ def with_db(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
+    except FieldInvalidError as error:
+        typer.echo(f"{error.field}: {error.message}", err=True)
+        raise typer.Exit(code=2) from error
     except DomainError as error:
         typer.echo(error.detail, err=True)
         raise typer.Exit(code=1) from error

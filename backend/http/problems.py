@@ -20,7 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backend.db.engine import DATABASE_UNAVAILABLE, database_unavailable
-from backend.errors import DomainError, ProblemCode, RetryLaterError, UnauthorizedError
+from backend.errors import (
+    DomainError,
+    FieldInvalidError,
+    ProblemCode,
+    RetryLaterError,
+    UnauthorizedError,
+)
 from backend.runtime import runtime_of
 
 logger = logging.getLogger(__name__)
@@ -155,10 +161,16 @@ def _domain_error_headers(exc: DomainError) -> dict[str, str]:
 
 async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    errors = (
+        [FieldError(field=exc.field, message=exc.message, code=exc.field_code)]
+        if isinstance(exc, FieldInvalidError)
+        else None
+    )
     return problem_response(
         exc.status_code,
         exc.detail,
         code=exc.code,
+        errors=errors,
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
     )
