@@ -125,17 +125,17 @@ async def log_in(
 ) -> LoginResponse | None:
     """Tokens for the user whose password this is, or None; unknown emails cost one
     verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
-    hasher.admit()
-    if not hasher.knows_costs:  # once per process: the costs an unknown email may take
-        hasher.learn_costs(await crud.count_password_costs(db))
-    user = await crud.get_user_by_email(db, email=email)
-    matched, new_hash = await _verify(
-        db,
-        hasher,
-        password,
-        user.hashed_password if user else NO_PASSWORD,
-        account=email.lower(),  # the form get_user_by_email looks up
-    )
+    with hasher.reserve():
+        if not hasher.knows_costs:  # once per process: the costs an unknown email may take
+            hasher.learn_costs(await crud.count_password_costs(db))
+        user = await crud.get_user_by_email(db, email=email)
+        matched, new_hash = await _verify(
+            db,
+            hasher,
+            password,
+            user.hashed_password if user else NO_PASSWORD,
+            account=email.lower(),  # the form get_user_by_email looks up
+        )
     if user is None or not matched:
         return None
     if not user.is_active:
@@ -324,10 +324,10 @@ async def set_password_with_link(
     forgotten password (RESET), with a mailed link, used once. Either proves the email.
     Every session of the user ends, their tokens too, and a new one starts: one
     transaction, in which the link is used, so a link that loses a race changes nothing."""
-    hasher.admit()
-    link = await links.find(db, token=token, purpose=purpose)
-    user_id, email = link.user_id, link.email  # read now: a rollback expires the loaded rows
-    hashed_password = await _hash(db, hasher, new_password, email=email)  # ends the read, too
+    with hasher.reserve():
+        link = await links.find(db, token=token, purpose=purpose)
+        user_id, email = link.user_id, link.email  # now: a rollback expires the loaded rows
+        hashed_password = await _hash(db, hasher, new_password, email=email)  # ends the read
     now = utcnow()
     values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}
     # The address is checked again in the write: it may have changed during the hash.

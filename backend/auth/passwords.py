@@ -12,8 +12,9 @@ import threading
 import time
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -31,6 +32,9 @@ COST_DRAW_CONTEXT = b"dummy hash cost\0"
 BCRYPT_COST = re.compile(r"^\$2[abxy]\$(\d{2})\$")
 
 T = TypeVar("T")
+
+# Set inside PasswordHasher.reserve(): this task holds a place for its hashes.
+_RESERVED: ContextVar[bool] = ContextVar("password_hash_reserved", default=False)
 
 
 def bcrypt_cost(hashed_password: str) -> int | None:
@@ -187,11 +191,26 @@ class PasswordHasher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold a place for the hash a workflow will ask for once it has read the
+        database: refused (503) at once, before any connection or query, when none is
+        free, so that in a login storm a refusal costs only this comparison. The place is
+        held from here, or logins arriving together would all pass, all read, and most
+        be refused only then; hashes asked for inside take it instead of one of their own.
+        """
+        self.admit()
+        self._in_flight += 1
+        token = _RESERVED.set(True)
+        try:
+            yield
+        finally:
+            _RESERVED.reset(token)
+            self._in_flight -= 1
+
     def admit(self) -> None:
         """Refuse (503) at once when a hash admitted now would not finish within the wait
-        budget, or could neither start nor queue. A workflow that reads the database
-        before it hashes asks first, so that in a login storm a refusal costs no
-        connection and no query, only this comparison."""
+        budget, or could neither start nor queue."""
         if not self.admission.admits(self._in_flight):
             raise ServiceUnavailableError(
                 "Too many password checks in progress; retry shortly.",
@@ -200,14 +219,19 @@ class PasswordHasher:
             )
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
-        self.admit()  # again: the queue may have filled while the caller read its row
+        if _RESERVED.get():  # the workflow's place, held since before its reads
+            return await self._execute(work, *args)
+        self.admit()
         self._in_flight += 1
         try:
-            result, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed, work, *args
-            )
+            return await self._execute(work, *args)
         finally:
             self._in_flight -= 1
+
+    async def _execute(self, work: Callable[..., T], *args: Any) -> T:
+        result, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._timed, work, *args
+        )
         self.admission.record(seconds)
         return result
 
