@@ -23,7 +23,7 @@ trap stop EXIT
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export API_BASE_URL="http://127.0.0.1:${port}"
 export API_URL="${API_BASE_URL}/api/v1"
-export ADMIN_EMAIL=client-admin@example.com ADMIN_PASSWORD=Client-Admin-Pass-1
+export ADMIN_EMAIL=client-admin@example.com ADMIN_PASSWORD=Tidal-Beacon-42
 SERVER_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 export SERVER_SECRET_KEY
 

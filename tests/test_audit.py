@@ -22,7 +22,7 @@ async def test_admin_actions_are_recorded(
     admin = (await client.get(f"{API}/users/me", headers=admin_headers)).json()
     created = await client.post(
         f"{API}/users",
-        json={"email": "audited@example.com", "name": "A", "password": "Audited-Pass-1"},
+        json={"email": "audited@example.com", "name": "A", "password": "Copper-Meadow-38"},
         headers=admin_headers,
     )
     target = created.json()["id"]
@@ -64,7 +64,7 @@ async def test_audit_list_filters_and_pages(
     for number in range(3):
         response = await client.post(
             f"{API}/users",
-            json={"email": f"u{number}@example.com", "name": "U", "password": "Audited-Pass-1"},
+            json={"email": f"u{number}@example.com", "name": "U", "password": "Copper-Meadow-38"},
             headers=admin_headers,
         )
         ids.append(response.json()["id"])

@@ -8,7 +8,7 @@ import httpx
 
 from tests.helpers import API, create_user
 
-NEW_USER = {"email": "target@example.com", "name": "Target", "password": "Target-Pass-1"}
+NEW_USER = {"email": "target@example.com", "name": "Target", "password": "Quiet-Harbour-51"}
 
 
 async def make_user(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ async def test_a_second_demotion_waits_for_the_first_and_is_refused(app: FastAPI
             data=UserCreate(
                 email="second@example.com",
                 name="Second",
-                password="Second-Pass-1",
+                password="Amber-Lantern-27",
                 role=UserRole.ADMIN,
             ),
             hasher=runtime.password_hasher,
