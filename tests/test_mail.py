@@ -28,7 +28,6 @@ from backend.models import User
 from tests.helpers import API, REPO_ROOT, TEST_SECRET_KEY, free_port
 from tests.smtp import (
     MAIL_FROM,
-    Counter,
     Mailbox,
     app_with,
     delivered,
@@ -36,7 +35,6 @@ from tests.smtp import (
     mail_settings,
     runtime,
     silent_server,
-    smtp_server,
     text_of,
     token_in,
 )
@@ -369,12 +367,15 @@ def traced_bytes() -> int:
     return current
 
 
-async def test_a_hung_server_holds_little_per_mail_and_gives_it_back() -> None:
+async def test_a_hung_server_holds_little_per_mail_and_gives_it_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """1,000 mails asked for while the server accepts connections and never answers:
     each waits as the few fields its message is made from, and a few senders hold a
     connection each. A task, a rendered message and a connection per mail held 81-116
-    kB each. When the server answers again they are sent, and the memory they
-    held is given back."""
+    kB each. When the outage ends they are done with (here the server is gone for good:
+    each send is refused at once, which takes seconds where sending 996 took 30), and
+    the memory they held is given back, their failures' tracebacks included."""
     port = free_port()
     mailer = Mailer(load_settings(_env_file=None, **mail_settings(port, SMTP_TIMEOUT_SECONDS=30)))
     tracemalloc.start()
@@ -385,17 +386,16 @@ async def test_a_hung_server_holds_little_per_mail_and_gives_it_back() -> None:
             await asyncio.sleep(0.5)  # the senders connect, and wait for a greeting
             held = traced_bytes() - baseline
             assert mailer.queued == 1000 - MAIL_SENDERS
-        # The listener closes: the connections it held are reset, the server comes back.
-        with smtp_server(Counter(port)) as server:
-            await mailer.drain(120)
+        # The listener closes: the connections it held are reset, and nothing listens.
+        # Their 996 error lines unheard: pytest would keep each record, and count it here.
+        caplog.set_level(logging.CRITICAL, logger="backend.mail")
+        await mailer.drain(120)
         given_back = traced_bytes() - baseline
     finally:
         tracemalloc.stop()
     print(
         f"\n1,000 mails waiting: {held / 1000:.0f} kB traced; afterwards {given_back / 1000:.0f} kB"
     )
-    assert isinstance(server, Counter)
-    assert server.received == 1000 - MAIL_SENDERS
     assert mailer.queued == mailer.queued_bytes == 0
     assert held < 2_000_000  # measured 0.8 MB: 0.5 kB a mail, and four connections
     assert given_back < 300_000  # measured 83 kB
