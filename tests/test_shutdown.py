@@ -242,14 +242,7 @@ def test_sigterm_with_mail_hanging_exits_within_the_grace_period(
         mail = {key: str(value) for key, value in mail_settings(port).items()}
         mail["SMTP_TIMEOUT_SECONDS"] = "60"
         for server in start_server(tmp_path, SHORT_GRACE_SECONDS, database_url, **mail):
-            for _ in range(MAILS):
-                forgot = httpx.post(
-                    f"{server.base_url}{API}/auth/password/forgot",
-                    json={"email": ADMIN_EMAIL},
-                    timeout=10,
-                )
-                assert forgot.status_code == 202
-            wait_until_mail_waits(server, MAILS - MAIL_SENDERS)
+            queue_mail_that_hangs(server)
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             try:
@@ -279,14 +272,7 @@ def test_requests_and_mail_share_one_grace_period(tmp_path: Path) -> None:
         mail = {key: str(value) for key, value in mail_settings(port).items()}
         mail["SMTP_TIMEOUT_SECONDS"] = "60"
         for server in start_server(tmp_path, MIDDLE_GRACE_SECONDS, database_url, **mail):
-            for _ in range(MAILS):
-                forgot = httpx.post(
-                    f"{server.base_url}{API}/auth/password/forgot",
-                    json={"email": ADMIN_EMAIL},
-                    timeout=10,
-                )
-                assert forgot.status_code == 202
-            wait_until_mail_waits(server, MAILS - MAIL_SENDERS)
+            queue_mail_that_hangs(server)
             outcomes, _, exit_seconds = logins_cut_by_sigterm(server)
             log = server.output()
     statuses = [status_of(outcome) for outcome in outcomes]
@@ -296,6 +282,18 @@ def test_requests_and_mail_share_one_grace_period(tmp_path: Path) -> None:
     # One grace period and the rest of the shutdown; two would be over 6 s.
     assert exit_seconds < MIDDLE_GRACE_SECONDS + 2, log
     assert f"mail cut off at shutdown: {MAILS} mails not sent, 0 look-ups stopped" in log
+
+
+def queue_mail_that_hangs(server: Server) -> None:
+    """MAILS reset mails asked for, until four are being sent and the rest wait."""
+    for _ in range(MAILS):
+        forgot = httpx.post(
+            f"{server.base_url}{API}/auth/password/forgot",
+            json={"email": ADMIN_EMAIL},
+            timeout=10,
+        )
+        assert forgot.status_code == 202
+    wait_until_mail_waits(server, MAILS - MAIL_SENDERS)
 
 
 def wait_until_mail_waits(server: Server, queued: int) -> None:
