@@ -19,8 +19,19 @@ from backend.auth import accounts
 from backend.auth.authcache import AuthCache, tracked_sessionmaker
 from backend.auth.passwords import PasswordHasher
 from backend.config import Settings, get_settings
-from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
-from backend.db.migrate import upgrade_to_head
+from backend.db.engine import (
+    DatabaseStartupError,
+    create_engine,
+    database_location,
+    database_unavailable,
+    explained_startup_failure,
+)
+from backend.db.migrate import (
+    NOT_MIGRATED,
+    database_revision,
+    newest_revision,
+    upgrade_to_head,
+)
 from backend.http.admin import install_admin
 from backend.http.docs import install_docs
 from backend.http.middleware import (
@@ -112,6 +123,7 @@ def _lifespan(
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
+                await _check_schema(runtime)
                 await _ensure_first_admin(runtime)
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
@@ -200,6 +212,38 @@ class OneLineStartupFailure:
             await send(message)
 
         await self.app(scope, receive, send_one_line)
+
+
+async def _check_schema(runtime: Runtime) -> None:
+    """A database behind the migrations: start-up stops where it would have to write
+    (the first admin), and warns otherwise, /health/ready saying 503 until it is done."""
+    settings = runtime.settings
+    first_admin = settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD
+    try:
+        async with runtime.engine.connect() as connection:
+            revision = await database_revision(connection)
+    except Exception as error:
+        # Down for now: the app starts all the same and readiness says 503 meanwhile,
+        # unless it has to write at once (the first admin), which stops it in one line.
+        if database_unavailable(error) and not first_admin:
+            return
+        raise
+    if revision == newest_revision():
+        return
+    where = database_location(settings.DATABASE_URL)
+    if first_admin:
+        raise DatabaseStartupError(
+            f"FIRST_ADMIN_EMAIL: cannot create the first admin: the database at {where} is "
+            f"at revision {revision or 'none'}, not the newest ({newest_revision()}). "
+            f"{NOT_MIGRATED}"
+        )
+    logger.warning(
+        "the database at %s is at revision %s, not the newest (%s): /health/ready answers "
+        "503 until `backend migrate` runs",
+        where,
+        revision or "none",
+        newest_revision(),
+    )
 
 
 async def _ensure_first_admin(runtime: Runtime) -> None:
