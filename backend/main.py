@@ -274,7 +274,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title=settings.PROJECT_NAME,
         description="Users and JWT authentication. Errors are RFC 9457 problem+json.",
         version="1.0.0",
-        openapi_url=f"{settings.API_V1_PREFIX}/openapi.json",
+        # Off by default outside local and test: the whole surface, mapped for a stranger.
+        openapi_url=f"{settings.API_V1_PREFIX}/openapi.json" if settings.DOCS_ENABLED else None,
         openapi_tags=TAGS,
         docs_url=None,
         redoc_url=None,
@@ -293,7 +294,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
-    install_docs(app, settings)
+    if settings.DOCS_ENABLED:
+        install_docs(app, settings)
     if settings.METRICS_ENABLED:
         token = settings.METRICS_TOKEN
         install_metrics_endpoint(

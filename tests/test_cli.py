@@ -85,7 +85,15 @@ def test_create_admin_rejects_a_password_like_the_email(sqlite_env: Path) -> Non
 def test_serve_refuses_several_workers_on_sqlite(sqlite_env: Path) -> None:
     result = runner.invoke(app, ["serve", "--workers", "2"])
     assert result.exit_code == 2
-    assert "several workers need PostgreSQL" in result.output
+    assert result.output == "--workers: several workers need PostgreSQL, not SQLite\n"
+
+
+def test_serve_refuses_several_workers_without_a_secret_key(sqlite_env: Path) -> None:
+    env = {"DATABASE_URL": "postgresql://u:p@127.0.0.1:9/db", "SECRET_KEY": "", "STAGE": "local"}
+    result = runner.invoke(app, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 2
+    assert result.output.startswith("SECRET_KEY: several workers need one set")
+    assert result.output.count("\n") == 1
 
 
 def create_user(email: str, name: str, role: str = "user") -> Result:

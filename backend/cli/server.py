@@ -32,10 +32,10 @@ def serve(
 ) -> None:
     """Serve the API (docs at http://HOST:PORT/docs)."""
     settings = get_settings()  # fails here, in one line, on a bad configuration
-    if workers > 1 and settings.is_sqlite:
-        raise typer.BadParameter(
-            "several workers need PostgreSQL, not SQLite", param_hint="--workers"
-        )
+    problem = settings.workers_problem(workers)
+    if problem:
+        typer.echo(problem, err=True)
+        raise typer.Exit(code=2)
     configure_logging(settings)
 
     def exit_cleanly(_signal: int, _frame: object) -> None:
