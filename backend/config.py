@@ -431,10 +431,11 @@ class Settings(BaseSettings):
 
     @property
     def admin_dir(self) -> Path | None:
-        """The folder of the dashboard to serve at /admin, or None for no /admin."""
+        """The folder of the dashboard to serve at /admin, or None for no /admin. Unset,
+        a checkout's build folder, built or not yet (/admin then says how to build it)."""
         if self.ADMIN_DIR is not None:
             return Path(self.ADMIN_DIR).resolve() if self.ADMIN_DIR else None
-        return DEFAULT_ADMIN_DIR if (DEFAULT_ADMIN_DIR / "index.html").is_file() else None
+        return DEFAULT_ADMIN_DIR if DEFAULT_ADMIN_DIR.parent.is_dir() else None
 
     @model_validator(mode="after")
     def check_first_admin(self) -> "Settings":

@@ -32,7 +32,7 @@ from backend.db.migrate import (
     newest_revision,
     upgrade_to_head,
 )
-from backend.http.admin import install_admin
+from backend.http.admin import NOT_BUILT, install_admin, install_root
 from backend.http.docs import install_docs
 from backend.http.middleware import (
     BodyReadTimeoutMiddleware,
@@ -127,6 +127,9 @@ def _lifespan(
                 await _ensure_first_admin(runtime)
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
+            admin_dir = settings.admin_dir
+            if admin_dir is not None and not (admin_dir / "index.html").is_file():
+                logger.info("no dashboard build in %s yet. %s", admin_dir, NOT_BUILT)
             runtime.auth_cache.start()
             await runtime.password_hasher.calibrate()
             yield
@@ -301,8 +304,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_metrics_endpoint(
             app, metrics, token=token.get_secret_value() if token is not None else None
         )
-    if settings.admin_dir is not None:
-        install_admin(app, settings.admin_dir)
+    dashboard = install_admin(app, settings.admin_dir) if settings.admin_dir else None
+    install_root(app, dashboard, docs=bool(settings.DOCS_ENABLED))
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s and 500s too.

@@ -9,6 +9,7 @@ from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
+from backend.db.migrate import newest_revision
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -51,6 +52,10 @@ def test_help_explains_every_command() -> None:
 def test_migrate_then_create_admin_once(sqlite_env: Path) -> None:
     migrated = runner.invoke(app, ["migrate"])
     assert migrated.exit_code == 0, migrated.output
+    newest = newest_revision()
+    assert migrated.output == f"Migrated the database from empty to {newest}, the newest.\n"
+    again = runner.invoke(app, ["migrate"])
+    assert again.output == f"Nothing to do: the database is at the newest migration ({newest}).\n"
     tables = sqlite3.connect(sqlite_env).execute("SELECT name FROM sqlite_master").fetchall()
     assert ("users",) in tables
 

@@ -76,10 +76,13 @@ def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
 
     try:
-        asyncio.run(upgrade_to_head(get_settings()))
+        before, after = asyncio.run(upgrade_to_head(get_settings()))
     except DatabaseStartupError as error:
         exit_with(error)
-    typer.echo("Database is at the newest migration.")
+    if before == after:
+        typer.echo(f"Nothing to do: the database is at the newest migration ({after}).")
+    else:
+        typer.echo(f"Migrated the database from {before or 'empty'} to {after}, the newest.")
 
 
 class _ShippedSettings(Settings):

@@ -104,25 +104,29 @@ def create_migration_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
-async def upgrade_to_head(settings: Settings) -> None:
-    """Migrate to the newest revision. A database that cannot be reached raises
-    DatabaseStartupError; a migration that fails keeps its traceback."""
+async def upgrade_to_head(settings: Settings) -> tuple[str | None, str | None]:
+    """Migrate to the newest revision; the revisions before and after (None: none yet).
+    A database that cannot be reached raises DatabaseStartupError; a migration that
+    fails keeps its traceback."""
     engine = create_migration_engine(settings)
     try:
         with explained_startup_failure(settings):
             connection = await engine.connect()
         try:
             async with connection.begin():
-                await connection.run_sync(_upgrade_to_head)
+                return await connection.run_sync(_upgrade_to_head)
         finally:
             await connection.close()
     finally:
         await engine.dispose()
 
 
-def _upgrade_to_head(connection: Connection) -> None:
+def _upgrade_to_head(connection: Connection) -> tuple[str | None, str | None]:
     from alembic import command  # imported here: see alembic_config
+    from alembic.runtime.migration import MigrationContext
 
+    before = MigrationContext.configure(connection).get_current_revision()
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+    return before, MigrationContext.configure(connection).get_current_revision()

@@ -1056,6 +1056,8 @@ export interface components {
         };
         /** UserPublic */
         UserPublic: {
+            /** Id */
+            id: number;
             /** Email */
             email: string;
             /** Name */
@@ -1067,8 +1069,6 @@ export interface components {
              * @default true
              */
             is_active: boolean;
-            /** Id */
-            id: number;
             /**
              * Is Verified
              * @description Whether the owner followed a link mailed to it
