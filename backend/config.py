@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     # How long a worker may answer a token's check from memory (PostgreSQL only; 0: never).
     # A backstop: changes reach every worker's cache at once (see backend/auth/authcache.py).
     AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0)
+    # The auth cache's listener holds one connection for LISTEN, which a pooler in
+    # transaction mode cannot carry: a direct URL to PostgreSQL for it (else no cache).
+    AUTH_CACHE_LISTEN_URL: str | None = None
     AUTO_MIGRATE: bool | None = None
     # One file, one writer at a time, one host: production takes it only when asked.
     ALLOW_SQLITE_IN_PRODUCTION: bool = False
@@ -262,6 +265,10 @@ class Settings(BaseSettings):
     # restart dropped fails its next statement instead, SQLAlchemy then discards the
     # whole pool, and that one request gets 503 (tests/test_outage.py).
     DB_POOL_PRE_PING: bool = False
+    # DATABASE_URL leads to a pooler in transaction mode (PgBouncer, a cloud's pooler):
+    # each transaction may run on another server connection, so nothing may outlive one
+    # (prepared statements, settings sent at connect, LISTEN). See docs/deployment.md.
+    DB_TRANSACTION_POOLER: bool = False
     # All a request may wait for PostgreSQL, summed over the pool, connecting and its
     # statements, before it gets 503: below a client's usual 10 s timeout. Without it
     # the three limits below would add up.

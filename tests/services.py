@@ -39,7 +39,18 @@ ROLE_MAKER = Service(
     "a PostgreSQL role that may create roles",
     "ALTER ROLE <the TEST_POSTGRES_URL role> CREATEROLE  # or TEST_POSTGRES_URL= (embedded)",
 )
-SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM, ADMIN_BUILD, ROLE_MAKER)
+NGINX = Service("nginx", "apt-get install -y nginx")
+PGBOUNCER = Service("PgBouncer", "apt-get install -y pgbouncer")
+SERVICES = (
+    EMBEDDED_POSTGRES,
+    POSTGRES_CLUSTER,
+    REDIS,
+    CHROMIUM,
+    ADMIN_BUILD,
+    ROLE_MAKER,
+    NGINX,
+    PGBOUNCER,
+)
 
 
 def _prefix(service: Service) -> str:

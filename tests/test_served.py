@@ -4,6 +4,7 @@
 Either way the logs hold no secret, the client cannot pick its rate-limit key with
 X-Forwarded-For, and a database that cannot be used stops start-up with one line."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,18 +13,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
+from unittest.mock import patch
 
 import httpx
 import pytest
 
+from backend.db.migrate import upgrade_to_head
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     API,
     TEST_SECRET_KEY,
     free_port,
+    make_settings,
     wait_until_healthy,
 )
+from tests.postgres import Server, session_database
 
 START_SECONDS = 60.0
 BIN = Path(sys.executable).parent
@@ -173,3 +178,26 @@ def test_an_unreachable_database_stops_start_up_with_one_line(how: str, tmp_path
     assert "Traceback" not in output
     assert "Db-Secret-1" not in output
     assert len(output.splitlines()) <= 5, output
+
+
+def test_backend_serve_with_several_workers_starts_them_all(
+    postgres: Server, tmp_path: Path
+) -> None:
+    """`backend serve --workers 2` on PostgreSQL: both workers start and stay up. (On a
+    busy machine uvicorn's supervisor killed each worker before it had imported the
+    app, silently, one after another.)"""
+    with session_database(postgres) as url:
+        asyncio.run(upgrade_to_head(make_settings(url)))
+        command = [str(BIN / "backend"), "serve", "--workers", "2", "--port"]
+        with patch.dict(ServerProcess.commands, {"workers": command}):
+            server = ServerProcess("workers", tmp_path, DATABASE_URL=url, LOG_LEVEL="INFO")
+        try:
+            server.wait_until_healthy()
+            deadline = time.monotonic() + START_SECONDS
+            while server.output().count("Application startup complete") < 2:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.2)
+            assert httpx.get(f"{server.base_url}/health/ready").status_code == 200
+        finally:
+            server.stop()
+        assert "died" not in server.output()

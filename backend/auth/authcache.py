@@ -95,9 +95,14 @@ class AuthCache:
         self._hits = metrics.auth_checks.labels(source="cache")
         self._misses = metrics.auth_checks.labels(source="database")
         self._listening = metrics.auth_cache_listening
-        self.enabled = not settings.is_sqlite and settings.AUTH_CACHE_SECONDS > 0
+        # Behind a transaction pooler LISTEN needs a connection of its own to PostgreSQL.
+        self._dsn = settings.AUTH_CACHE_LISTEN_URL or settings.DATABASE_URL
+        self.enabled = (
+            not settings.is_sqlite
+            and settings.AUTH_CACHE_SECONDS > 0
+            and (settings.AUTH_CACHE_LISTEN_URL is not None or not settings.DB_TRANSACTION_POOLER)
+        )
         self._ttl = settings.AUTH_CACHE_SECONDS
-        self._dsn = settings.DATABASE_URL
         self._connect_timeout = settings.connect_timeout_seconds
         self._entries: dict[int, dict[str, _Entry]] = {}  # user id -> session id -> rows
         self._count = 0

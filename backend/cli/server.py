@@ -20,6 +20,8 @@ from backend.http.observability import configure_logging
 from backend.main import create_app
 from backend.models import UserRole
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
 
 @app.command()
 def serve(
@@ -57,6 +59,11 @@ def serve(
             proxy_headers=False,
             # httptools, as uvicorn would pick, with deadlines for slow clients' requests.
             http=ReadDeadlineProtocol,
+            # A spawned worker imports the whole app (this script is its main module)
+            # before it can answer the supervisor's pings: 6.1 s measured with both cores
+            # busy, past uvicorn's 5 s, after which it killed and respawned every worker,
+            # forever and silently. A hung worker is still replaced, after this long.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
             # The API has no WebSocket route; uvicorn's default would import the
             # websockets library into every worker anyway (0.7 MB of its memory).
             ws="none",

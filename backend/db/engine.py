@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from asyncpg import (  # type: ignore[import-untyped]
     InsufficientResourcesError,
@@ -143,6 +144,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, echo=settings.DB_ECHO, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
+    if settings.DB_TRANSACTION_POOLER:
+        url = without_statement_cache(url)
     engine = create_async_engine(
         url,
         echo=settings.DB_ECHO,
@@ -205,12 +208,33 @@ def _asyncpg_options(settings: Settings) -> dict[str, Any]:
     rather than for one statement; planning the app's statements costs about 0.1 ms.
     """
     server_settings = {"plan_cache_mode": "force_custom_plan"}
-    options: dict[str, Any] = {
-        "timeout": settings.connect_timeout_seconds,
-        "server_settings": server_settings,
-    }
+    options: dict[str, Any] = {"timeout": settings.connect_timeout_seconds}
     statement_timeout = settings.statement_timeout_seconds
     if statement_timeout > 0:
         options["command_timeout"] = statement_timeout + COMMAND_TIMEOUT_MARGIN_SECONDS
         server_settings["statement_timeout"] = str(round(statement_timeout * 1000))
+    if settings.DB_TRANSACTION_POOLER:
+        # The settings above go on the role instead (ALTER ROLE ... SET, in
+        # docs/deployment.md): a pooler refuses them at connect, or drops them.
+        options.update(POOLER_CONNECT_ARGS)
+    else:
+        options["server_settings"] = server_settings
     return options
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid4().hex}__"
+
+
+# Behind a pooler in transaction mode each transaction may meet another server
+# connection: asyncpg keeps no prepared statement between them and names the ones it
+# makes within one uniquely (SQLAlchemy's asyncpg notes, "Prepared Statement Name").
+POOLER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_name_func": _unique_statement_name,
+}
+
+
+def without_statement_cache(url: URL) -> URL:
+    """SQLAlchemy's own cache of prepared statements, off (transaction poolers)."""
+    return url.update_query_dict({"prepared_statement_cache_size": "0"})

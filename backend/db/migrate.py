@@ -12,10 +12,12 @@ from sqlalchemy.pool import NullPool
 
 from backend.config import Settings
 from backend.db.engine import (
+    POOLER_CONNECT_ARGS,
     async_url,
     create_engine,
     explained_startup_failure,
     schema_missing,
+    without_statement_cache,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +103,13 @@ def create_migration_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         return create_engine(settings)
     url = async_url(settings.DATABASE_URL)
+    if settings.DB_TRANSACTION_POOLER:
+        return create_async_engine(
+            without_statement_cache(url),
+            poolclass=NullPool,
+            hide_parameters=True,
+            connect_args=POOLER_CONNECT_ARGS,
+        )
     return create_async_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
