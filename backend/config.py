@@ -223,6 +223,9 @@ class Settings(BaseSettings):
     # without a refresh (see backend/auth/sessions.py).
     SESSION_MAX_DAYS: int = Field(default=30, ge=1)
     SESSION_IDLE_DAYS: int = Field(default=14, ge=1)
+    # How recent a login or POST /auth/reauthenticate must be for the routes that ask
+    # for one (OWASP ASVS 3.7.1). Five minutes: enough to finish one task in a form.
+    REAUTHENTICATION_WINDOW_SECONDS: int = Field(default=300, ge=30, le=3600)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 

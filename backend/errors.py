@@ -63,6 +63,7 @@ class ProblemCode(StrEnum):
     CANNOT_DELETE_SELF = "cannot_delete_self"
     INVITATION_ACCEPTED = "invitation_accepted"
     CURRENT_PASSWORD_REQUIRED = "current_password_required"  # one's own, by /users/me/password
+    REAUTHENTICATION_REQUIRED = "reauthentication_required"  # prove it again, then retry
     VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
     STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
     LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link

@@ -62,6 +62,27 @@ async def test_wrong_current_passwords_spend_the_accounts_failed_login_budget(
         assert (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 429
 
 
+async def test_wrong_reauthentication_passwords_spend_the_same_budget(
+    settings: Settings,
+) -> None:
+    update = {"RATE_LIMIT_LOGIN_PER_ACCOUNT": "3/minute", "RATE_LIMIT_LOGIN": "100/minute"}
+    app = create_app(settings.model_copy(update=update))
+    async with running(app, PEER) as client:
+        tokens = (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        answers = []
+        for guess in range(4):
+            async with client_at(app, f"198.51.100.{guess + 1}") as elsewhere:
+                answer = await elsewhere.post(
+                    f"{API}/auth/reauthenticate",
+                    json={"password": f"Guess-Number-{guess}"},
+                    headers=headers,
+                )
+                answers.append((answer.status_code, answer.json()["code"]))
+        assert answers == [(400, "password_incorrect")] * 3 + [(429, "rate_limited")]
+        assert (await post_login(client, ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 429
+
+
 async def test_login_is_limited_per_ip_and_email(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"RATE_LIMIT_LOGIN": "3/minute"}))
     async with running(app, PEER) as client:

@@ -19,11 +19,12 @@ from backend.auth.models import (
     ClientInfo,
     LinkPurpose,
     LoginResponse,
+    Reauthenticated,
     RegisterRequest,
     SessionEndReason,
 )
 from backend.auth.passwords import PasswordHasher
-from backend.auth.sessions import DEACTIVATED
+from backend.auth.sessions import DEACTIVATED, Caller
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import release_connection
@@ -168,6 +169,21 @@ async def change_password(
     changes = UserUpdate(password=new_password)
     updated = await _stage_update(db, user=user, changes=changes, hasher=hasher, actor_id=user.id)
     return await sessions.start(db, user=updated, client=client, settings=settings)
+
+
+async def reauthenticate(
+    db: AsyncSession,
+    *,
+    caller: Caller,
+    password: str,
+    hasher: PasswordHasher,
+    settings: Settings,
+) -> Reauthenticated:
+    """Prove the caller's password again, for the routes that ask for a recent proof."""
+    matched, _ = await _verify(db, hasher, password, caller.user.hashed_password)
+    if not matched:
+        raise BadRequestError("The password is incorrect.", code=ProblemCode.PASSWORD_INCORRECT)
+    return await sessions.note_reauthentication(db, caller=caller, settings=settings)
 
 
 async def update_user(

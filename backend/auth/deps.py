@@ -24,6 +24,7 @@ from backend.auth.models import (
     LoginRequest,
 )
 from backend.auth.sessions import Caller
+from backend.clock import utcnow
 from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.deps import SAFE_METHODS, DbSession, RuntimeDep, UserId
@@ -102,6 +103,21 @@ async def get_session_caller(caller: AnyCaller) -> Caller:
 # The routes that list, make or end sessions or keys take this: an API key gets 403
 # there, so no key starts a session or mints another key.
 CurrentCaller = Annotated[Caller, Depends(get_session_caller)]
+
+
+async def get_recent_caller(caller: CurrentCaller, runtime: RuntimeDep) -> Caller:
+    """A session caller whose login, or POST /auth/reauthenticate, is recent enough for
+    a change that could lock its owner out if someone else made it."""
+    if sessions.reauthenticated_until(caller.user_session, runtime.settings) <= utcnow():
+        raise ForbiddenError(
+            "Confirm it is you: send your password to POST /auth/reauthenticate, then "
+            f"retry within {runtime.settings.REAUTHENTICATION_WINDOW_SECONDS} seconds.",
+            code=ProblemCode.REAUTHENTICATION_REQUIRED,
+        )
+    return caller
+
+
+RecentCaller = Annotated[Caller, Depends(get_recent_caller)]
 
 
 async def get_current_user(caller: AnyCaller) -> User:

@@ -65,6 +65,20 @@ class PasswordChange(SQLModel):
     )
 
 
+class Reauthentication(SQLModel):
+    password: str = Field(min_length=1, max_length=1024)
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={"examples": [{"password": EXAMPLE_PASSWORD}]}
+    )
+
+
+class Reauthenticated(SQLModel):
+    authenticated_at: datetime
+    # Until then the routes that ask for a recent proof accept this session's tokens.
+    valid_until: datetime
+
+
 class RefreshRequest(SQLModel):
     refresh_token: str = Field(min_length=1, max_length=4096)
 
@@ -115,6 +129,10 @@ class UserSession(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When the user last proved who they are in this session: its login, or since then
+    # POST /auth/reauthenticate. The routes that could lock the owner out ask for a
+    # recent one (REAUTHENTICATION_WINDOW_SECONDS), so a stolen access token is not enough.
+    authenticated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)  # absolute: rotation never moves it
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_reason: SessionEndReason | None = Field(

@@ -51,6 +51,7 @@ from backend.auth.models import (
     ApiKeyEndReason,
     ClientInfo,
     LoginResponse,
+    Reauthenticated,
     RefreshToken,
     SessionEndReason,
     TokenClaims,
@@ -112,6 +113,7 @@ async def start(
         user_id=user.id,
         created_at=now,
         last_used_at=now,
+        authenticated_at=now,
         expires_at=now + timedelta(days=settings.SESSION_MAX_DAYS),
         user_agent=client.user_agent,
         ip_address=client.ip_address,
@@ -317,6 +319,35 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
     if reason in KEYS_END_WITH:
         await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return result.rowcount
+
+
+def reauthenticated_until(user_session: UserSession, settings: Settings) -> datetime:
+    """Until when the session counts as having proven its user recently."""
+    window = timedelta(seconds=settings.REAUTHENTICATION_WINDOW_SECONDS)
+    return user_session.authenticated_at + window
+
+
+async def note_reauthentication(
+    db: AsyncSession, *, caller: Caller, settings: Settings
+) -> Reauthenticated:
+    """Record that the caller proved it again just now; commits. A session ended
+    meanwhile stays ended: the UPDATE skips it and the caller is refused."""
+    now = utcnow()
+    result = await db.exec(
+        update(UserSession)
+        .where(
+            col(UserSession.id) == caller.user_session.id,
+            col(UserSession.revoked_at).is_(None),
+        )
+        .values(authenticated_at=now)
+    )
+    if result.rowcount != 1:
+        await _refuse(db, UnauthorizedError(SESSION_ENDED, code=ProblemCode.SESSION_ENDED))
+    await db.commit()
+    caller.user_session.authenticated_at = now
+    return Reauthenticated(
+        authenticated_at=now, valid_until=reauthenticated_until(caller.user_session, settings)
+    )
 
 
 async def list_live(

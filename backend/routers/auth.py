@@ -6,7 +6,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.auth import accounts, links, sessions
-from backend.auth.deps import LoginClient, LoginCredentials, SessionUser, refuse_api_keys
+from backend.auth.deps import (
+    CurrentCaller,
+    LoginClient,
+    LoginCredentials,
+    SessionUser,
+    refuse_api_keys,
+)
 from backend.auth.models import (
     Accepted,
     LinkPurpose,
@@ -15,11 +21,13 @@ from backend.auth.models import (
     LoginResponse,
     MailRequest,
     PasswordSet,
+    Reauthenticated,
+    Reauthentication,
     RegisterRequest,
     SessionEndReason,
 )
 from backend.auth.transport import PresentedRefreshToken, TokenDeliveryDep
-from backend.errors import ForbiddenError, ProblemCode, UnauthorizedError
+from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.deps import ClientIP, DbSession, RuntimeDep
 from backend.http.problems import problem_responses
 from backend.models import User, UserPublic
@@ -203,6 +211,36 @@ async def logout(
 async def logout_all(user: SessionUser, db: DbSession) -> None:
     """End every session of the current user, on every device, at once."""
     await sessions.end_all(db, user=user, reason=SessionEndReason.LOGOUT_ALL)
+
+
+@router.post(
+    "/reauthenticate",
+    name="auth-reauthenticate",
+    response_model=Reauthenticated,
+    responses=problem_responses(401, 403),
+)
+async def reauthenticate(
+    body: Reauthentication, caller: CurrentCaller, db: DbSession, runtime: RuntimeDep, ip: ClientIP
+) -> Reauthenticated:
+    """Prove your password again: for a few minutes (`valid_until`) this session may make
+    the changes that ask for a recent proof (403 `reauthentication_required` otherwise)."""
+    email = caller.user.email
+    limiter = runtime.rate_limiter
+    await limiter.hit(limiter.login, "login", ip, email)
+    # As for a password change: a stolen access token is no way to guess the password.
+    await limiter.check(limiter.login_failures_per_account, "login-account", email)
+    try:
+        return await accounts.reauthenticate(
+            db,
+            caller=caller,
+            password=body.password,
+            hasher=runtime.password_hasher,
+            settings=runtime.settings,
+        )
+    except DomainError as error:
+        if error.code is ProblemCode.PASSWORD_INCORRECT:
+            await limiter.count(limiter.login_failures_per_account, "login-account", email)
+        raise
 
 
 @router.post(
