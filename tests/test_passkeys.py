@@ -131,6 +131,25 @@ async def test_add_list_rename_and_remove_a_passkey(
     assert ("user.passkey_remove", {"passkey_id": passkey["id"], "name": "Work laptop"}) in actions
 
 
+async def test_removing_a_passkey_asks_for_a_recent_proof(
+    client: httpx.AsyncClient,
+    user_headers: dict[str, str],
+    authenticator: Authenticator,
+    clock: Clock,
+) -> None:
+    passkey = (await add_passkey(client, user_headers, authenticator)).json()
+    url = f"{PASSKEYS}/{passkey['id']}"
+    clock.offset += timedelta(seconds=301)  # past REAUTHENTICATION_WINDOW_SECONDS
+    stale = await client.delete(url, headers=user_headers)
+    assert problem(stale) == (403, "reauthentication_required")
+    assert len((await client.get(PASSKEYS, headers=user_headers)).json()) == 1
+    proof = await client.post(
+        f"{API}/auth/reauthenticate", json={"password": USER_PASSWORD}, headers=user_headers
+    )
+    assert proof.status_code == 200, proof.text
+    assert (await client.delete(url, headers=user_headers)).status_code == 204
+
+
 async def test_someone_elses_passkey_cannot_be_renamed_or_removed(
     client: httpx.AsyncClient,
     register: RegisterUser,

@@ -1,7 +1,7 @@
 """passkeys: WebAuthn credentials, their ceremonies' challenges, and their audit actions
 
 Revision ID: 7b3d9e2f4a61
-Revises: 384aeb2d8415
+Revises: 9d2f0e6b7a11
 Create Date: 2026-12-08 00:00:00.000000
 
 """
@@ -15,7 +15,7 @@ from alembic.operations import BatchOperations
 
 # revision identifiers, used by Alembic.
 revision: str = "7b3d9e2f4a61"
-down_revision: str | None = "384aeb2d8415"
+down_revision: str | None = "9d2f0e6b7a11"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

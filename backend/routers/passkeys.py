@@ -7,7 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response, status
 
 from backend.auth import passkeys
-from backend.auth.deps import AdminTargetUser, CurrentCaller, LoginClient, get_session_caller
+from backend.auth.deps import (
+    AdminTargetUser,
+    CurrentCaller,
+    LoginClient,
+    RecentCaller,
+    get_session_caller,
+)
 from backend.auth.models import (
     LoginResponse,
     PasskeyCreate,
@@ -106,9 +112,11 @@ async def rename_passkey(
     response_class=Response,
     responses=problem_responses(404),
 )
-async def delete_passkey(passkey_id: PasskeyId, caller: CurrentCaller, db: DbSession) -> None:
-    """Remove one of your passkeys: it signs no one in any more. Audited as
-    `user.passkey_remove`."""
+async def delete_passkey(passkey_id: PasskeyId, caller: RecentCaller, db: DbSession) -> None:
+    """Remove one of your passkeys: it signs no one in any more. Asks for a recent proof
+    (a login or POST /auth/reauthenticate within REAUTHENTICATION_WINDOW_SECONDS; else
+    403 `reauthentication_required`), so that a stolen session cannot strip a factor.
+    Audited as `user.passkey_remove`."""
     assert caller.user.id is not None
     await passkeys.remove(
         db, passkey_id=passkey_id, user_id=caller.user.id, actor_id=caller.user.id
