@@ -127,13 +127,13 @@ BITS_PER_PASSPHRASE_WORD = math.log2(7776)
 RP_ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
-def webauthn_problem(rp_id: str, origins: list[str]) -> str | None:
+def webauthn_problem(rp_id: str, origins: list[str], *, rp_id_name: str = "RP_ID") -> str | None:
     """Why passkeys could not work with this relying party id and these origins, or
     None: a browser refuses a ceremony whose page's host is not the RP id or under it,
     and every page but localhost's must be https."""
     if not RP_ID_PATTERN.fullmatch(rp_id) or rp_id.replace(".", "").isdigit():
         return (
-            f"RP_ID {rp_id!r} must be a lowercase host name like example.com (not an "
+            f"{rp_id_name} {rp_id!r} must be a lowercase host name like example.com (not an "
             "address; no scheme or port)"
         )
     for origin in origins:
@@ -152,8 +152,8 @@ def webauthn_problem(rp_id: str, origins: list[str]) -> str | None:
             return f"WEBAUTHN_ORIGINS: {origin!r} must be https:// (only localhost may use http)"
         if host != rp_id and not host.endswith(f".{rp_id}"):
             return (
-                f"WEBAUTHN_ORIGINS: {origin!r} is not on RP_ID {rp_id!r} or a subdomain of it, "
-                "so browsers would refuse its passkeys"
+                f"WEBAUTHN_ORIGINS: {origin!r} is not on {rp_id_name} {rp_id!r} or a "
+                "subdomain of it, so browsers would refuse its passkeys"
             )
     return None
 
@@ -545,7 +545,11 @@ class Settings(BaseSettings):
         # PUBLIC_URL that only serves mailed links (an address, plain http), they are
         # left be: passkeys are then refused by browsers, not by start-up.
         configured = self.RP_ID or self.WEBAUTHN_ORIGINS or self.PASSKEY_LOGIN
-        problem = webauthn_problem(self.webauthn_rp_id, self.webauthn_origins)
+        problem = webauthn_problem(
+            self.webauthn_rp_id,
+            self.webauthn_origins,
+            rp_id_name="RP_ID" if self.RP_ID else "RP_ID (unset: the host of PUBLIC_URL)",
+        )
         if configured and problem is not None:
             raise ValueError(problem)
         return self

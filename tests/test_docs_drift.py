@@ -202,6 +202,9 @@ WORKED_OUT = {
     "PASSWORD_RESET_ENABLED",
     "LOG_FORMAT",
     "ADMIN_DIR",
+    "RP_ID",
+    "RP_NAME",
+    "WEBAUTHN_ORIGINS",
 }
 
 

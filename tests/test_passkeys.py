@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from backend.clock import Clock
-from backend.config import Settings
+from backend.config import Settings, load_settings
 from backend.main import create_app
 from tests.authenticator import Authenticator, b64
 from tests.helpers import (
@@ -423,3 +423,59 @@ async def test_passwordless_sign_in_is_rate_limited_like_login(database_url: str
 def _unregistered_answer(authenticator: Authenticator, options: dict[str, Any]) -> dict[str, Any]:
     authenticator.create({"challenge": options["challenge"], "user": {"id": b64(b"u")}})
     return authenticator.get(options)
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"RP_ID": "https://example.com"}, "RP_ID 'https://example.com' must be a lowercase host"),
+        ({"RP_ID": "example.com:443"}, "RP_ID 'example.com:443' must be a lowercase host"),
+        ({"RP_ID": "10.0.0.5"}, "RP_ID '10.0.0.5' must be a lowercase host name"),
+        (
+            {"RP_ID": "example.com", "WEBAUTHN_ORIGINS": "https://example.org"},
+            "'https://example.org' is not on RP_ID 'example.com'",
+        ),
+        (
+            {"RP_ID": "example.com", "WEBAUTHN_ORIGINS": "https://notexample.com"},
+            "'https://notexample.com' is not on RP_ID 'example.com'",
+        ),
+        (
+            {"RP_ID": "example.com", "WEBAUTHN_ORIGINS": "http://app.example.com"},
+            "'http://app.example.com' must be https://",
+        ),
+        (
+            {"RP_ID": "example.com", "WEBAUTHN_ORIGINS": "https://app.example.com/admin"},
+            "'https://app.example.com/admin' is not an origin",
+        ),
+        # Derived from the local address, which no browser takes as an RP id.
+        (
+            {"PASSKEY_LOGIN": "true"},
+            "RP_ID (unset: the host of PUBLIC_URL) '127.0.0.1' must be a lowercase host name",
+        ),
+    ],
+)
+def test_passkey_settings_that_cannot_work_stop_start_up_in_one_line(
+    values: dict[str, str], said: str
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(_env_file=None, STAGE="local", **values)
+    message = str(raised.value)
+    assert message.startswith("Configuration error: ")
+    assert said in message
+    assert len(message.splitlines()) == 1
+
+
+def test_passkey_settings_default_to_the_public_url() -> None:
+    settings = load_settings(
+        _env_file=None, STAGE="local", PUBLIC_URL="https://app.example.com/admin"
+    )
+    assert settings.webauthn_rp_id == "app.example.com"
+    assert settings.webauthn_origins == ["https://app.example.com"]
+    assert settings.webauthn_rp_name == "Users API"
+    local = load_settings(
+        _env_file=None,
+        STAGE="local",
+        RP_ID="localhost",
+        WEBAUTHN_ORIGINS="http://localhost:8000, https://admin.localhost",
+    )
+    assert local.webauthn_origins == ["http://localhost:8000", "https://admin.localhost"]
