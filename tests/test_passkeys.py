@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlmodel import SQLModel
 
 from backend.clock import Clock
 from backend.config import Settings, load_settings
@@ -395,6 +397,7 @@ async def test_passwordless_sign_in_is_off_unless_asked_for(
         fake = {"credential": authenticator.get({"challenge": b64(b"c" * 32)})}
         verify = await client.post(f"{API}/auth/passkey/verify", json=fake)
         assert problem(verify) == (403, "passkey_login_disabled")
+        await empty(app)
 
 
 async def test_passwordless_sign_in_is_rate_limited_like_login(database_url: str) -> None:
@@ -406,7 +409,8 @@ async def test_passwordless_sign_in_is_rate_limited_like_login(database_url: str
         RATE_LIMIT_LOGIN="2/minute",
     )
     authenticator = Authenticator(rp_id=RP_ID, origin=ORIGIN)
-    async with running(create_app(settings)) as client:
+    app = create_app(settings)
+    async with running(app) as client:
         answers = [
             {"credential": authenticator_answer}
             for authenticator_answer in [
@@ -417,7 +421,33 @@ async def test_passwordless_sign_in_is_rate_limited_like_login(database_url: str
             (await client.post(f"{API}/auth/passkey/verify", json=answer)).status_code
             for answer in answers
         ]
+        await empty(app)
     assert statuses == [401, 401, 429]
+
+
+async def test_an_unverified_account_waits_for_its_link_as_at_login(database_url: str) -> None:
+    """With EMAIL_VERIFICATION=required, a passkey (added while it was optional) does not
+    let an unverified account in: the same 403 as a password login."""
+    authenticator = Authenticator(rp_id=RP_ID, origin=ORIGIN)
+    passkeys = {"RP_ID": RP_ID, "WEBAUTHN_ORIGINS": ORIGIN, "PASSKEY_LOGIN": True}
+    optional = create_app(make_settings(database_url, EMAIL_VERIFICATION="optional", **passkeys))
+    async with running(optional) as client:
+        body = {"email": "new@example.com", "name": "New", "password": USER_PASSWORD}
+        registered = (await client.post(f"{API}/auth/register", json=body)).json()
+        assert registered["user"]["is_verified"] is False
+        headers = bearer(registered["access_token"])
+        assert (await add_passkey(client, headers, authenticator)).status_code == 201
+    required = create_app(make_settings(database_url, EMAIL_VERIFICATION="required", **passkeys))
+    async with running(required) as client:
+        assert problem(await sign_in(client, authenticator)) == (403, "email_not_verified")
+        await empty(required)
+
+
+async def empty(app: FastAPI) -> None:
+    """Leave the database as the app fixture does, for the tests after this one."""
+    async with app.state.runtime.engine.begin() as connection:
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            await connection.execute(table.delete())
 
 
 def _unregistered_answer(authenticator: Authenticator, options: dict[str, Any]) -> dict[str, Any]:
