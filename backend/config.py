@@ -259,6 +259,10 @@ class Settings(BaseSettings):
     RATE_LIMIT_MAIL_PER_EMAIL: str = "5/hour"
     RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
     REDIS_URL: str | None = None
+    # Where rate-limit counters live: `redis` needs REDIS_URL (the default when it is
+    # set); `memory` keeps them per process, which production with several workers
+    # takes only spelled out (`backend serve` refuses it otherwise).
+    RATE_LIMIT_STORAGE: Literal["memory", "redis"] | None = None
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
@@ -267,6 +271,10 @@ class Settings(BaseSettings):
     # A backstop: changes reach every worker's cache at once (see backend/auth/authcache.py).
     AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0)
     AUTO_MIGRATE: bool | None = None
+    # One file, one writer at a time, one host: production takes it only when asked.
+    ALLOW_SQLITE_IN_PRODUCTION: bool = False
+    # /docs, /redoc and the OpenAPI document: on in local and test, off otherwise.
+    DOCS_ENABLED: bool | None = None
     # `backend serve`: on SIGTERM, how long in-flight requests may take to finish.
     SHUTDOWN_GRACE_SECONDS: int = Field(default=20, ge=1)
     # A client that holds a connection without finishing its request is closed, so that
@@ -433,6 +441,20 @@ class Settings(BaseSettings):
             self._secret_key_generated = True
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.is_sqlite or self.STAGE == "local"
+        if self.DOCS_ENABLED is None:
+            self.DOCS_ENABLED = self.STAGE in ("local", "test")
+        if self.STAGE == "production" and self.is_sqlite and not self.ALLOW_SQLITE_IN_PRODUCTION:
+            raise ValueError(
+                "DATABASE_URL is SQLite with STAGE=production: use PostgreSQL, or set "
+                "ALLOW_SQLITE_IN_PRODUCTION=true for one small instance on one host"
+            )
+        if self.RATE_LIMIT_STORAGE == "redis" and not self.REDIS_URL:
+            raise ValueError("RATE_LIMIT_STORAGE=redis needs REDIS_URL")
+        if self.RATE_LIMIT_STORAGE == "memory" and self.REDIS_URL:
+            raise ValueError(
+                "RATE_LIMIT_STORAGE=memory and REDIS_URL are both set: unset one (Redis "
+                "holds nothing but the rate-limit counters)"
+            )
         if self.METRICS_TOKEN is not None:
             weakness = secret_key_weakness(self.METRICS_TOKEN.get_secret_value())
             if weakness:
@@ -465,10 +487,11 @@ class Settings(BaseSettings):
 
     @property
     def admin_dir(self) -> Path | None:
-        """The folder of the dashboard to serve at /admin, or None for no /admin."""
+        """The folder of the dashboard to serve at /admin, or None for no /admin. Unset,
+        a checkout's build folder, built or not yet (/admin then says how to build it)."""
         if self.ADMIN_DIR is not None:
             return Path(self.ADMIN_DIR).resolve() if self.ADMIN_DIR else None
-        return DEFAULT_ADMIN_DIR if (DEFAULT_ADMIN_DIR / "index.html").is_file() else None
+        return DEFAULT_ADMIN_DIR if DEFAULT_ADMIN_DIR.parent.is_dir() else None
 
     @model_validator(mode="after")
     def check_first_admin(self) -> "Settings":
@@ -606,6 +629,24 @@ class Settings(BaseSettings):
     def secret_key_generated(self) -> bool:
         """Whether SECRET_KEY is a random one made for this process (STAGE=local only)."""
         return self._secret_key_generated
+
+    def workers_problem(self, workers: int) -> str | None:
+        """Why `backend serve --workers N` cannot run with these settings, in one line."""
+        if workers <= 1:
+            return None
+        if self.is_sqlite:
+            return "--workers: several workers need PostgreSQL, not SQLite"
+        if self.secret_key_generated:
+            return (
+                "SECRET_KEY: several workers need one set: each would make its own and "
+                f"refuse the others' tokens. Generate one with: {HOW_TO_MAKE_A_KEY}"
+            )
+        if self.STAGE == "production" and self.RATE_LIMIT_STORAGE is None and not self.REDIS_URL:
+            return (
+                "REDIS_URL: several workers in production share no rate limits without it "
+                "(each would count alone); set it, or RATE_LIMIT_STORAGE=memory to accept that"
+            )
+        return None
 
     @property
     def log_format(self) -> str:

@@ -86,6 +86,7 @@ class ProblemCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     SERVER_BUSY = "server_busy"  # too many password hashes waiting
     DATABASE_UNAVAILABLE = "database_unavailable"
+    DATABASE_NOT_MIGRATED = "database_not_migrated"  # run `backend migrate`
     SHUTTING_DOWN = "shutting_down"
     NOT_READY = "not_ready"  # /health/ready: a dependency does not answer
     INTERNAL_ERROR = "internal_error"  # a bug: quote the request id

@@ -19,9 +19,20 @@ from backend.auth import accounts
 from backend.auth.authcache import AuthCache, tracked_sessionmaker
 from backend.auth.passwords import PasswordHasher
 from backend.config import Settings, get_settings
-from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
-from backend.db.migrate import upgrade_to_head
-from backend.http.admin import install_admin
+from backend.db.engine import (
+    DatabaseStartupError,
+    create_engine,
+    database_location,
+    database_unavailable,
+    explained_startup_failure,
+)
+from backend.db.migrate import (
+    NOT_MIGRATED,
+    database_revision,
+    newest_revision,
+    upgrade_to_head,
+)
+from backend.http.admin import NOT_BUILT, install_admin, install_root
 from backend.http.docs import install_docs
 from backend.http.middleware import (
     BodyReadTimeoutMiddleware,
@@ -112,9 +123,13 @@ def _lifespan(
             if settings.AUTO_MIGRATE:
                 await upgrade_to_head(settings)
             with explained_startup_failure(settings):
+                await _check_schema(runtime)
                 await _ensure_first_admin(runtime)
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
+            admin_dir = settings.admin_dir
+            if admin_dir is not None and not (admin_dir / "index.html").is_file():
+                logger.info("no dashboard build in %s yet. %s", admin_dir, NOT_BUILT)
             runtime.auth_cache.start()
             await runtime.password_hasher.calibrate()
             yield
@@ -202,6 +217,38 @@ class OneLineStartupFailure:
         await self.app(scope, receive, send_one_line)
 
 
+async def _check_schema(runtime: Runtime) -> None:
+    """A database behind the migrations: start-up stops where it would have to write
+    (the first admin), and warns otherwise, /health/ready saying 503 until it is done."""
+    settings = runtime.settings
+    first_admin = settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD
+    try:
+        async with runtime.engine.connect() as connection:
+            revision = await database_revision(connection)
+    except Exception as error:
+        # Down for now: the app starts all the same and readiness says 503 meanwhile,
+        # unless it has to write at once (the first admin), which stops it in one line.
+        if database_unavailable(error) and not first_admin:
+            return
+        raise
+    if revision == newest_revision():
+        return
+    where = database_location(settings.DATABASE_URL)
+    if first_admin:
+        raise DatabaseStartupError(
+            f"FIRST_ADMIN_EMAIL: cannot create the first admin: the database at {where} is "
+            f"at revision {revision or 'none'}, not the newest ({newest_revision()}). "
+            f"{NOT_MIGRATED}"
+        )
+    logger.warning(
+        "the database at %s is at revision %s, not the newest (%s): /health/ready answers "
+        "503 until `backend migrate` runs",
+        where,
+        revision or "none",
+        newest_revision(),
+    )
+
+
 async def _ensure_first_admin(runtime: Runtime) -> None:
     settings = runtime.settings
     if not (settings.FIRST_ADMIN_EMAIL and settings.FIRST_ADMIN_PASSWORD):
@@ -230,7 +277,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title=settings.PROJECT_NAME,
         description="Users and JWT authentication. Errors are RFC 9457 problem+json.",
         version="1.0.0",
-        openapi_url=f"{settings.API_V1_PREFIX}/openapi.json",
+        # Off by default outside local and test: the whole surface, mapped for a stranger.
+        openapi_url=f"{settings.API_V1_PREFIX}/openapi.json" if settings.DOCS_ENABLED else None,
         openapi_tags=TAGS,
         docs_url=None,
         redoc_url=None,
@@ -251,14 +299,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(passkeys.auth_router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
-    install_docs(app, settings)
+    if settings.DOCS_ENABLED:
+        install_docs(app, settings)
     if settings.METRICS_ENABLED:
         token = settings.METRICS_TOKEN
         install_metrics_endpoint(
             app, metrics, token=token.get_secret_value() if token is not None else None
         )
-    if settings.admin_dir is not None:
-        install_admin(app, settings.admin_dir)
+    dashboard = install_admin(app, settings.admin_dir) if settings.admin_dir else None
+    install_root(app, dashboard, docs=bool(settings.DOCS_ENABLED))
 
     # Added innermost first: the headers wrap everything, CORS sees normalised paths and
     # adds its headers to 413s and 500s too.

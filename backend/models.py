@@ -357,12 +357,17 @@ class UserInvite(SQLModel):
     )
 
 
-class UserPublic(UserBase):
+class _IdFirst(SQLModel):
+    id: int
+
+
+# Bases after UserBase: pydantic orders fields from the last base to the first, so `id`
+# leads every user in JSON, the OpenAPI schema and a dashboard's CSV export, at no cost.
+class UserPublic(UserBase, _IdFirst):
     # Output only: what the database holds was validated on the way in, and
     # re-validating every email of every page costs ~50 us a user, every name ~25 us.
     email: str
     name: str
-    id: int
     is_verified: bool = Field(description="Whether the owner followed a link mailed to it")
     created_at: datetime
     updated_at: datetime

@@ -112,10 +112,39 @@ async def test_an_empty_admin_dir_means_no_admin_route(tmp_path: Path) -> None:
             assert response.headers["content-type"] == "application/problem+json"
 
 
-def test_unset_it_serves_the_checkouts_build_when_there_is_one(tmp_path: Path) -> None:
+def test_unset_it_serves_the_checkouts_build_folder_built_or_not(tmp_path: Path) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'app.db'}")
-    built = (DEFAULT_ADMIN_DIR / "index.html").is_file()
-    assert settings.admin_dir == (DEFAULT_ADMIN_DIR if built else None)
+    assert settings.admin_dir == DEFAULT_ADMIN_DIR
+
+
+async def test_a_build_made_while_the_server_runs_is_served_without_a_restart(
+    client: httpx.AsyncClient, dist: Path
+) -> None:
+    (dist / "index.html").unlink()  # as `npm run build` empties the folder first
+    for path in ("/admin", "/admin/users", "/admin/assets/index-abc123.js"):
+        missing = await client.get(path)
+        assert missing.status_code == 404
+        assert (
+            "The dashboard is not built: run `cd clients/admin && npm ci"
+            in (missing.json()["detail"])
+        )
+    assert (await client.get("/")).headers["location"] == "/docs"
+    (dist / "index.html").write_text(INDEX)
+    assert (await client.get("/admin")).text == INDEX
+    root = await client.get("/")
+    assert (root.status_code, root.headers["location"]) == (307, "/admin")
+
+
+async def test_the_root_leads_to_the_docs_without_a_dashboard_and_else_nowhere(
+    tmp_path: Path,
+) -> None:
+    database = f"sqlite:///{tmp_path / 'app.db'}"
+    for docs, expected in ((True, "/docs"), (False, None)):
+        settings = make_settings(database, AUTO_MIGRATE=True, ADMIN_DIR="", DOCS_ENABLED=docs)
+        async with running(create_app(settings)) as client:
+            root = await client.get("/")
+            assert root.headers.get("location") == expected
+            assert root.status_code == (307 if expected else 404)
 
 
 def test_a_folder_without_an_index_stops_start_up_naming_the_setting(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typer.testing import CliRunner, Result
 
 from backend.cli import app
 from backend.config import get_settings
+from backend.db.migrate import newest_revision
 from tests.helpers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -51,6 +52,10 @@ def test_help_explains_every_command() -> None:
 def test_migrate_then_create_admin_once(sqlite_env: Path) -> None:
     migrated = runner.invoke(app, ["migrate"])
     assert migrated.exit_code == 0, migrated.output
+    newest = newest_revision()
+    assert migrated.output == f"Migrated the database from empty to {newest}, the newest.\n"
+    again = runner.invoke(app, ["migrate"])
+    assert again.output == f"Nothing to do: the database is at the newest migration ({newest}).\n"
     tables = sqlite3.connect(sqlite_env).execute("SELECT name FROM sqlite_master").fetchall()
     assert ("users",) in tables
 
@@ -85,7 +90,15 @@ def test_create_admin_rejects_a_password_like_the_email(sqlite_env: Path) -> Non
 def test_serve_refuses_several_workers_on_sqlite(sqlite_env: Path) -> None:
     result = runner.invoke(app, ["serve", "--workers", "2"])
     assert result.exit_code == 2
-    assert "several workers need PostgreSQL" in result.output
+    assert result.output == "--workers: several workers need PostgreSQL, not SQLite\n"
+
+
+def test_serve_refuses_several_workers_without_a_secret_key(sqlite_env: Path) -> None:
+    env = {"DATABASE_URL": "postgresql://u:p@127.0.0.1:9/db", "SECRET_KEY": "", "STAGE": "local"}
+    result = runner.invoke(app, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 2
+    assert result.output.startswith("SECRET_KEY: several workers need one set")
+    assert result.output.count("\n") == 1
 
 
 def create_user(email: str, name: str, role: str = "user") -> Result:

@@ -269,7 +269,7 @@ def test_the_first_admin_password_is_not_an_example_nor_the_email(
         settings_from(
             STAGE=stage,
             SECRET_KEY=TEST_SECRET_KEY,
-            DATABASE_URL="sqlite:///x.db",
+            DATABASE_URL=POSTGRES,
             FIRST_ADMIN_EMAIL=email,
             FIRST_ADMIN_PASSWORD=password,
         )
@@ -315,6 +315,7 @@ def test_a_weak_metrics_token_is_refused_in_one_line(stage: str, token: str, rea
             _env_file=None,
             STAGE=stage,
             SECRET_KEY=TEST_SECRET_KEY,
+            DATABASE_URL=POSTGRES,
             METRICS_ENABLED=True,
             METRICS_TOKEN=token,
         )
@@ -366,3 +367,60 @@ def test_importing_the_app_module_reads_no_settings() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+# --- refuse, don't warn ---------------------------------------------------------------
+
+PRODUCTION = {"STAGE": "production", "SECRET_KEY": TEST_SECRET_KEY}
+POSTGRES = "postgresql://u:p@h/db"
+
+
+def test_production_refuses_sqlite_unless_allowed() -> None:
+    message = "DATABASE_URL is SQLite with STAGE=production: use PostgreSQL, or set ALLOW_SQLITE"
+    with pytest.raises(ValidationError, match=message):
+        settings_from(**PRODUCTION, DATABASE_URL="sqlite:///x.db")
+    settings_from(**PRODUCTION, DATABASE_URL="sqlite:///x.db", ALLOW_SQLITE_IN_PRODUCTION="true")
+    settings_from(**{**PRODUCTION, "STAGE": "staging"}, DATABASE_URL="sqlite:///x.db")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"RATE_LIMIT_STORAGE": "redis"}, "RATE_LIMIT_STORAGE=redis needs REDIS_URL"),
+        (
+            {"RATE_LIMIT_STORAGE": "memory", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+            "RATE_LIMIT_STORAGE=memory and REDIS_URL are both set",
+        ),
+    ],
+)
+def test_rate_limit_storage_contradictions_are_refused(
+    values: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings_from(DATABASE_URL=POSTGRES, **values)
+
+
+@pytest.mark.parametrize(
+    ("stage", "enabled"),
+    [("local", True), ("test", True), ("staging", False), ("production", False)],
+)
+def test_docs_are_off_by_default_outside_local_and_test(stage: str, enabled: bool) -> None:
+    settings = settings_from(STAGE=stage, SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL=POSTGRES)
+    assert settings.DOCS_ENABLED is enabled
+
+
+def test_several_workers_need_a_secret_key_and_in_production_shared_limits() -> None:
+    local = settings_from(STAGE="local", DATABASE_URL=POSTGRES)
+    assert local.workers_problem(1) is None
+    assert (local.workers_problem(2) or "").startswith("SECRET_KEY: several workers need one")
+    sqlite = settings_from(STAGE="local", SECRET_KEY=TEST_SECRET_KEY, DATABASE_URL="sqlite://")
+    assert (sqlite.workers_problem(2) or "").startswith("--workers: several workers need Postgre")
+    production = settings_from(**PRODUCTION, DATABASE_URL=POSTGRES)
+    assert (production.workers_problem(2) or "").startswith("REDIS_URL: several workers")
+    spelled_out = settings_from(**PRODUCTION, DATABASE_URL=POSTGRES, RATE_LIMIT_STORAGE="memory")
+    assert spelled_out.workers_problem(2) is None
+    shared = settings_from(**PRODUCTION, DATABASE_URL=POSTGRES, REDIS_URL="redis://h:6379/0")
+    assert shared.workers_problem(2) is None
+    for problem in (local.workers_problem(2), production.workers_problem(2)):
+        assert problem is not None
+        assert "\n" not in problem

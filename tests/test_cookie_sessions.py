@@ -307,7 +307,9 @@ async def test_the_schema_documents_the_transport(client: httpx.AsyncClient) -> 
 @pytest.mark.parametrize(("stage", "secure"), [("local", False), ("production", True)])
 def test_the_cookie_is_secure_except_on_a_local_server(stage: str, secure: bool) -> None:
     # Production's bcrypt floor; nothing is hashed here.
-    settings = make_settings("sqlite://", STAGE=stage, API_V1_PREFIX="/v2", BCRYPT_ROUNDS=12)
+    settings = make_settings(
+        "postgresql://u:p@127.0.0.1/db", STAGE=stage, API_V1_PREFIX="/v2", BCRYPT_ROUNDS=12
+    )
     user = User(id=1, email="ada@example.com", name="Ada", hashed_password="unused")
     session_id, session_expires = "a" * 32, utcnow() + timedelta(days=30)
     tokens = LoginResponse(

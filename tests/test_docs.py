@@ -108,3 +108,14 @@ async def test_docs_urls_follow_the_root_path(tmp_path: Path) -> None:
 async def test_docs_routes_stay_out_of_the_schema(docs_client: httpx.AsyncClient) -> None:
     schema = (await docs_client.get(f"{API}/openapi.json")).json()
     assert not [path for path in schema["paths"] if path.startswith(("/docs", "/redoc"))]
+
+
+async def test_staging_and_production_serve_no_docs_unless_asked(tmp_path: Path) -> None:
+    """DOCS_ENABLED is off outside local and test: no pages, no OpenAPI document."""
+    database = f"sqlite:///{tmp_path / 'unused.db'}"
+    paths = ["/docs", "/redoc", f"{API}/openapi.json", "/docs/assets/swagger-ui.css"]
+    for enabled, expected in ((None, 404), (True, 200)):
+        app = create_app(make_settings(database, STAGE="staging", DOCS_ENABLED=enabled))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert [(await client.get(path)).status_code for path in paths] == [expected] * 4

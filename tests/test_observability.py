@@ -24,7 +24,7 @@ async def test_one_log_line_per_request_with_its_context(
             f"{API}/users/{tokens['user']['id']}",
             headers={**bearer(tokens["access_token"]), "X-Request-ID": "trace-1"},
         )
-        await client.get("/nowhere")
+        await client.get("/nowhere/%0Aforged line?token=secret")
     first, second = (record for record in caplog.records if record.name == "backend.access")
     fields = ("method", "route", "status", "request_id", "user_id")
     assert {name: first.__dict__[name] for name in fields} == {
@@ -36,6 +36,10 @@ async def test_one_log_line_per_request_with_its_context(
     }
     assert first.__dict__["duration_ms"] > 0
     assert (second.__dict__["route"], second.__dict__["status"]) == ("unmatched", 404)
+    # The path an unmatched request asked for, on one line, without its query string.
+    assert second.__dict__["path"] == "/nowhere/\\nforged line"
+    assert second.getMessage().startswith("GET /nowhere/\\nforged line 404 ")
+    assert "path" not in first.__dict__
 
 
 def test_json_log_format(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

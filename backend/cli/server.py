@@ -32,10 +32,10 @@ def serve(
 ) -> None:
     """Serve the API (docs at http://HOST:PORT/docs)."""
     settings = get_settings()  # fails here, in one line, on a bad configuration
-    if workers > 1 and settings.is_sqlite:
-        raise typer.BadParameter(
-            "several workers need PostgreSQL, not SQLite", param_hint="--workers"
-        )
+    problem = settings.workers_problem(workers)
+    if problem:
+        typer.echo(problem, err=True)
+        raise typer.Exit(code=2)
     configure_logging(settings)
 
     def exit_cleanly(_signal: int, _frame: object) -> None:
@@ -76,10 +76,13 @@ def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
 
     try:
-        asyncio.run(upgrade_to_head(get_settings()))
+        before, after = asyncio.run(upgrade_to_head(get_settings()))
     except DatabaseStartupError as error:
         exit_with(error)
-    typer.echo("Database is at the newest migration.")
+    if before == after:
+        typer.echo(f"Nothing to do: the database is at the newest migration ({after}).")
+    else:
+        typer.echo(f"Migrated the database from {before or 'empty'} to {after}, the newest.")
 
 
 class _ShippedSettings(Settings):

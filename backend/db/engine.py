@@ -13,6 +13,8 @@ from asyncpg import (  # type: ignore[import-untyped]
     InvalidCatalogNameError,
     OperatorInterventionError,
     PostgresConnectionError,
+    UndefinedColumnError,
+    UndefinedTableError,
 )
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -56,6 +58,19 @@ def database_unavailable(exc: Exception) -> bool:
             return True
         return exc.orig is not None and isinstance(exc.driver_exception, DRIVER_UNAVAILABLE)
     return False
+
+
+def schema_missing(exc: Exception) -> bool:
+    """Whether a statement failed for want of a table or column: a database that
+    `backend migrate` has not brought to the newest revision, not a bug in the request."""
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return False
+    if isinstance(exc.driver_exception, UndefinedTableError | UndefinedColumnError):
+        return True  # PostgreSQL's 42P01 and 42703
+    message = str(exc.orig)
+    return isinstance(exc, OperationalError) and message.startswith(
+        ("no such table", "no such column")  # SQLite's words; it has no codes for them
+    )
 
 
 # Start-up cannot go on: a wrong password or database name, on top of an outage.

@@ -7,11 +7,12 @@ from pathlib import Path, PurePosixPath
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from backend.config import ADMIN_PATH
+from backend.config import ADMIN_PATH, HOW_TO_BUILD_THE_DASHBOARD
+from backend.http.docs import DOCS_URL
 
 # Only the dashboard's own files and its own origin's API: no inline or foreign script.
 # Material UI (emotion) writes <style> elements at run time, hence inline styles.
@@ -33,12 +34,26 @@ CONTENT_SECURITY_POLICY = "; ".join(
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+NOT_BUILT = (
+    f"The dashboard is not built: run `{HOW_TO_BUILD_THE_DASHBOARD}`; it is served as soon "
+    "as it is, without a restart."
+)
+
+
 class DashboardFiles(StaticFiles):
+    """The build's files, looked up at each request: a build made while the server
+    runs (`npm run build`, which replaces the folder) is served from its next request."""
+
     def __init__(self, directory: Path) -> None:
-        super().__init__(directory=directory)
+        super().__init__(directory=directory, check_dir=False)
         self.index = directory / "index.html"
 
+    def built(self) -> bool:
+        return self.index.is_file()
+
     def index_response(self) -> Response:
+        if not self.built():
+            raise HTTPException(404, NOT_BUILT)
         # Always revalidated: it names the current build's assets.
         return self._secured(FileResponse(self.index, headers={"Cache-Control": "no-cache"}))
 
@@ -46,7 +61,7 @@ class DashboardFiles(StaticFiles):
         return self.index_response()
 
     async def get_response(self, path: str, scope: Scope) -> Response:
-        if path in {"", "."}:
+        if path in {"", "."} or not self.built():
             return self.index_response()
         try:
             response = await super().get_response(path, scope)
@@ -66,7 +81,7 @@ class DashboardFiles(StaticFiles):
         return response
 
 
-def install_admin(app: FastAPI, directory: Path) -> None:
+def install_admin(app: FastAPI, directory: Path) -> DashboardFiles:
     files = DashboardFiles(directory)
     # The mount answers /admin/...; /admin itself (and /admin/, which the trailing-slash
     # middleware turns into it) needs a route of its own.
@@ -74,3 +89,19 @@ def install_admin(app: FastAPI, directory: Path) -> None:
         ADMIN_PATH, files.index_endpoint, methods=["GET", "HEAD"], include_in_schema=False
     )
     app.mount(ADMIN_PATH, files, name="admin")
+    return files
+
+
+def install_root(app: FastAPI, dashboard: DashboardFiles | None, *, docs: bool) -> None:
+    """`/` leads somewhere: to the dashboard when one is built, else to the API's docs
+    when they are served; else it is a 404 like any unknown path."""
+
+    async def root(request: Request) -> Response:
+        where = request.scope.get("root_path", "")
+        if dashboard is not None and dashboard.built():
+            return RedirectResponse(where + ADMIN_PATH)
+        if docs:
+            return RedirectResponse(where + DOCS_URL)
+        raise HTTPException(404)
+
+    app.add_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)

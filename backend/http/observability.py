@@ -64,6 +64,9 @@ def configure_logging(settings: Settings) -> None:
     # aiosqlite's DEBUG lines repeat every statement with its bound values: emails and
     # password hashes, which hide_parameters keeps out of SQLAlchemy's own messages.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    # Seven lines at every start that migrates, naming alembic's own autogenerate
+    # plugins; the migrations it runs stay in the log (alembic.runtime.migration).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 class HashQueue(Protocol):
@@ -289,6 +292,10 @@ def _check_scraper(authorization: str | None, expected: bytes) -> None:
         )
 
 
+UNMATCHED = "unmatched"
+MAX_LOGGED_PATH = 200
+
+
 class RequestLogMiddleware:
     """One log line (and metric sample) per request: method, route template, status,
     duration, request id and user id. Never the query string or a body."""
@@ -323,15 +330,18 @@ class RequestLogMiddleware:
             self.metrics.latency.labels(scope["method"], route).observe(seconds)
         if access_logger.isEnabledFor(logging.INFO):
             state = scope.get("state", {})
+            # The metrics keep one label for every unmatched path; the log says which.
+            path = _loggable_path(scope["path"]) if route == UNMATCHED else None
             access_logger.info(
                 "%s %s %s %.1fms",
                 scope["method"],
-                route,
+                path or route,
                 status,
                 seconds * 1000,
                 extra={
                     "method": scope["method"],
                     "route": route,
+                    **({"path": path} if path else {}),
                     "status": status,
                     "duration_ms": round(seconds * 1000, 2),
                     "request_id": state.get("request_id"),
@@ -347,7 +357,7 @@ class RequestLogMiddleware:
         """
         route = scope.get("route")
         if route is None:
-            return "unmatched"
+            return UNMATCHED
         if self.templates is None:
             app: FastAPI = scope["app"]
             self.templates = {
@@ -356,4 +366,15 @@ class RequestLogMiddleware:
                 for operation in operations.values()
             }
         template = self.templates.get(getattr(route, "name", ""))
-        return template or str(getattr(route, "path", "unmatched"))
+        return template or str(getattr(route, "path", UNMATCHED))
+
+
+def _loggable_path(path: str) -> str:
+    """A client's path as one bounded log line: control and other unprintable
+    characters escaped (a %0A would start a forged line), at most MAX_LOGGED_PATH long."""
+    shown = path[:MAX_LOGGED_PATH]
+    if not shown.isprintable():
+        shown = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown
+        )
+    return shown + ("..." if len(path) > MAX_LOGGED_PATH else "")

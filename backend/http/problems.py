@@ -19,7 +19,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from backend.db.engine import DATABASE_UNAVAILABLE, database_unavailable
+from backend.db.engine import DATABASE_UNAVAILABLE, database_unavailable, schema_missing
+from backend.db.migrate import NOT_MIGRATED
 from backend.errors import (
     DomainError,
     FieldInvalidError,
@@ -222,6 +223,15 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Before the outage test: SQLite's "no such table" is an OperationalError too.
+    if schema_missing(exc):
+        return problem_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            NOT_MIGRATED,
+            code=ProblemCode.DATABASE_NOT_MIGRATED,
+            headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+            request_id=request_id_of(request),
+        )
     if not database_unavailable(exc):
         return unexpected_error_response(exc, request_id=request_id_of(request))
     cause = exc.driver_exception if isinstance(exc, DBAPIError) and exc.orig is not None else exc

@@ -2,9 +2,9 @@ import asyncio
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.db.migrate import NOT_MIGRATED, database_revision, newest_revision
 from backend.errors import ProblemCode, ServiceUnavailableError
 from backend.http.deps import RuntimeDep
 from backend.http.problems import problem_responses
@@ -38,7 +38,7 @@ async def live() -> HealthStatus:
     "/ready", name="health-ready", response_model=HealthStatus, responses=problem_responses(503)
 )
 async def ready(runtime: RuntimeDep) -> HealthStatus:
-    """The database answers: safe to route traffic here.
+    """The database answers and is at the newest migration: safe to route traffic here.
 
     With REDIS_URL set, `checks.redis` is `ok`, or `degraded` when Redis does not answer
     (rate limits then fail open); that alone never makes this 503.
@@ -49,13 +49,21 @@ async def ready(runtime: RuntimeDep) -> HealthStatus:
             asyncio.timeout(runtime.settings.request_database_budget_seconds),
             runtime.engine.connect() as connection,
         ):
-            await connection.execute(text("SELECT 1"))
+            revision = await database_revision(connection)
     except (SQLAlchemyError, OSError) as error:  # TimeoutError is an OSError
         raise ServiceUnavailableError(
             f"The database is not reachable ({error.__class__.__name__}).",
             code=ProblemCode.NOT_READY,
             retry_after_seconds=READY_RETRY_AFTER_SECONDS,
         ) from error
+    if revision != newest_revision():
+        # Every request would fail on a missing table or column: not ready, and why.
+        raise ServiceUnavailableError(
+            f"{NOT_MIGRATED} It is at revision {revision or 'none'}, the newest is "
+            f"{newest_revision()}.",
+            code=ProblemCode.DATABASE_NOT_MIGRATED,
+            retry_after_seconds=READY_RETRY_AFTER_SECONDS,
+        )
     checks = {"database": "ok"}
     limiter = runtime.rate_limiter
     if limiter.shared:

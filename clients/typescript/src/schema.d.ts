@@ -774,7 +774,7 @@ export interface paths {
         };
         /**
          * Health-Ready
-         * @description The database answers: safe to route traffic here.
+         * @description The database answers and is at the newest migration: safe to route traffic here.
          *
          *     With REDIS_URL set, `checks.redis` is `ok`, or `degraded` when Redis does not answer
          *     (rate limits then fail open); that alone never makes this 503.
@@ -1152,7 +1152,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "rate_limited" | "server_busy" | "database_unavailable" | "shutting_down" | "not_ready" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1332,6 +1332,8 @@ export interface components {
         };
         /** UserPublic */
         UserPublic: {
+            /** Id */
+            id: number;
             /** Email */
             email: string;
             /** Name */
@@ -1343,8 +1345,6 @@ export interface components {
              * @default true
              */
             is_active: boolean;
-            /** Id */
-            id: number;
             /**
              * Is Verified
              * @description Whether the owner followed a link mailed to it
