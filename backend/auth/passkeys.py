@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import webauthn
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -487,11 +487,6 @@ async def _passkeys_of(db: AsyncSession, user_id: int) -> Sequence[Passkey]:
 async def list_for_user(db: AsyncSession, *, user_id: int) -> Sequence[Passkey]:
     """A user's passkeys, oldest first."""
     return await _passkeys_of(db, user_id)
-
-
-async def count_for_user(db: AsyncSession, *, user_id: int) -> int:
-    statement = select(func.count()).select_from(Passkey).where(col(Passkey.user_id) == user_id)
-    return (await db.exec(statement)).one()
 
 
 async def rename(db: AsyncSession, *, passkey_id: int, user_id: int, name: str) -> Passkey:
