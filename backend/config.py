@@ -12,6 +12,7 @@ from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from limits import parse
 from pydantic import (
@@ -121,6 +122,40 @@ COMMON_SECRETS = (
 PASSPHRASE_KEY = re.compile(r"[A-Z]?[a-z]+(?:[ ._-]?[A-Z][a-z]+|[ ._-][a-z]+)*")
 PASSPHRASE_WORD = re.compile(r"[A-Z]?[a-z]+")
 BITS_PER_PASSPHRASE_WORD = math.log2(7776)
+
+
+RP_ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+
+
+def webauthn_problem(rp_id: str, origins: list[str], *, rp_id_name: str = "RP_ID") -> str | None:
+    """Why passkeys could not work with this relying party id and these origins, or
+    None: a browser refuses a ceremony whose page's host is not the RP id or under it,
+    and every page but localhost's must be https."""
+    if not RP_ID_PATTERN.fullmatch(rp_id) or rp_id.replace(".", "").isdigit():
+        return (
+            f"{rp_id_name} {rp_id!r} must be a lowercase host name like example.com (not an "
+            "address; no scheme or port)"
+        )
+    for origin in origins:
+        parts = urlsplit(origin)
+        host = parts.hostname or ""
+        if (
+            parts.scheme not in {"https", "http"}
+            or not host
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
+            return f"WEBAUTHN_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+        if parts.scheme == "http" and host != "localhost" and not host.endswith(".localhost"):
+            return f"WEBAUTHN_ORIGINS: {origin!r} must be https:// (only localhost may use http)"
+        if host != rp_id and not host.endswith(f".{rp_id}"):
+            return (
+                f"WEBAUTHN_ORIGINS: {origin!r} is not on {rp_id_name} {rp_id!r} or a "
+                "subdomain of it, so browsers would refuse its passkeys"
+            )
+    return None
 
 
 def secret_key_weakness(key: str) -> str | None:
@@ -319,12 +354,33 @@ class Settings(BaseSettings):
     # it has been built (else no /admin); empty, never served.
     ADMIN_DIR: str | None = None
 
+    # Passkeys (backend/auth/passkeys.py). The relying party is the site a passkey is
+    # bound to: the browser refuses it on any other. Unset, RP_ID is PUBLIC_URL's host
+    # and the origins PUBLIC_URL's origin (see the webauthn_* properties).
+    RP_ID: str | None = None
+    RP_NAME: str | None = None  # shown by the authenticator; default PROJECT_NAME
+    WEBAUTHN_ORIGINS: Annotated[list[str], NoDecode] = []
+    # Signing in with a passkey alone, no password (discoverable credentials).
+    PASSKEY_LOGIN: bool = False
+
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("WEBAUTHN_ORIGINS", mode="before")
+    @classmethod
+    def split_webauthn_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("RP_ID", "RP_NAME")
+    @classmethod
+    def blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("TRUSTED_PROXIES", mode="before")
     @classmethod
@@ -512,6 +568,40 @@ class Settings(BaseSettings):
                 "those features off"
             )
         return self
+
+    @model_validator(mode="after")
+    def check_webauthn(self) -> "Settings":
+        # Checked when passkeys are configured or sign people in. Derived alone, from a
+        # PUBLIC_URL that only serves mailed links (an address, plain http), they are
+        # left be: passkeys are then refused by browsers, not by start-up.
+        configured = self.RP_ID or self.WEBAUTHN_ORIGINS or self.PASSKEY_LOGIN
+        problem = webauthn_problem(
+            self.webauthn_rp_id,
+            self.webauthn_origins,
+            rp_id_name="RP_ID" if self.RP_ID else "RP_ID (unset: the host of PUBLIC_URL)",
+        )
+        if configured and problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def webauthn_rp_id(self) -> str:
+        """The relying party id passkeys are bound to: RP_ID, else the host of the
+        front end (PUBLIC_URL, or the local address)."""
+        return self.RP_ID or (urlsplit(self.public_url).hostname or "")
+
+    @property
+    def webauthn_origins(self) -> list[str]:
+        """The origins a passkey ceremony may come from: WEBAUTHN_ORIGINS, else the
+        front end's origin."""
+        if self.WEBAUTHN_ORIGINS:
+            return self.WEBAUTHN_ORIGINS
+        parts = urlsplit(self.public_url)
+        return [f"{parts.scheme}://{parts.netloc}"]
+
+    @property
+    def webauthn_rp_name(self) -> str:
+        return self.RP_NAME or self.PROJECT_NAME
 
     @property
     def mail_features(self) -> list[str]:

@@ -51,6 +51,7 @@ class ProblemCode(StrEnum):
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
     INVITATIONS_DISABLED = "invitations_disabled"
     EMAIL_VERIFICATION_DISABLED = "email_verification_disabled"
+    PASSKEY_LOGIN_DISABLED = "passkey_login_disabled"  # PASSKEY_LOGIN=false
     # Accounts, sessions, keys and links.
     USER_NOT_FOUND = "user_not_found"
     SESSION_NOT_FOUND = "session_not_found"
@@ -70,6 +71,17 @@ class ProblemCode(StrEnum):
     LINK_USED = "link_used"
     LINK_EXPIRED = "link_expired"
     LINK_ADDRESS_CHANGED = "link_address_changed"  # mailed to an address the account left
+    # Passkeys: the ceremonies' refusals (400 registering, 401 signing in).
+    PASSKEY_NOT_FOUND = "passkey_not_found"
+    PASSKEY_TAKEN = "passkey_taken"  # this credential is registered already
+    PASSKEY_CHALLENGE_INVALID = "passkey_challenge_invalid"  # unknown, used, or another's
+    PASSKEY_CHALLENGE_EXPIRED = "passkey_challenge_expired"
+    PASSKEY_ORIGIN_MISMATCH = "passkey_origin_mismatch"  # not one of WEBAUTHN_ORIGINS
+    PASSKEY_RP_ID_MISMATCH = "passkey_rp_id_mismatch"  # made for another RP_ID
+    PASSKEY_USER_NOT_VERIFIED = "passkey_user_not_verified"  # no PIN or biometric check
+    PASSKEY_UNKNOWN = "passkey_unknown"  # no such credential (of this user)
+    PASSKEY_COUNTER_REGRESSED = "passkey_counter_regressed"  # a cloned authenticator?
+    PASSKEY_INVALID = "passkey_invalid"  # malformed, or its signature or attestation fails
     # Try again later (with Retry-After).
     RATE_LIMITED = "rate_limited"
     SERVER_BUSY = "server_busy"  # too many password hashes waiting

@@ -56,7 +56,7 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, sessions, users
+from backend.routers import api_keys, audit, auth, health, passkeys, sessions, users
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
 
@@ -295,6 +295,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(passkeys.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(passkeys.auth_router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     if settings.DOCS_ENABLED:

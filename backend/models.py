@@ -389,6 +389,8 @@ class AuditAction(StrEnum):
     LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
+    PASSKEY_ADD = "user.passkey_add"
+    PASSKEY_REMOVE = "user.passkey_remove"
 
 
 class AuditEventBase(SQLModel):

@@ -27,6 +27,11 @@ PUBLIC_OPERATIONS = {
     ("post", f"{API}/auth/password/set"),
     ("post", f"{API}/auth/verify"),
     ("post", f"{API}/auth/verify/resend"),
+    # Passwordless sign-in (PASSKEY_LOGIN): the signed assertion is the credential, and
+    # whether it is on is for a login page to ask.
+    ("get", f"{API}/auth/passkey"),
+    ("post", f"{API}/auth/passkey/options"),
+    ("post", f"{API}/auth/passkey/verify"),
     ("get", "/health"),
     ("get", "/health/ready"),
 }
@@ -155,6 +160,7 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
         f"DELETE {API}/users/{{user_id}}/sessions/{{session_id}}",
         f"DELETE {API}/users/{{user_id}}/tokens/{{token_id}}",
         f"GET {API}/audit",
+        f"GET {API}/users/{{user_id}}/passkeys",
         f"GET {API}/users/{{user_id}}/sessions",
         f"GET {API}/users/{{user_id}}/tokens",
         f"PATCH {API}/users/{{user_id}}",

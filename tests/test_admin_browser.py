@@ -116,7 +116,7 @@ def log_in(page: Page, base: str, email: str, password: str) -> None:
     page.goto(f"{base}/admin")
     page.get_by_role("textbox", name="Username", exact=True).fill(email)
     page.get_by_role("textbox", name="Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("menuitem", name="Users")).to_be_visible()
 
 

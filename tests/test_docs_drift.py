@@ -204,6 +204,9 @@ WORKED_OUT = {
     "ADMIN_DIR",
     "RATE_LIMIT_STORAGE",
     "DOCS_ENABLED",
+    "RP_ID",
+    "RP_NAME",
+    "WEBAUTHN_ORIGINS",
 }
 
 

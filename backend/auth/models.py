@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import pydantic
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict
-from sqlalchemy import String
+from sqlalchemy import JSON, BigInteger, LargeBinary, String
 from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
@@ -416,3 +416,142 @@ class ApiKeyCreated(ApiKeyPublic):
     secret: str = Field(
         description="The key itself, shown this once: send it as `Authorization: Bearer`"
     )
+
+
+# --- passkeys (WebAuthn) --------------------------------------------------------------
+# A credential id is at most 1023 bytes (WebAuthn Level 3): 1364 characters of base64url.
+CREDENTIAL_ID_MAX_CHARS = 1364
+# What a browser's PublicKeyCredential.toJSON() (or @simplewebauthn/browser) sends: the
+# binary fields base64url text. Bounded here so that no parser meets a huge field.
+CEREMONY_FIELD_MAX_CHARS = 65_536
+Base64Url = Annotated[
+    str, pydantic.Field(max_length=CEREMONY_FIELD_MAX_CHARS, pattern=r"^[A-Za-z0-9_-]*={0,2}$")
+]
+CredentialIdText = Annotated[
+    str,
+    pydantic.Field(min_length=1, max_length=CREDENTIAL_ID_MAX_CHARS, pattern=r"^[A-Za-z0-9_-]+$"),
+]
+Transport = Annotated[str, pydantic.Field(max_length=32)]
+
+
+class PasskeyPurpose(StrEnum):
+    REGISTER = "register"
+    AUTHENTICATE = "authenticate"
+
+
+class PasskeyChallenge(SQLModel, table=True):
+    """One challenge handed to a browser, used once, until expires_at. Only a SHA-256 of
+    it is kept: the answer's clientDataJSON carries the challenge back, which finds it."""
+
+    __tablename__ = "passkey_challenges"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
+
+    id: int | None = Field(default=None, primary_key=True)
+    challenge_hash: str = Field(sa_type=String(64), unique=True, index=True)
+    purpose: PasskeyPurpose = Field(
+        sa_type=string_enum(PasskeyPurpose, name="passkey_purpose", length=16)
+    )
+    # Whose ceremony it is: a registration's user and session, a second factor's user;
+    # None for a passwordless sign-in, which learns the user from the passkey.
+    user_id: int | None = Field(
+        default=None, foreign_key="users.id", ondelete="CASCADE", index=True
+    )
+    session_id: str | None = Field(
+        default=None,
+        sa_type=String(2 * SESSION_ID_BYTES),
+        foreign_key="sessions.id",
+        ondelete="CASCADE",
+        index=True,
+    )
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class PasskeyBase(SQLModel):
+    name: Name = Field(sa_type=String(NAME_MAX_CHARS))
+
+
+class Passkey(PasskeyBase, table=True):
+    """A WebAuthn credential of a user: its public key (COSE), never a secret."""
+
+    __tablename__ = "passkeys"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused, as every table's
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    credential_id: str = Field(sa_type=String(CREDENTIAL_ID_MAX_CHARS), unique=True, index=True)
+    public_key: bytes = Field(sa_type=LargeBinary)
+    # Unsigned 32 bits in the authenticator's data: over an INTEGER's range.
+    sign_count: int = Field(default=0, sa_type=BigInteger)
+    transports: list[str] = Field(default_factory=list, sa_type=JSON)
+    # Whether it is synced (a passkey in a password manager) or bound to one device.
+    backed_up: bool = False
+    device_type: str = Field(sa_type=String(16))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PasskeyPublic(PasskeyBase):
+    id: int
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Its latest sign-in")
+    backed_up: bool = Field(description="Synced (a password manager's), or kept on one device")
+    device_type: str = Field(description="`multi_device` (synced) or `single_device`")
+    transports: list[str] = Field(description="How the browser reaches it: usb, nfc, internal...")
+
+
+class PasskeyRename(SQLModel):
+    name: Name
+
+
+class AttestationResponseJSON(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    clientDataJSON: Base64Url  # noqa: N815  (WebAuthn's JSON names)
+    attestationObject: Base64Url  # noqa: N815
+    transports: list[Transport] | None = pydantic.Field(default=None, max_length=16)
+
+
+class RegistrationCredentialJSON(BaseModel):
+    """A new credential as the browser's `PublicKeyCredential.toJSON()` gives it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: CredentialIdText
+    rawId: CredentialIdText  # noqa: N815
+    type: Literal["public-key"]
+    response: AttestationResponseJSON
+    authenticatorAttachment: Literal["platform", "cross-platform"] | None = None  # noqa: N815
+
+
+class AssertionResponseJSON(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    clientDataJSON: Base64Url  # noqa: N815
+    authenticatorData: Base64Url  # noqa: N815
+    signature: Base64Url
+    userHandle: Base64Url | None = None  # noqa: N815
+
+
+class AuthenticationCredentialJSON(BaseModel):
+    """An assertion as the browser's `PublicKeyCredential.toJSON()` gives it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: CredentialIdText
+    rawId: CredentialIdText  # noqa: N815
+    type: Literal["public-key"]
+    response: AssertionResponseJSON
+    authenticatorAttachment: Literal["platform", "cross-platform"] | None = None  # noqa: N815
+
+
+class PasskeyCreate(SQLModel):
+    credential: RegistrationCredentialJSON
+    name: Name | None = Field(default=None, description='Default: "Passkey"')
+
+
+class PasskeySignIn(SQLModel):
+    credential: AuthenticationCredentialJSON
+
+
+class PasskeyLoginStatus(SQLModel):
+    enabled: bool = Field(description="PASSKEY_LOGIN: whether /auth/passkey/* sign people in")

@@ -66,6 +66,7 @@ register_url_convertor("digits", DigitsConvertor())
 # Routes take `{user_id:digits}` (see DigitsConvertor), never Starlette's `int`.
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 ApiKeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An API key's id")]
+PasskeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="A passkey's id")]
 
 
 async def get_expected_versions(

@@ -2,9 +2,11 @@
 // load and before expiry (src/api.js), logout, identity from /users/me, the role as the
 // permissions.
 import * as api from './api';
+import { signInWithPasskey } from './passkeys';
 
 export const authProvider = {
-    async login({ username, password }) {
+    async login({ username, password, passkey }) {
+        if (passkey) return signInWithPasskey();
         await api.login(username, password);
     },
 
