@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer.main
 import yaml  # type: ignore[import-untyped]
 
 from backend.cli import app as cli_app
 from backend.config import Settings
-from tests.helpers import REPO_ROOT
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, REPO_ROOT
 from tests.test_docs_drift import fenced_blocks
 
 PAGE = REPO_ROOT / "docs" / "deployment.md"
@@ -237,3 +238,18 @@ def test_ci_runs_the_container_check() -> None:
     assert "\n.ci/container " in run
     assert run.index(".ci/container") < run.index('step "tests (README: uv run pytest)"')
     assert os.access(REPO_ROOT / ".ci" / "container", os.X_OK)
+
+
+async def test_behind_a_proxy_that_ends_tls_the_dashboards_cookie_login_needs_cors_origins(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The app sees http://testserver, as behind a proxy that ends TLS; the browser
+    names the public origin, https://testserver, as the page says."""
+    login = f"{API}/auth/login?transport=cookie"
+    credentials = {"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    browser = {"Origin": "https://testserver", "X-Requested-With": "fetch"}
+    refused = await client.post(login, data=credentials, headers=browser)
+    assert refused.status_code == 403, refused.text
+    settings.CORS_ORIGINS.append("https://testserver")
+    admitted = await client.post(login, data=credentials, headers=browser)
+    assert admitted.status_code == 200, admitted.text
