@@ -60,7 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER app
 EXPOSE 8000
-# Ready means the database (and Redis, when set) answers; no curl in the image.
+# Ready means the database answers; no curl in the image.
 # HEALTHCHECK_URL: for a command that serves on another port.
 ENV HEALTHCHECK_URL=http://127.0.0.1:8000/health/ready
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
