@@ -384,6 +384,9 @@ class AuditAction(StrEnum):
     LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
+    IDENTITY_LINK = "user.identity_link"  # details: provider, subject, email
+    IDENTITY_UNLINK = "user.identity_unlink"
+    SSO_REFUSE = "user.sso_refuse"  # details: provider, code, email; target when known
 
 
 class AuditEventBase(SQLModel):

@@ -39,7 +39,18 @@ ROLE_MAKER = Service(
     "a PostgreSQL role that may create roles",
     "ALTER ROLE <the TEST_POSTGRES_URL role> CREATEROLE  # or TEST_POSTGRES_URL= (embedded)",
 )
-SERVICES = (EMBEDDED_POSTGRES, POSTGRES_CLUSTER, REDIS, CHROMIUM, ADMIN_BUILD, ROLE_MAKER)
+OIDC_PROVIDER = Service(
+    "the test OpenID Connect provider (oidc-provider)", "(cd tests/oidc && npm ci)"
+)
+SERVICES = (
+    OIDC_PROVIDER,
+    EMBEDDED_POSTGRES,
+    POSTGRES_CLUSTER,
+    REDIS,
+    CHROMIUM,
+    ADMIN_BUILD,
+    ROLE_MAKER,
+)
 
 
 def _prefix(service: Service) -> str:
