@@ -371,6 +371,16 @@ class UserPublic(UserBase):
     )
 
 
+class UserListed(UserPublic):
+    """A user as the users list shows it."""
+
+    sign_in_methods: list[str] | None = Field(
+        default=None,
+        description="For admins: `password` if the user has one, then each identity "
+        "provider linked (its slug); null for other callers",
+    )
+
+
 class AuditAction(StrEnum):
     CREATE = "user.create"
     UPDATE = "user.update"

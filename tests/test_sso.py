@@ -44,7 +44,7 @@ from tests.oidc_provider import (
     through_provider,
 )
 
-ACCOUNTS = {
+ACCOUNTS: dict[str, dict[str, Any]] = {
     "ada": {"email": "ada@corp.example", "email_verified": True, "name": "Ada Corp"},
     "root": {
         "email": "root@corp.example",
@@ -569,3 +569,35 @@ async def test_the_cli_lists_a_users_identities(
     header, row = result.output.splitlines()
     assert header.split() == ["ID", "PROVIDER", "SUBJECT", "EMAIL", "LINKED", "LAST", "USED"]
     assert row.split()[1:4] == ["corp", "ada", "ada@corp.example"]
+
+
+async def test_the_users_list_shows_and_filters_how_users_sign_in(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    jit = (await signed_in(browser, "ada"))["user"]["id"]
+    local = await register_at(client, "local@partner.example")
+    admin = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
+    listed = await client.get(f"{API}/users", params={"sort": "id"}, headers=admin)
+    methods = {user["email"]: user["sign_in_methods"] for user in listed.json()}
+    assert methods == {
+        ADMIN_EMAIL: ["password"],
+        "ada@corp.example": ["corp"],
+        "local@partner.example": ["password"],
+    }
+    by_corp = await client.get(
+        f"{API}/users", params={"sign_in": "corp", "per_page": 1}, headers=admin
+    )
+    assert [user["id"] for user in by_corp.json()] == [jit]
+    assert "sign_in=corp" in by_corp.headers["link"]
+    by_password = await client.get(f"{API}/users", params={"sign_in": "password"}, headers=admin)
+    assert jit not in [user["id"] for user in by_password.json()]
+    unknown = await client.get(f"{API}/users", params={"sign_in": "nope"}, headers=admin)
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["code"] == "sign_in_unknown"
+    # Not for plain users: neither the methods nor the filter.
+    plain = bearer(local["access_token"])
+    assert {
+        u["sign_in_methods"] for u in (await client.get(f"{API}/users", headers=plain)).json()
+    } == {None}
+    refused = await client.get(f"{API}/users", params={"sign_in": "corp"}, headers=plain)
+    assert code_of(refused) == (403, "admin_required")

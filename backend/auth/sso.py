@@ -18,11 +18,12 @@ address is verified too. Otherwise its owner logs in and links from My account.
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
-from sqlalchemy import and_, delete, func, or_, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -45,6 +46,7 @@ from backend.errors import (
     BadRequestError,
     ConflictError,
     DomainError,
+    FieldInvalidError,
     ForbiddenError,
     NotFoundError,
     ProblemCode,
@@ -517,6 +519,41 @@ async def unlink(db: AsyncSession, *, user_id: int, identity_id: int, actor_id: 
         details={"provider": identity.provider, "subject": identity.subject, "id": identity_id},
     )
     await db.commit()
+
+
+PASSWORD = "password"  # noqa: S105  (a way to sign in, not a secret)
+
+
+def sign_in_condition(settings: Settings, method: str) -> ColumnElement[bool]:
+    """Users who can sign in with `method`: `password`, or a provider's slug."""
+    if method == PASSWORD:
+        return col(User.hashed_password) != NO_PASSWORD
+    if settings.sso_provider(method) is None:
+        slugs = ", ".join([PASSWORD, *(p.slug for p in settings.OIDC_PROVIDERS)])
+        raise FieldInvalidError("sign_in", f"must be one of: {slugs}", field_code="sign_in_unknown")
+    return exists().where(col(Identity.user_id) == User.id, col(Identity.provider) == method)
+
+
+async def sign_in_methods(db: AsyncSession, *, user_ids: Collection[int]) -> dict[int, list[str]]:
+    """How each of these users signs in: `password` first if they have one, then the
+    providers linked, in the order they were linked."""
+    if not user_ids:
+        return {}
+    has_password = col(User.hashed_password) != NO_PASSWORD
+    users = select(User.id, has_password).where(col(User.id).in_(user_ids))
+    methods: dict[int, list[str]] = {}
+    for user_id, password in (await db.exec(users)).all():
+        assert user_id is not None
+        methods[user_id] = [PASSWORD] if password else []
+    identities = (
+        select(Identity.user_id, Identity.provider)
+        .where(col(Identity.user_id).in_(user_ids))
+        .order_by(col(Identity.id))
+    )
+    for user_id, provider in (await db.exec(identities)).all():
+        if provider not in methods.setdefault(user_id, []):
+            methods[user_id].append(provider)
+    return methods
 
 
 def check_password_allowed(settings: Settings, email: str) -> None:

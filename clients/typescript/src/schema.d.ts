@@ -1253,6 +1253,50 @@ export interface components {
             /** @default user */
             role: components["schemas"]["UserRole"];
         };
+        /**
+         * UserListed
+         * @description A user as the users list shows it.
+         */
+        UserListed: {
+            /** Email */
+            email: string;
+            /** Name */
+            name: string;
+            /** @default user */
+            role: components["schemas"]["UserRole"];
+            /**
+             * Is Active
+             * @default true
+             */
+            is_active: boolean;
+            /** Id */
+            id: number;
+            /**
+             * Is Verified
+             * @description Whether the owner followed a link mailed to it
+             */
+            is_verified: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Last Login At
+             * @description The latest login or token refresh, to the minute; null if never
+             */
+            last_login_at: string | null;
+            /**
+             * Sign In Methods
+             * @description For admins: `password` if the user has one, then each identity provider linked (its slug); null for other callers
+             */
+            sign_in_methods?: string[] | null;
+        };
         /** UserPublic */
         UserPublic: {
             /** Email */
@@ -2951,6 +2995,8 @@ export interface operations {
                 created_before?: string;
                 last_login_after?: string;
                 last_login_before?: string;
+                /** @description Admins only: users who can sign in with `password` or with this identity provider's slug. */
+                sign_in?: string;
             };
             header?: never;
             path?: never;
@@ -2970,7 +3016,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UserPublic"][];
+                    "application/json": components["schemas"]["UserListed"][];
                 };
             };
             /** @description Bad Request */
