@@ -44,6 +44,7 @@ class OidcProvider:
 
     accounts: dict[str, dict[str, Any]]
     slugs: tuple[str, ...] = ("corp",)
+    app: str = APP  # the app's origin, for the callback URLs registered with it
     port: int = field(default_factory=free_port)
     keys: dict[str, Any] = field(default_factory=new_keys)
     process: subprocess.Popen[str] | None = None
@@ -58,7 +59,7 @@ class OidcProvider:
         client = {
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
-            "redirect_uris": [APP + CALLBACK_PATH.format(slug=slug) for slug in self.slugs],
+            "redirect_uris": [self.app + CALLBACK_PATH.format(slug=slug) for slug in self.slugs],
         }
         environment = {
             "PATH": "/usr/bin:/bin:/usr/local/bin",

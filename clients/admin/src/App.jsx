@@ -10,6 +10,7 @@ import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
 import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
+import { SsoButtons } from './sso';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -33,6 +34,7 @@ function LoginPage() {
     return (
         <Login>
             <LoginForm />
+            <SsoButtons />
             <Typography variant="body2" align="center" sx={{ pb: 2 }}>
                 <Link href={FORGOT_PASSWORD_PATH}>Forgot password?</Link>
             </Typography>

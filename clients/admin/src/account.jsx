@@ -16,6 +16,7 @@ import {
 import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
 import { SessionTable } from './sessions';
+import { MyIdentities } from './sso';
 
 function NameForm() {
     const { identity, refetch } = useGetIdentity();
@@ -73,6 +74,7 @@ export function MyAccount() {
                     <PasswordForm />
                 </CardContent>
             </Card>
+            <MyIdentities />
             <Card>
                 <CardHeader title="My sessions" />
                 <CardContent>
