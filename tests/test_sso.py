@@ -54,6 +54,7 @@ ACCOUNTS: dict[str, dict[str, Any]] = {
     },
     "bob": {"email": "bob@corp.example", "email_verified": False, "name": "Bob"},
     "finn": {"email": "finn@corp.example", "name": "Finn"},  # no email_verified at all
+    "gus": {"email": "gus@corp.example", "email_verified": True, "name": "Gus\u0007"},
     "eve": {"email": "eve@elsewhere.example", "email_verified": True, "name": "Eve"},
     "carl": {"email": "carl@partner.example", "email_verified": True, "name": "Carl"},
     "dora": {"email": "dora@partner.example", "email_verified": False, "name": "Dora"},
@@ -212,6 +213,13 @@ async def test_cookie_transport_for_the_dashboard(browser: httpx.AsyncClient) ->
     assert response.status_code == 200, response.text
     assert response.json()["refresh_token"] is None
     assert "refresh_token=" in response.headers["set-cookie"]
+
+
+@ON_SQLITE
+async def test_a_name_our_rules_refuse_is_replaced_by_the_email_s_local_part(
+    browser: httpx.AsyncClient,
+) -> None:
+    assert (await signed_in(browser, "gus"))["user"]["name"] == "gus"
 
 
 @ON_SQLITE

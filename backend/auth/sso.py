@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,7 +52,15 @@ from backend.errors import (
     NotFoundError,
     ProblemCode,
 )
-from backend.models import NAME_MAX_CHARS, NO_PASSWORD, AuditAction, User, UserInvite, UserRole
+from backend.models import (
+    NAME_MAX_CHARS,
+    NO_PASSWORD,
+    AuditAction,
+    Name,
+    User,
+    UserInvite,
+    UserRole,
+)
 from backend.rules import normalise_email
 
 # The one-time code's life: the front end trades it as soon as the redirect lands.
@@ -356,7 +365,7 @@ async def _create_user(
             provider=provider,
             identity=identity,
         )
-    name = (identity.name or email.partition("@")[0]).strip()[:NAME_MAX_CHARS] or email
+    name = _name(identity.name, email)
     role = _role(provider, identity, default=UserRole(settings.SSO_DEFAULT_ROLE))
     data = UserInvite.model_construct(email=email, name=name, role=role)
     # The provider proved the address; there is no password until its owner sets one.
@@ -369,6 +378,19 @@ async def _create_user(
         details={"email": user.email, "role": str(user.role), "sso": provider.slug},
     )
     return user
+
+
+NAMES: TypeAdapter[str] = TypeAdapter(Name)
+
+
+def _name(name: str | None, email: str) -> str:
+    """The provider's name for the user if it passes the rules names typed here pass
+    (no control characters, not blank, at most 100 characters), else the email's local
+    part."""
+    try:
+        return NAMES.validate_python(name)
+    except ValidationError:
+        return email.partition("@")[0][:NAME_MAX_CHARS]
 
 
 def _role(
