@@ -1,6 +1,7 @@
 """Settings from the environment and `.env`, validated once at start-up."""
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 
 from limits import parse
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     IPvAnyNetwork,
     PrivateAttr,
@@ -207,6 +210,62 @@ def _is_digest_of_common_secret(key: str) -> bool:
     )
 
 
+GITHUB_PRESET = "github"
+SSO_SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
+OIDC_DEFAULT_SCOPES = ("openid", "email", "profile")
+GITHUB_DEFAULT_SCOPES = ("read:user", "user:email")
+
+
+class SsoProviderSettings(BaseModel):
+    """One sign-in provider of OIDC_PROVIDERS: an OpenID Connect provider found from its
+    issuer's discovery document, or GitHub's plain OAuth 2.0 (`preset: "github"`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slug: str = Field(pattern=SSO_SLUG)  # in the paths: /auth/sso/{slug}/...
+    name: str = Field(min_length=1, max_length=64)  # what the sign-in button says
+    preset: Literal["oidc", "github"] = "oidc"
+    issuer: str | None = None  # OpenID Connect: the discovery document's issuer
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    scopes: tuple[str, ...] | None = None  # default: openid email profile (GitHub: its own)
+    # A claim naming the user's groups or roles (a string or a list), and which of its
+    # values makes a just-in-time account an admin or a user; first match wins, admin first.
+    roles_claim: str | None = None
+    roles: dict[str, Literal["admin", "user"]] = {}
+    # Take the provider's emails as verified when it says nothing of it (Entra ID sends
+    # no email_verified); an explicit false still refuses. Only for a provider whose
+    # directory your organisation runs.
+    trust_email: bool = False
+    # GitHub's endpoints; tests point them at a local stand-in.
+    authorize_url: str = "https://github.com/login/oauth/authorize"
+    token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105
+    api_url: str = "https://api.github.com"
+
+    @model_validator(mode="after")
+    def check_preset(self) -> "SsoProviderSettings":
+        if self.preset == "oidc":
+            if not self.issuer or not self.issuer.startswith(("https://", "http://")):
+                raise ValueError(f"{self.slug}: an OpenID Connect provider needs an issuer URL")
+        elif self.issuer is not None:
+            raise ValueError(f"{self.slug}: the github preset takes no issuer")
+        return self
+
+    @property
+    def scope(self) -> str:
+        if self.scopes is not None:
+            return " ".join(self.scopes)
+        return " ".join(
+            GITHUB_DEFAULT_SCOPES if self.preset == GITHUB_PRESET else OIDC_DEFAULT_SCOPES
+        )
+
+
+def _split_domains(value: object) -> object:
+    if isinstance(value, str):
+        return [domain.strip().lower() for domain in value.split(",") if domain.strip()]
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
@@ -362,6 +421,61 @@ class Settings(BaseSettings):
     WEBAUTHN_ORIGINS: Annotated[list[str], NoDecode] = []
     # Signing in with a passkey alone, no password (discoverable credentials).
     PASSKEY_LOGIN: bool = False
+    # Sign-in with identity providers (backend/auth/sso.py; docs/sso.md). A JSON list of
+    # providers; SSO_ALLOWED_DOMAINS: whose first sign-in creates an account;
+    # SSO_ONLY_DOMAINS: who may not use a password at all.
+    OIDC_PROVIDERS: Annotated[list[SsoProviderSettings], NoDecode] = []
+    SSO_ALLOWED_DOMAINS: Annotated[list[str], NoDecode] = []
+    SSO_ONLY_DOMAINS: Annotated[list[str], NoDecode] = []
+    SSO_DEFAULT_ROLE: Literal["admin", "user"] = "user"
+    # A sign-in must come back from the provider within this (a person types a password,
+    # maybe a second factor).
+    SSO_FLOW_MINUTES: int = Field(default=10, ge=1, le=60)
+    # Each call to a provider (discovery, keys, token, user): a slow one is a 503.
+    SSO_HTTP_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
+    # The API's public origin, for the callback URL registered with each provider; unset,
+    # the origin the request came to.
+    SSO_REDIRECT_ORIGIN: str | None = None
+
+    @field_validator("SSO_ALLOWED_DOMAINS", "SSO_ONLY_DOMAINS", mode="before")
+    @classmethod
+    def split_domains(cls, value: object) -> object:
+        return _split_domains(value)
+
+    @field_validator("OIDC_PROVIDERS", mode="before")
+    @classmethod
+    def parse_providers(cls, value: object) -> object:
+        if isinstance(value, str):  # as given to the constructor; the environment's is parsed
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as error:
+                raise ValueError(f"is not JSON: {error}") from error
+        return value
+
+    @field_validator("OIDC_PROVIDERS")
+    @classmethod
+    def check_unique_slugs(cls, value: list[SsoProviderSettings]) -> list[SsoProviderSettings]:
+        slugs = [provider.slug for provider in value]
+        repeated = sorted({slug for slug in slugs if slugs.count(slug) > 1})
+        if repeated:
+            raise ValueError(f"provider slugs must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("SSO_REDIRECT_ORIGIN")
+    @classmethod
+    def check_redirect_origin(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("https://", "http://")) or value.rstrip("/").count("/") > 2:
+            raise ValueError("must be an origin like https://api.example.com, without a path")
+        return value.rstrip("/")
+
+    def sso_provider(self, slug: str) -> SsoProviderSettings | None:
+        return next((p for p in self.OIDC_PROVIDERS if p.slug == slug), None)
+
+    def sso_only(self, email: str) -> bool:
+        """Whether this email's domain signs in through a provider only."""
+        return email.rpartition("@")[2].lower() in self.SSO_ONLY_DOMAINS
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod

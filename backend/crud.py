@@ -83,12 +83,16 @@ async def get_public_user(db: AsyncSession, *, user_id: int) -> Row[Any] | None:
 
 
 async def list_users(
-    db: AsyncSession, *, query: ListQuery, only_id: int | None = None
+    db: AsyncSession,
+    *,
+    query: ListQuery,
+    only_id: int | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[Sequence[Row[Any]], int]:
     """One page of the users matching the query, as rows of PUBLIC_USER_COLUMNS, and
     how many match in all; with `only_id`, among that one user only (a plain user under
-    USERS_DIRECTORY=admins)."""
-    search: list[ColumnElement[bool]] = []
+    USERS_DIRECTORY=admins); `where`: further conditions (how they sign in)."""
+    search: list[ColumnElement[bool]] = list(where)
     if only_id is not None:
         search.append(col(User.id) == only_id)
     if query.search:

@@ -46,6 +46,7 @@ class ProblemCode(StrEnum):
     ORIGIN_MISSING = "origin_missing"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     METRICS_TOKEN_INVALID = "metrics_token_invalid"  # /metrics: not the METRICS_TOKEN
+    SSO_REQUIRED = "sso_required"  # SSO_ONLY_DOMAINS: sign in with the provider
     # What the server offers.
     REGISTRATION_CLOSED = "registration_closed"
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
@@ -82,6 +83,20 @@ class ProblemCode(StrEnum):
     PASSKEY_UNKNOWN = "passkey_unknown"  # no such credential (of this user)
     PASSKEY_COUNTER_REGRESSED = "passkey_counter_regressed"  # a cloned authenticator?
     PASSKEY_INVALID = "passkey_invalid"  # malformed, or its signature or attestation fails
+    # Sign-in with identity providers.
+    SSO_PROVIDER_UNKNOWN = "sso_provider_unknown"
+    SSO_STATE_INVALID = "sso_state_invalid"  # unknown, used, or not this browser's
+    SSO_FLOW_EXPIRED = "sso_flow_expired"  # not back from the provider in SSO_FLOW_MINUTES
+    SSO_DENIED = "sso_denied"  # the provider answered with an error (declined, ...)
+    SSO_CODE_REJECTED = "sso_code_rejected"  # the provider refused the authorization code
+    SSO_ID_TOKEN_INVALID = "sso_id_token_invalid"  # signature, issuer, audience, nonce...
+    SSO_EMAIL_NOT_VERIFIED = "sso_email_not_verified"  # the provider has not verified it
+    SSO_DOMAIN_NOT_ALLOWED = "sso_domain_not_allowed"  # not in SSO_ALLOWED_DOMAINS
+    SSO_LINK_REQUIRED = "sso_link_required"  # log in, then link from My account
+    SSO_EXCHANGE_CODE_INVALID = "sso_exchange_code_invalid"  # unknown, used or expired
+    IDENTITY_NOT_FOUND = "identity_not_found"
+    IDENTITY_TAKEN = "identity_taken"  # linked to another account
+    LAST_SIGN_IN_METHOD = "last_sign_in_method"  # no password, and no other identity
     # Try again later (with Retry-After).
     RATE_LIMITED = "rate_limited"
     SERVER_BUSY = "server_busy"  # too many password hashes waiting
@@ -89,6 +104,8 @@ class ProblemCode(StrEnum):
     DATABASE_NOT_MIGRATED = "database_not_migrated"  # run `backend migrate`
     SHUTTING_DOWN = "shutting_down"
     NOT_READY = "not_ready"  # /health/ready: a dependency does not answer
+    SSO_PROVIDER_UNAVAILABLE = "sso_provider_unavailable"  # 503: it does not answer in time
+    SSO_PROVIDER_ERROR = "sso_provider_error"  # 502: it answered what cannot be used
     INTERNAL_ERROR = "internal_error"  # a bug: quote the request id
 
 
@@ -176,6 +193,12 @@ class RetryLaterError(DomainError):
     def __init__(self, detail: str, *, code: ProblemCode, retry_after_seconds: int) -> None:
         super().__init__(detail, code=code)
         self.retry_after_seconds = retry_after_seconds
+
+
+class BadGatewayError(DomainError):
+    """Another server this one relies on (an identity provider) answered badly."""
+
+    status_code = HTTPStatus.BAD_GATEWAY
 
 
 class ServiceUnavailableError(RetryLaterError):

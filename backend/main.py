@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.auth import accounts
 from backend.auth.authcache import AuthCache, tracked_sessionmaker
 from backend.auth.passwords import PasswordHasher
+from backend.auth.providers import Providers
 from backend.config import Settings, get_settings
 from backend.db.engine import (
     DatabaseStartupError,
@@ -56,7 +57,7 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, passkeys, sessions, users
+from backend.routers import api_keys, audit, auth, health, passkeys, sessions, sso, users
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
 
@@ -67,6 +68,11 @@ TAGS = [
         "name": "auth",
         "description": "Register, log in, refresh (rotating refresh tokens) and log out; "
         "password reset, invitations and email verification by mailed link.",
+    },
+    {
+        "name": "sso",
+        "description": "Sign in with OpenID Connect providers and GitHub (OIDC_PROVIDERS), "
+        "and the identities linked to an account.",
     },
     {"name": "users", "description": "User accounts: everyone reads, admins write."},
     {
@@ -107,6 +113,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         rate_limiter=RateLimiter(settings, metrics),
         mailer=mailer,
         auth_cache=auth_cache,
+        sso=Providers(settings),
     )
 
 
@@ -292,6 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(sso.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)

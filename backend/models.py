@@ -376,6 +376,16 @@ class UserPublic(UserBase, _IdFirst):
     )
 
 
+class UserListed(UserPublic):
+    """A user as the users list shows it."""
+
+    sign_in_methods: list[str] | None = Field(
+        default=None,
+        description="For admins: `password` if the user has one, then each identity "
+        "provider linked (its slug); null for other callers",
+    )
+
+
 class AuditAction(StrEnum):
     CREATE = "user.create"
     UPDATE = "user.update"
@@ -391,6 +401,9 @@ class AuditAction(StrEnum):
     API_KEY_REVOKE = "user.api_key_revoke"
     PASSKEY_ADD = "user.passkey_add"
     PASSKEY_REMOVE = "user.passkey_remove"
+    IDENTITY_LINK = "user.identity_link"  # details: provider, subject, email
+    IDENTITY_UNLINK = "user.identity_unlink"
+    SSO_REFUSE = "user.sso_refuse"  # details: provider, code, email; target when known
 
 
 class AuditEventBase(SQLModel):

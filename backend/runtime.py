@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from backend.auth.authcache import AuthCache
     from backend.auth.passwords import PasswordHasher
+    from backend.auth.providers import Providers
     from backend.config import Settings
     from backend.http.observability import DatabaseOutage, Metrics
     from backend.http.ratelimit import RateLimiter
@@ -35,6 +36,7 @@ class Runtime:
     rate_limiter: RateLimiter
     mailer: Mailer
     auth_cache: AuthCache
+    sso: Providers  # the identity providers' discovery documents and keys
 
     async def close(self, *, within: float) -> None:
         """Stop, giving the work left (mail) at most `within` seconds."""

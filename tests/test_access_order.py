@@ -32,6 +32,11 @@ PUBLIC_OPERATIONS = {
     ("get", f"{API}/auth/passkey"),
     ("post", f"{API}/auth/passkey/options"),
     ("post", f"{API}/auth/passkey/verify"),
+    # Sign-in with a provider: the trip there and back, and the one-time code it ends in.
+    ("get", f"{API}/auth/sso/providers"),
+    ("get", f"{API}/auth/sso/{{provider}}/authorize"),
+    ("get", f"{API}/auth/sso/{{provider}}/callback"),
+    ("post", f"{API}/auth/sso/exchange"),
     ("get", "/health"),
     ("get", "/health/ready"),
 }
@@ -156,10 +161,12 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
             refused.append(where)
     assert sorted(refused) == [
         f"DELETE {API}/users/{{user_id}}",
+        f"DELETE {API}/users/{{user_id}}/identities/{{identity_id}}",
         f"DELETE {API}/users/{{user_id}}/sessions",
         f"DELETE {API}/users/{{user_id}}/sessions/{{session_id}}",
         f"DELETE {API}/users/{{user_id}}/tokens/{{token_id}}",
         f"GET {API}/audit",
+        f"GET {API}/users/{{user_id}}/identities",
         f"GET {API}/users/{{user_id}}/passkeys",
         f"GET {API}/users/{{user_id}}/sessions",
         f"GET {API}/users/{{user_id}}/tokens",

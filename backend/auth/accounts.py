@@ -13,7 +13,7 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import links, sessions
+from backend.auth import links, sessions, sso
 from backend.auth.links import Issued
 from backend.auth.models import (
     ClientInfo,
@@ -343,6 +343,8 @@ async def set_password_with_link(
     with hasher.reserve():
         link = await links.find(db, token=token, purpose=purpose)
         user_id, email = link.user_id, link.email  # now: a rollback expires the loaded rows
+        if purpose == LinkPurpose.RESET:  # a link mailed before the domain went SSO-only
+            sso.check_password_allowed(settings, email)
         hashed_password = await _hash(db, hasher, new_password, email=email)  # ends the read
     now = utcnow()
     values: dict[str, Any] = {"hashed_password": hashed_password, "is_verified": True}

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import pydantic
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict
-from sqlalchemy import JSON, BigInteger, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
@@ -555,3 +555,92 @@ class PasskeySignIn(SQLModel):
 
 class PasskeyLoginStatus(SQLModel):
     enabled: bool = Field(description="PASSKEY_LOGIN: whether /auth/passkey/* sign people in")
+
+
+# --- sign-in with identity providers --------------------------------------------------
+PROVIDER_SLUG_MAX_CHARS = 32
+SUBJECT_MAX_CHARS = 255
+
+
+class IdentityBase(SQLModel):
+    provider: str = Field(
+        sa_type=String(PROVIDER_SLUG_MAX_CHARS), description="The provider's slug"
+    )
+    email: str = Field(
+        sa_type=String(EMAIL_MAX_CHARS), description="The provider's email for it when linked"
+    )
+    linked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="Its latest sign-in; null if never"
+    )
+
+
+class Identity(IdentityBase, table=True):
+    """An account at an identity provider that signs a user in: the provider's `sub`
+    (GitHub's numeric id), never its email, which the provider may hand to someone else."""
+
+    __tablename__ = "identities"
+    __table_args__ = (
+        UniqueConstraint("provider", "subject", name="uq_identities_provider_subject"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    subject: str = Field(sa_type=String(SUBJECT_MAX_CHARS))
+
+
+class IdentityPublic(IdentityBase):
+    id: int
+    subject: str
+
+
+class SsoMode(StrEnum):
+    LOGIN = "login"
+    LINK = "link"  # POST /users/me/identities/{provider}: for the user who started it
+
+
+SSO_SECRET_BYTES = 32
+
+
+def new_sso_secret() -> str:
+    return secrets.token_urlsafe(SSO_SECRET_BYTES)
+
+
+class SsoFlow(SQLModel, table=True):
+    """One trip to a provider and back, server-side: what the callback checks (the state,
+    its browser's cookie, the PKCE verifier, the nonce), used once; then the one-time code
+    the front end trades for a session. Secrets are stored as hashes."""
+
+    __tablename__ = "sso_flows"
+
+    id: str = Field(primary_key=True, sa_type=String(64))  # sha256 of the state
+    provider: str = Field(sa_type=String(PROVIDER_SLUG_MAX_CHARS))
+    mode: SsoMode = Field(sa_type=string_enum(SsoMode, name="sso_mode", length=8))
+    # The linking user (mode link); after a sign-in, the user the code logs in.
+    user_id: int | None = Field(default=None, foreign_key="users.id", ondelete="CASCADE")
+    code_verifier: str = Field(sa_type=String(128))
+    nonce: str = Field(sa_type=String(64))
+    return_to: str = Field(sa_type=String(2048))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    code_hash: str | None = Field(default=None, sa_type=String(64), unique=True)
+    code_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    exchanged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SsoProviderPublic(SQLModel):
+    slug: str
+    name: str = Field(description="What its sign-in button says")
+    authorize_url: str = Field(description="Where the sign-in button goes (GET, a redirect)")
+
+
+class AuthorizationUrl(SQLModel):
+    authorization_url: str = Field(description="Send the browser here, to the provider")
+
+
+class SsoExchange(SQLModel):
+    code: str = Field(
+        min_length=1, max_length=128, description="The `sso_code` the callback redirected with"
+    )

@@ -9,8 +9,9 @@ from sqlalchemy import Row
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import accounts, sessions
+from backend.auth import accounts, sessions, sso
 from backend.auth.models import (
+    Identity,
     SessionEndReason,
     UserSession,
 )
@@ -103,6 +104,34 @@ def list_sessions(email: Annotated[str, typer.Argument(help="The account's email
     echo_table(rows)
     if total > len(found):
         typer.echo(f"{len(found)} of {total} sessions shown, most recent first.", err=True)
+
+
+@users_app.command("identities")
+def list_identities(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """List the identity providers linked to an account (times in UTC)."""
+
+    async def fetch(db: AsyncSession, _settings: Settings) -> list[Identity]:
+        user = await user_by_email(db, email)
+        assert user.id is not None
+        return await sso.list_identities(db, user_id=user.id)
+
+    found = with_db(fetch)
+    if not found:
+        typer.echo(f"{email} has no linked identity.")
+        return
+    rows = [("ID", "PROVIDER", "SUBJECT", "EMAIL", "LINKED", "LAST USED")]
+    rows += [
+        (
+            str(identity.id),
+            identity.provider,
+            identity.subject,
+            identity.email or "-",
+            identity.linked_at.strftime("%Y-%m-%d %H:%M"),
+            identity.last_used_at.strftime("%Y-%m-%d %H:%M") if identity.last_used_at else "-",
+        )
+        for identity in found
+    ]
+    echo_table(rows)
 
 
 @users_app.command()

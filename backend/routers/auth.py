@@ -5,7 +5,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.auth import accounts, links, sessions
+from backend.auth import accounts, links, sessions, sso
 from backend.auth.deps import (
     CurrentCaller,
     LoginClient,
@@ -79,6 +79,7 @@ async def register(
         raise ForbiddenError(
             "Registration is closed on this server.", code=ProblemCode.REGISTRATION_CLOSED
         )
+    sso.check_password_allowed(settings, body.email)
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.register, "register", ip)
     registered = await accounts.register(
@@ -124,6 +125,7 @@ async def login(
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
+    sso.check_password_allowed(runtime.settings, credentials.email)
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
     await limiter.hit(limiter.login, "login", ip, credentials.email)
@@ -259,6 +261,7 @@ async def forgot_password(body: MailRequest, runtime: RuntimeDep, ip: ClientIP) 
             "Password reset by email is not available on this server.",
             code=ProblemCode.PASSWORD_RESET_DISABLED,
         )
+    sso.check_password_allowed(settings, body.email)
     await _limit_mail(runtime, ip, body.email)
     links.mail_link_later(
         runtime.sessionmaker,

@@ -1,13 +1,16 @@
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter
+from sqlalchemy import ColumnElement
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.datastructures import QueryParams
 from typing_extensions import TypedDict
 
 from backend import crud
-from backend.auth import accounts, links
+from backend.auth import accounts, links, sso
 from backend.auth.api_keys import KeyCaller
 from backend.auth.deps import (
     AdminCaller,
@@ -33,6 +36,7 @@ from backend.models import (
     User,
     UserCreate,
     UserInvite,
+    UserListed,
     UserPublic,
     UserReplace,
     UserRole,
@@ -80,8 +84,20 @@ UserPublicRow = TypedDict(  # type: ignore[misc]
     "UserPublicRow",
     {name: field.annotation for name, field in UserPublic.model_fields.items()},
 )
+UserListedRow = TypedDict(  # type: ignore[misc]
+    "UserListedRow",
+    {name: field.annotation for name, field in UserListed.model_fields.items()},
+)
 USER_ROW: TypeAdapter[Any] = TypeAdapter(UserPublicRow)
-USER_ROWS: TypeAdapter[Any] = TypeAdapter(list[UserPublicRow])
+USER_ROWS: TypeAdapter[Any] = TypeAdapter(list[UserListedRow])
+SIGN_IN_PARAMETER = {
+    "name": "sign_in",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Admins only: users who can sign in with `password` or with this "
+    "identity provider's slug.",
+}
 ETAG_HEADER = {"ETag": {"description": "The user's version", "schema": {"type": "string"}}}
 
 
@@ -95,22 +111,43 @@ def etag(version: int) -> str:
 @router.get(
     "",
     name="users-list",
-    response_model=list[UserPublic],
+    response_model=list[UserListed],
     description=USERS_LIST_DESCRIPTION,
-    openapi_extra={"parameters": list_parameters(USERS)},
+    openapi_extra={"parameters": [*list_parameters(USERS), SIGN_IN_PARAMETER]},
     responses={200: {"headers": LIST_HEADERS}},
 )
 async def list_users(
     request: Request, db: DbSession, runtime: RuntimeDep, user: CurrentUser
 ) -> Response:
     settings = runtime.settings
-    query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
+    params = request.query_params
+    sign_in = params.get("sign_in")
+    if sign_in is not None:
+        params = QueryParams([(k, v) for k, v in params.multi_items() if k != "sign_in"])
+    query = parse_list_query(params, USERS, max_per_page=settings.MAX_PER_PAGE)
+    where: list[ColumnElement[bool]] = []
+    if sign_in is not None:
+        if user.role != UserRole.ADMIN:
+            raise ForbiddenError(
+                "Only admins may filter users by how they sign in.",
+                code=ProblemCode.ADMIN_REQUIRED,
+            )
+        where.append(sso.sign_in_condition(settings, sign_in))
+        query = replace(query, other_params=(*query.other_params, ("sign_in", sign_in)))
     only_id = user.id if not sees_directory(user, settings) else None
-    rows, total = await crud.list_users(db, query=query, only_id=only_id)
+    rows, total = await crud.list_users(db, query=query, only_id=only_id, where=where)
     # Rows of UserPublic's fields, every value validated on its way into the database:
     # written as UserPublic writes them, without building and validating a model per
     # row again, the largest cost of an export page (bench/README.md).
-    body = USER_ROWS.dump_json([row._asdict() for row in rows])
+    items = [row._asdict() for row in rows]
+    if user.role == UserRole.ADMIN:
+        methods = await sso.sign_in_methods(db, user_ids=[item["id"] for item in items])
+        for item in items:
+            item["sign_in_methods"] = methods.get(item["id"], [])
+    else:
+        for item in items:
+            item["sign_in_methods"] = None
+    body = USER_ROWS.dump_json(items)
     response = Response(body, media_type="application/json")
     set_list_headers(request, response, USERS, query, len(rows), total)
     return response

@@ -11,6 +11,7 @@ import { dataProvider } from './dataProvider';
 import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
 import { PasskeySignIn } from './passkeys';
+import { SsoButtons } from './sso';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -35,6 +36,7 @@ function LoginPage() {
         <Login>
             <LoginForm />
             <PasskeySignIn />
+            <SsoButtons />
             <Typography variant="body2" align="center" sx={{ pb: 2 }}>
                 <Link href={FORGOT_PASSWORD_PATH}>Forgot password?</Link>
             </Typography>

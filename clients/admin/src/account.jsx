@@ -17,6 +17,7 @@ import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
 import { MyPasskeys } from './passkeys';
 import { SessionTable } from './sessions';
+import { MyIdentities } from './sso';
 
 function NameForm() {
     const { identity, refetch } = useGetIdentity();
@@ -74,6 +75,7 @@ export function MyAccount() {
                     <PasswordForm />
                 </CardContent>
             </Card>
+            <MyIdentities />
             <Card>
                 <CardHeader title="Passkeys" />
                 <CardContent>

@@ -3,6 +3,7 @@ import { createRoot } from 'react-dom/client';
 
 import { App } from './App';
 import { LinkPage, linkPage } from './links';
+import { finishSsoSignIn } from './sso';
 
 // A mailed link's page, until it logs its user in; then the dashboard, at its own address
 // (the used token leaves the address bar and the history entry with it).
@@ -16,8 +17,11 @@ function Root() {
     return <LinkPage page={page} onLoggedIn={onLoggedIn} />;
 }
 
-createRoot(document.getElementById('root')).render(
-    <StrictMode>
-        <Root />
-    </StrictMode>
+// Back from a provider's sign-in, the session first: the dashboard then starts logged in.
+finishSsoSignIn().finally(() =>
+    createRoot(document.getElementById('root')).render(
+        <StrictMode>
+            <Root />
+        </StrictMode>
+    )
 );

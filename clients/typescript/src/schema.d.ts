@@ -234,6 +234,191 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/sso/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sso-Providers
+         * @description The providers a sign-in page offers, in the order of OIDC_PROVIDERS.
+         */
+        get: operations["sso-providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/sso/{provider}/authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sso-Authorize
+         * @description Start a sign-in: a redirect to the provider (or, with `format=json`, its URL), and
+         *     a cookie that binds the sign-in to this browser for SSO_FLOW_MINUTES.
+         */
+        get: operations["sso-authorize"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/sso/{provider}/callback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sso-Callback
+         * @description Where the provider sends the browser back: the ID token is checked, and the browser
+         *     goes on to `return_to` with a one-time `sso_code` (a sign-in) or `sso_linked`.
+         */
+        get: operations["sso-callback"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/sso/exchange": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sso-Exchange
+         * @description Trade a sign-in's one-time code (once, within a minute) for a login session, like
+         *     POST /auth/login's answer; `transport=cookie` for the dashboard.
+         */
+        post: operations["sso-exchange"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Users-Me-Identities
+         * @description The providers linked to my account.
+         */
+        get: operations["users-me-identities"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/identities/{provider}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Me-Identities-Link
+         * @description Start linking a provider to my account: send the browser to `authorization_url`
+         *     (this answer sets the cookie that binds the trip to it: call with credentials).
+         */
+        post: operations["users-me-identities-link"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/identities/{identity_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Users-Me-Identities-Unlink
+         * @description Unlink a provider from my account; never the last way to sign in (409).
+         */
+        delete: operations["users-me-identities-unlink"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Users-Identities
+         * @description A user's linked providers (admin only).
+         */
+        get: operations["users-identities"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/identities/{identity_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Users-Identities-Unlink
+         * @description Unlink a provider from a user (admin only, audited); never their last way to sign
+         *     in (409).
+         */
+        delete: operations["users-identities-unlink"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users": {
         parameters: {
             query?: never;
@@ -915,7 +1100,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -953,6 +1138,14 @@ export interface components {
             /** Authenticatorattachment */
             authenticatorAttachment?: ("platform" | "cross-platform") | null;
         };
+        /** AuthorizationUrl */
+        AuthorizationUrl: {
+            /**
+             * Authorization Url
+             * @description Send the browser here, to the provider
+             */
+            authorization_url: string;
+        };
         /** FieldError */
         FieldError: {
             /** Field */
@@ -976,6 +1169,33 @@ export interface components {
             checks?: {
                 [key: string]: string;
             } | null;
+        };
+        /** IdentityPublic */
+        IdentityPublic: {
+            /**
+             * Provider
+             * @description The provider's slug
+             */
+            provider: string;
+            /**
+             * Email
+             * @description The provider's email for it when linked
+             */
+            email: string;
+            /**
+             * Linked At
+             * Format: date-time
+             */
+            linked_at?: string;
+            /**
+             * Last Used At
+             * @description Its latest sign-in; null if never
+             */
+            last_used_at?: string | null;
+            /** Id */
+            id: number;
+            /** Subject */
+            subject: string;
         };
         /** LinkUse */
         LinkUse: {
@@ -1152,7 +1372,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1265,6 +1485,29 @@ export interface components {
              */
             current: boolean;
         };
+        /** SsoExchange */
+        SsoExchange: {
+            /**
+             * Code
+             * @description The `sso_code` the callback redirected with
+             */
+            code: string;
+        };
+        /** SsoProviderPublic */
+        SsoProviderPublic: {
+            /** Slug */
+            slug: string;
+            /**
+             * Name
+             * @description What its sign-in button says
+             */
+            name: string;
+            /**
+             * Authorize Url
+             * @description Where the sign-in button goes (GET, a redirect)
+             */
+            authorize_url: string;
+        };
         /**
          * Transport
          * @enum {string}
@@ -1329,6 +1572,50 @@ export interface components {
             name: string;
             /** @default user */
             role: components["schemas"]["UserRole"];
+        };
+        /**
+         * UserListed
+         * @description A user as the users list shows it.
+         */
+        UserListed: {
+            /** Id */
+            id: number;
+            /** Email */
+            email: string;
+            /** Name */
+            name: string;
+            /** @default user */
+            role: components["schemas"]["UserRole"];
+            /**
+             * Is Active
+             * @default true
+             */
+            is_active: boolean;
+            /**
+             * Is Verified
+             * @description Whether the owner followed a link mailed to it
+             */
+            is_verified: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Last Login At
+             * @description The latest login or token refresh, to the minute; null if never
+             */
+            last_login_at: string | null;
+            /**
+             * Sign In Methods
+             * @description For admins: `password` if the user has one, then each identity provider linked (its slug); null for other callers
+             */
+            sign_in_methods?: string[] | null;
         };
         /** UserPublic */
         UserPublic: {
@@ -2330,6 +2617,764 @@ export interface operations {
             };
         };
     };
+    "sso-providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SsoProviderPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "sso-authorize": {
+        parameters: {
+            query?: {
+                /** @description Where the browser lands after the provider: a path of this server, or a URL on an origin of CORS_ORIGINS or PUBLIC_URL. Default: PUBLIC_URL. A sign-in lands with `?sso_code=...` to trade at POST /auth/sso/exchange, a link with `?sso_linked=<provider>`. */
+                return_to?: string | null;
+                /** @description `json`: the URL in a JSON body, for SPAs */
+                format?: string | null;
+            };
+            header?: never;
+            path: {
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description With `format=json` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthorizationUrl"];
+                };
+            };
+            /** @description Successful Response */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "sso-callback": {
+        parameters: {
+            query?: {
+                state?: string | null;
+                code?: string | null;
+                error?: string | null;
+            };
+            header?: never;
+            path: {
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "sso-exchange": {
+        parameters: {
+            query?: {
+                /** @description `bearer` (default): the refresh token is in the JSON body, both ways. `cookie`, for browser apps: the refresh token is set in an HttpOnly, SameSite=Strict cookie scoped to the auth paths, `refresh_token` in the response is null, and refresh and logout read the cookie instead of a body. Every cookie request must come from an `Origin` listed in CORS_ORIGINS and carry `X-Requested-With` (any value); otherwise 403. */
+                transport?: components["schemas"]["Transport"];
+            };
+            header?: {
+                /** @description Required, with any value, with `transport=cookie`. */
+                "X-Requested-With"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SsoExchange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-me-identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-me-identities-link": {
+        parameters: {
+            query?: {
+                /** @description Where the browser lands after the provider: a path of this server, or a URL on an origin of CORS_ORIGINS or PUBLIC_URL. Default: PUBLIC_URL. A sign-in lands with `?sso_code=...` to trade at POST /auth/sso/exchange, a link with `?sso_linked=<provider>`. */
+                return_to?: string | null;
+            };
+            header?: never;
+            path: {
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthorizationUrl"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-me-identities-unlink": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A linked identity's id */
+                identity_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-identities-unlink": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+                /** @description A linked identity's id */
+                identity_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     "users-list": {
         parameters: {
             query?: {
@@ -2348,6 +3393,8 @@ export interface operations {
                 created_before?: string;
                 last_login_after?: string;
                 last_login_before?: string;
+                /** @description Admins only: users who can sign in with `password` or with this identity provider's slug. */
+                sign_in?: string;
             };
             header?: never;
             path?: never;
@@ -2367,7 +3414,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UserPublic"][];
+                    "application/json": components["schemas"]["UserListed"][];
                 };
             };
             /** @description Bad Request */
@@ -4472,7 +5519,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse")[];
                 created_after?: string;
                 created_before?: string;
             };
