@@ -290,6 +290,30 @@ class Settings(BaseSettings):
     RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
     VERIFY_EXPIRE_HOURS: int = Field(default=48, ge=1, le=24 * 30)
 
+    # Webhooks (backend/webhooks/). Receivers at loopback, private or link-local
+    # addresses: None allows them in local and test only, where receivers run on the
+    # same machine; elsewhere an admin's URL must not reach the server's own network.
+    WEBHOOK_ALLOW_PRIVATE_ADDRESSES: bool | None = None
+    # All one attempt may take, connecting included.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+    # Seconds before each retry of a failed delivery (Standard Webhooks' schedule: 5 s,
+    # 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each varied by up to a fifth either way.
+    WEBHOOK_RETRY_SCHEDULE: Annotated[list[float], NoDecode] = [
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        36000,
+    ]
+    # An endpoint whose deliveries have failed, without a success, for this long is
+    # disabled (audited) until an admin enables it again.
+    WEBHOOK_DISABLE_AFTER_HOURS: float = Field(default=120, gt=0)
+    # How often each worker looks for deliveries due (staged by another worker or
+    # process, or retries); a commit in the same worker wakes it at once.
+    WEBHOOK_POLL_SECONDS: float = Field(default=5.0, gt=0, le=300)
+
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
@@ -306,6 +330,20 @@ class Settings(BaseSettings):
     def split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("WEBHOOK_RETRY_SCHEDULE", mode="before")
+    @classmethod
+    def split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("WEBHOOK_RETRY_SCHEDULE")
+    @classmethod
+    def check_schedule(cls, value: list[float]) -> list[float]:
+        if any(not math.isfinite(delay) or delay <= 0 for delay in value):
+            raise ValueError("must be a comma list of positive numbers of seconds, like 5,300")
         return value
 
     @field_validator("TRUSTED_PROXIES", mode="before")
@@ -479,6 +517,12 @@ class Settings(BaseSettings):
                 "those features off"
             )
         return self
+
+    @property
+    def webhook_allow_private_addresses(self) -> bool:
+        if self.WEBHOOK_ALLOW_PRIVATE_ADDRESSES is None:
+            return self.STAGE in {"local", "test"}
+        return self.WEBHOOK_ALLOW_PRIVATE_ADDRESSES
 
     @property
     def mail_features(self) -> list[str]:

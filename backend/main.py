@@ -45,9 +45,10 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, sessions, users
+from backend.routers import api_keys, audit, auth, health, sessions, users, webhooks
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
+from backend.webhooks.dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ TAGS = [
         "managed with a login's access token.",
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
+    {
+        "name": "webhooks",
+        "description": "Endpoints that receive signed events about users and sessions "
+        "(admin only); see docs/webhooks.md.",
+    },
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
 
@@ -83,12 +89,13 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     database_outage = DatabaseOutage(metrics)
     database_outage.watch(engine)
     auth_cache = AuthCache(settings, metrics)
+    sessionmaker = tracked_sessionmaker(engine, settings, auth_cache=auth_cache)
     return Runtime(
         settings=settings,
         metrics=metrics,
         engine=engine,
         database_outage=database_outage,
-        sessionmaker=tracked_sessionmaker(engine, settings, auth_cache=auth_cache),
+        sessionmaker=sessionmaker,
         read_sessionmaker=tracked_sessionmaker(
             engine, settings, auth_cache=auth_cache, read_only=True
         ),
@@ -96,6 +103,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         rate_limiter=RateLimiter(settings, metrics),
         mailer=mailer,
         auth_cache=auth_cache,
+        webhooks=Dispatcher(settings, sessionmaker),
     )
 
 
@@ -116,6 +124,8 @@ def _lifespan(
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
             runtime.auth_cache.start()
+            # Deliveries left by a previous run (a crash, a kill) go out now.
+            runtime.webhooks.start()
             await runtime.password_hasher.calibrate()
             yield
         finally:
@@ -248,6 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(webhooks.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)
     if settings.METRICS_ENABLED:

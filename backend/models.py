@@ -384,6 +384,10 @@ class AuditAction(StrEnum):
     LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
+    WEBHOOK_CREATE = "webhook.create"  # details: webhook_id, url, events
+    WEBHOOK_UPDATE = "webhook.update"  # details: webhook_id, fields
+    WEBHOOK_DELETE = "webhook.delete"
+    WEBHOOK_DISABLE = "webhook.disable"  # by the dispatcher, after failing too long
 
 
 class AuditEventBase(SQLModel):
