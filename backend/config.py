@@ -298,15 +298,7 @@ class Settings(BaseSettings):
     WEBHOOK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
     # Seconds before each retry of a failed delivery (Standard Webhooks' schedule: 5 s,
     # 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each varied by up to a fifth either way.
-    WEBHOOK_RETRY_SCHEDULE: Annotated[list[float], NoDecode] = [
-        5,
-        300,
-        1800,
-        7200,
-        18000,
-        36000,
-        36000,
-    ]
+    WEBHOOK_RETRY_SCHEDULE: str = "5,300,1800,7200,18000,36000,36000"
     # An endpoint whose deliveries have failed, without a success, for this long is
     # disabled (audited) until an admin enables it again.
     WEBHOOK_DISABLE_AFTER_HOURS: float = Field(default=120, gt=0)
@@ -332,18 +324,17 @@ class Settings(BaseSettings):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("WEBHOOK_RETRY_SCHEDULE", mode="before")
-    @classmethod
-    def split_schedule(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
     @field_validator("WEBHOOK_RETRY_SCHEDULE")
     @classmethod
-    def check_schedule(cls, value: list[float]) -> list[float]:
-        if any(not math.isfinite(delay) or delay <= 0 for delay in value):
-            raise ValueError("must be a comma list of positive numbers of seconds, like 5,300")
+    def check_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            delays = [-1.0]
+        if any(not math.isfinite(delay) or delay <= 0 for delay in delays):
+            raise ValueError(
+                f"{value!r} is not a comma list of positive numbers of seconds, like 5,300"
+            )
         return value
 
     @field_validator("TRUSTED_PROXIES", mode="before")
@@ -517,6 +508,11 @@ class Settings(BaseSettings):
                 "those features off"
             )
         return self
+
+    @property
+    def webhook_retry_schedule(self) -> list[float]:
+        """The seconds before each retry; empty: no retry."""
+        return [float(part) for part in self.WEBHOOK_RETRY_SCHEDULE.split(",") if part.strip()]
 
     @property
     def webhook_allow_private_addresses(self) -> bool:

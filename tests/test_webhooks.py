@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlmodel import SQLModel, col, select
 from standardwebhooks.webhooks import Webhook
 
@@ -46,7 +47,7 @@ SERVER_START_SECONDS = 60  # imports alone took 15 s on a loaded 2-core machine
 
 ALL_EVENTS = [str(event) for event in WebhookEventType]
 FAST = {
-    "WEBHOOK_RETRY_SCHEDULE": [0.05, 0.05, 0.05],
+    "WEBHOOK_RETRY_SCHEDULE": "0.05,0.05,0.05",
     "WEBHOOK_POLL_SECONDS": 0.05,
     "WEBHOOK_TIMEOUT_SECONDS": 2,
 }
@@ -444,6 +445,15 @@ async def test_a_receiver_that_does_not_answer_in_time_is_a_failure(
     assert entry["status"] == "delivered"
     assert entry["attempts"] == 3
     assert len({item.webhook_id for item in receiver.received}) == 1
+
+
+def test_a_bad_retry_schedule_stops_start_up_naming_it() -> None:
+    for value in ("5,x", "5,-1", "5,inf", "0"):
+        with pytest.raises(ValidationError, match="WEBHOOK_RETRY_SCHEDULE"):
+            make_settings("sqlite:///unused.db", WEBHOOK_RETRY_SCHEDULE=value)
+    assert (
+        make_settings("sqlite:///unused.db", WEBHOOK_RETRY_SCHEDULE="").webhook_retry_schedule == []
+    )
 
 
 def test_retry_delays_follow_the_schedule_with_jitter() -> None:

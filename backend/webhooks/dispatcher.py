@@ -88,7 +88,7 @@ def lease_seconds(settings: Settings) -> float:
 
 def retry_delay(settings: Settings, attempts: int) -> float | None:
     """Seconds before the next attempt after `attempts` failed ones; None: no more."""
-    schedule = settings.WEBHOOK_RETRY_SCHEDULE
+    schedule = settings.webhook_retry_schedule
     if attempts > len(schedule):
         return None
     return schedule[attempts - 1] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
