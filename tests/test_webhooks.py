@@ -49,7 +49,9 @@ ALL_EVENTS = [str(event) for event in WebhookEventType]
 FAST = {
     "WEBHOOK_RETRY_SCHEDULE": "0.05,0.05,0.05",
     "WEBHOOK_POLL_SECONDS": 0.05,
-    "WEBHOOK_TIMEOUT_SECONDS": 2,
+    # A lease (2 x this + 1 s) no round of these tests outlasts, even on a loaded
+    # machine: an outcome recorded after its lease ran out may come with a second sending.
+    "WEBHOOK_TIMEOUT_SECONDS": 10,
 }
 
 
@@ -378,9 +380,17 @@ async def test_a_delivery_fails_once_the_schedule_is_spent(
 
 
 async def test_an_endpoint_failing_too_long_is_disabled_until_enabled_again(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], receiver: Receiver, clock: Clock
+    database_url: str, receiver: Receiver, clock: Clock
 ) -> None:
+    # Retries an hour apart: only the moved clock brings the next one.
+    settings = make_settings(database_url, **{**FAST, "WEBHOOK_RETRY_SCHEDULE": "3600,3600"})
+    async with own_app(settings) as (_, client):
+        await _disable_and_enable(client, receiver, clock)
+
+
+async def _disable_and_enable(client: httpx.AsyncClient, receiver: Receiver, clock: Clock) -> None:
     receiver.statuses.extend([500, 500])
+    admin_headers = await admin_login(client)
     endpoint = await register_endpoint(client, admin_headers, receiver, events=["user.created"])
     location = f"{API}/webhooks/{endpoint['id']}"
     await create_user(
@@ -421,10 +431,10 @@ async def test_an_endpoint_failing_too_long_is_disabled_until_enabled_again(
     assert enabled.json()["enabled"] is True
     assert enabled.json()["disabled_at"] is None
     assert enabled.json()["failing_since"] is None
-    await eventually(lambda: len(receiver.answered()) == 1)
-    [entry] = await deliveries(client, headers, endpoint["id"])
+    [entry] = await settled_log(client, headers, endpoint["id"], 1)
     assert entry["status"] == "delivered"
     assert entry["attempts"] == 3
+    assert len(receiver.answered()) == 1
 
 
 async def test_a_receiver_that_does_not_answer_in_time_is_a_failure(
@@ -443,7 +453,8 @@ async def test_a_receiver_that_does_not_answer_in_time_is_a_failure(
         receiver.delay = 0
         [entry] = await settled_log(client, headers, endpoint["id"], 1)
     assert entry["status"] == "delivered"
-    assert entry["attempts"] == 3
+    # At least one attempt timed out; the log counts every attempt the receiver saw.
+    assert entry["attempts"] == len(receiver.received) >= 2
     assert len({item.webhook_id for item in receiver.received}) == 1
 
 

@@ -312,10 +312,19 @@ class Dispatcher:
         if not claims:
             return 0
         outcomes = await asyncio.gather(*(self._send(claimed) for claimed in claims))
-        async with self.sessionmaker() as db:
-            for claimed, outcome in zip(claims, outcomes, strict=True):
-                await record(db, claimed, outcome, settings=self.settings)
-            await db.commit()
+        # One transaction each, one after the other (one connection): an outcome that
+        # cannot be written costs only its own delivery a second sending.
+        for claimed, outcome in zip(claims, outcomes, strict=True):
+            try:
+                async with self.sessionmaker() as db:
+                    await record(db, claimed, outcome, settings=self.settings)
+                    await db.commit()
+            except Exception as error:
+                logger.warning(
+                    "webhook delivery %s: outcome not recorded (%r); sent again after its lease",
+                    claimed.delivery_id,
+                    error,
+                )
         return len(claims)
 
     async def _send(self, claimed: Claim) -> Outcome:
