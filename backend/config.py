@@ -402,6 +402,22 @@ class Settings(BaseSettings):
     RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
     VERIFY_EXPIRE_HOURS: int = Field(default=48, ge=1, le=24 * 30)
 
+    # Webhooks (backend/webhooks/). Receivers at loopback, private or link-local
+    # addresses: None allows them in local and test only, where receivers run on the
+    # same machine; elsewhere an admin's URL must not reach the server's own network.
+    WEBHOOK_ALLOW_PRIVATE_ADDRESSES: bool | None = None
+    # All one attempt may take, connecting included.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+    # Seconds before each retry of a failed delivery (Standard Webhooks' schedule: 5 s,
+    # 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), each varied by up to a fifth either way.
+    WEBHOOK_RETRY_SCHEDULE: str = "5,300,1800,7200,18000,36000,36000"
+    # An endpoint whose deliveries have failed, without a success, for this long is
+    # disabled (audited) until an admin enables it again.
+    WEBHOOK_DISABLE_AFTER_HOURS: float = Field(default=120, gt=0)
+    # How often each worker looks for deliveries due (staged by another worker or
+    # process, or retries); a commit in the same worker wakes it at once.
+    WEBHOOK_POLL_SECONDS: float = Field(default=5.0, gt=0, le=300)
+
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line, for collectors) or text; default: text in local only.
     LOG_FORMAT: Literal["json", "text"] | None = None
@@ -495,6 +511,19 @@ class Settings(BaseSettings):
     @classmethod
     def blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("WEBHOOK_RETRY_SCHEDULE")
+    @classmethod
+    def check_schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            delays = [-1.0]
+        if any(not math.isfinite(delay) or delay <= 0 for delay in delays):
+            raise ValueError(
+                f"{value!r} is not a comma list of positive numbers of seconds, like 5,300"
+            )
+        return value
 
     @field_validator("TRUSTED_PROXIES", mode="before")
     @classmethod
@@ -716,6 +745,17 @@ class Settings(BaseSettings):
     @property
     def webauthn_rp_name(self) -> str:
         return self.RP_NAME or self.PROJECT_NAME
+
+    @property
+    def webhook_retry_schedule(self) -> list[float]:
+        """The seconds before each retry; empty: no retry."""
+        return [float(part) for part in self.WEBHOOK_RETRY_SCHEDULE.split(",") if part.strip()]
+
+    @property
+    def webhook_allow_private_addresses(self) -> bool:
+        if self.WEBHOOK_ALLOW_PRIVATE_ADDRESSES is None:
+            return self.STAGE in {"local", "test"}
+        return self.WEBHOOK_ALLOW_PRIVATE_ADDRESSES
 
     @property
     def mail_features(self) -> list[str]:

@@ -357,6 +357,8 @@ async def delete_user(
     actor_id: int | None,
     expected_versions: Collection[int] | None = None,
 ) -> None:
+    """Delete the user's row (its sessions, keys and links go with it) and audit it,
+    for the caller to commit."""
     if user.id == actor_id:
         raise ConflictError(
             "You cannot delete your own account.", code=ProblemCode.CANNOT_DELETE_SELF
@@ -378,7 +380,6 @@ async def delete_user(
             details={"email": user.email},
         )
     )
-    await db.commit()
 
 
 async def _ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:

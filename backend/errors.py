@@ -57,6 +57,7 @@ class ProblemCode(StrEnum):
     USER_NOT_FOUND = "user_not_found"
     SESSION_NOT_FOUND = "session_not_found"
     API_KEY_NOT_FOUND = "api_key_not_found"
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
     EMAIL_TAKEN = "email_taken"
     EMAIL_LOOKALIKE = "email_lookalike"  # renders like another account's email
     PASSWORD_INCORRECT = "password_incorrect"  # the current password, when changing it

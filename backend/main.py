@@ -57,9 +57,20 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, passkeys, sessions, sso, users
+from backend.routers import (
+    api_keys,
+    audit,
+    auth,
+    health,
+    passkeys,
+    sessions,
+    sso,
+    users,
+    webhooks,
+)
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
+from backend.webhooks.dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +92,11 @@ TAGS = [
         "managed with a login's access token.",
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
+    {
+        "name": "webhooks",
+        "description": "Endpoints that receive signed events about users and sessions "
+        "(admin only); see docs/webhooks.md.",
+    },
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
 
@@ -100,12 +116,13 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     database_outage = DatabaseOutage(metrics)
     database_outage.watch(engine)
     auth_cache = AuthCache(settings, metrics)
+    sessionmaker = tracked_sessionmaker(engine, settings, auth_cache=auth_cache)
     return Runtime(
         settings=settings,
         metrics=metrics,
         engine=engine,
         database_outage=database_outage,
-        sessionmaker=tracked_sessionmaker(engine, settings, auth_cache=auth_cache),
+        sessionmaker=sessionmaker,
         read_sessionmaker=tracked_sessionmaker(
             engine, settings, auth_cache=auth_cache, read_only=True
         ),
@@ -114,6 +131,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         mailer=mailer,
         auth_cache=auth_cache,
         sso=Providers(settings),
+        webhooks=Dispatcher(settings, sessionmaker),
     )
 
 
@@ -138,6 +156,8 @@ def _lifespan(
             if admin_dir is not None and not (admin_dir / "index.html").is_file():
                 logger.info("no dashboard build in %s yet. %s", admin_dir, NOT_BUILT)
             runtime.auth_cache.start()
+            # Deliveries left by a previous run (a crash, a kill) go out now.
+            runtime.webhooks.start()
             await runtime.password_hasher.calibrate()
             yield
         finally:
@@ -306,6 +326,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(passkeys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(passkeys.auth_router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(webhooks.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     if settings.DOCS_ENABLED:
         install_docs(app, settings)

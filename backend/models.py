@@ -404,6 +404,10 @@ class AuditAction(StrEnum):
     IDENTITY_LINK = "user.identity_link"  # details: provider, subject, email
     IDENTITY_UNLINK = "user.identity_unlink"
     SSO_REFUSE = "user.sso_refuse"  # details: provider, code, email; target when known
+    WEBHOOK_CREATE = "webhook.create"  # details: webhook_id, url, events
+    WEBHOOK_UPDATE = "webhook.update"  # details: webhook_id, fields
+    WEBHOOK_DELETE = "webhook.delete"
+    WEBHOOK_DISABLE = "webhook.disable"  # by the dispatcher, after failing too long
 
 
 class AuditEventBase(SQLModel):

@@ -6,6 +6,7 @@ reach the runtime without depending on the auth package at run time."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from backend.http.observability import DatabaseOutage, Metrics
     from backend.http.ratelimit import RateLimiter
     from backend.mail import Mailer
+    from backend.webhooks.dispatcher import Dispatcher
 
 
 @dataclass
@@ -37,11 +39,13 @@ class Runtime:
     mailer: Mailer
     auth_cache: AuthCache
     sso: Providers  # the identity providers' discovery documents and keys
+    webhooks: Dispatcher
 
     async def close(self, *, within: float) -> None:
-        """Stop, giving the work left (mail) at most `within` seconds."""
-        # Mail first: work handed over may still need the database.
-        await self.mailer.close(within=within)
+        """Stop, giving the work left (mail, webhook deliveries under way) at most
+        `within` seconds, together."""
+        # These first: work handed over may still need the database.
+        await asyncio.gather(self.mailer.close(within=within), self.webhooks.close(within=within))
         await self.auth_cache.close()
         self.password_hasher.close()
         await self.engine.dispose()

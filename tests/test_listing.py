@@ -16,6 +16,13 @@ from backend.models import AuditEvent, AuditEventPublic, User, UserPublic
 from backend.routers.audit import AUDIT_EVENTS
 from backend.routers.sessions import SESSIONS
 from backend.routers.users import USERS
+from backend.routers.webhooks import DELIVERIES, WEBHOOKS
+from backend.webhooks.models import (
+    WebhookDelivery,
+    WebhookDeliveryPublic,
+    WebhookEndpoint,
+    WebhookEndpointPublic,
+)
 from tests.helpers import API, create_user
 
 PEOPLE = [
@@ -317,6 +324,8 @@ async def test_put_is_admin_only_and_404s(
         (USERS, User, UserPublic),
         (AUDIT_EVENTS, AuditEvent, AuditEventPublic),
         (SESSIONS, UserSession, SessionPublic),
+        (WEBHOOKS, WebhookEndpoint, WebhookEndpointPublic),
+        (DELIVERIES, WebhookDelivery, WebhookDeliveryPublic),
     ],
 )
 def test_list_fields_are_public_columns_of_their_model(

@@ -38,6 +38,8 @@ from backend.errors import (
 )
 from backend.models import NO_PASSWORD, AuditAction, User, UserCreate, UserInvite, UserUpdate
 from backend.rules import password_email_problem
+from backend.webhooks import outbox
+from backend.webhooks.models import WebhookEventType
 
 EMAIL_NOT_VERIFIED = (
     "This account's email address is not verified yet: follow the link mailed to it, or ask "
@@ -62,6 +64,7 @@ async def create_user(
     user = await crud.insert_user(
         db, data=data, hashed_password=hashed_password, is_verified=verified
     )
+    await outbox.stage_user(db, event=WebhookEventType.USER_CREATED, user=user)
     if audit:
         details = {"email": user.email, "role": str(user.role)}
         crud.add_audit_event(
@@ -103,6 +106,7 @@ async def register(
     hashed_password = await _hash(db, hasher, data.password, email=data.email)
     user = await crud.insert_user(db, data=data, hashed_password=hashed_password)
     assert user.id is not None
+    await outbox.stage_user(db, event=WebhookEventType.USER_CREATED, user=user)
     verify_link = None
     if settings.EMAIL_VERIFICATION != "off":
         verify_link = await links.issue(
@@ -254,6 +258,8 @@ async def _stage_update(
         expected_versions=expected_versions,
     )
     assert updated.id is not None
+    if values:
+        await outbox.stage_user(db, event=WebhookEventType.USER_UPDATED, user=updated)
     # After the user's row, in the same transaction: the lock order of auth/sessions.py.
     stale_links = _stale_links(values, deactivating=changes.is_active is False)
     if stale_links:
@@ -289,6 +295,20 @@ def _sessions_end_reason(values: dict[str, Any]) -> SessionEndReason | None:
     return None
 
 
+async def delete_user(
+    db: AsyncSession,
+    *,
+    user: User,
+    actor_id: int | None,
+    expected_versions: Collection[int] | None = None,
+) -> None:
+    """Delete the user (crud.delete_user: audited, never the last active admin) and
+    report it to webhooks, in one transaction."""
+    await crud.delete_user(db, user=user, actor_id=actor_id, expected_versions=expected_versions)
+    await outbox.stage_user(db, event=WebhookEventType.USER_DELETED, user=user)
+    await db.commit()
+
+
 async def invite_user(
     db: AsyncSession, *, data: UserInvite, settings: Settings, actor_id: int | None
 ) -> tuple[User, Issued]:
@@ -296,6 +316,7 @@ async def invite_user(
     transaction; it can log in once its owner sets a password through the link."""
     user = await crud.insert_user(db, data=data, hashed_password=NO_PASSWORD, is_active=False)
     assert user.id is not None
+    await outbox.stage_user(db, event=WebhookEventType.USER_CREATED, user=user)
     details = {"email": user.email, "role": str(user.role), "invited": True}
     crud.add_audit_event(
         db, action=AuditAction.CREATE, actor_id=actor_id, target_id=user.id, details=details
@@ -365,6 +386,7 @@ async def set_password_with_link(
         raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
     await links.consume(db, link=link, now=now)
     assert updated.id is not None
+    await outbox.stage_user(db, event=WebhookEventType.USER_UPDATED, user=updated)
     await links.revoke_pending(db, user_id=updated.id, purposes={LinkPurpose.RESET})
     fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
     crud.add_audit_event(
@@ -392,6 +414,7 @@ async def verify_email(db: AsyncSession, *, token: str) -> User:
         await db.rollback()
         raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
     await links.consume(db, link=link, now=now)
+    await outbox.stage_user(db, event=WebhookEventType.USER_UPDATED, user=updated)
     await db.commit()
     return updated
 

@@ -63,6 +63,7 @@ from backend.db.session import lock_for_update
 from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.listing import ListQuery
 from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, User, UserPublic
+from backend.webhooks import outbox
 
 NOT_HONOURED = "The token is invalid or has been revoked."
 SESSION_ENDED = "This session has ended; log in again."
@@ -195,6 +196,8 @@ async def _end_now(
     """End a locked session, commit, and refuse the request that found it ending."""
     user_session.revoked_at = utcnow()
     user_session.revoked_reason = reason
+    if reason not in LAPSED:
+        await _stage_revoked(db, user_session, reason)
     await db.commit()
     detail, code = REFUSALS.get(reason, (SESSION_ENDED, ProblemCode.SESSION_ENDED))
     raise UnauthorizedError(detail, code=code)
@@ -257,6 +260,7 @@ async def _end(
     user_session = locked[0]
     user_session.revoked_at = utcnow()
     user_session.revoked_reason = reason
+    await _stage_revoked(db, user_session, reason)
     if audit:
         crud.add_audit_event(
             db,
@@ -267,6 +271,19 @@ async def _end(
         )
     await db.commit()
     return True
+
+
+# Sessions that ran out their lifetime: they lapse, nobody revokes them, and no event
+# reports them.
+LAPSED = frozenset({SessionEndReason.EXPIRED, SessionEndReason.IDLE})
+
+
+async def _stage_revoked(
+    db: AsyncSession, user_session: UserSession, reason: SessionEndReason
+) -> None:
+    await outbox.stage_session_revoked(
+        db, session_id=user_session.id, user_id=user_session.user_id, reason=str(reason)
+    )
 
 
 async def end_all(
@@ -311,14 +328,21 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
     """end_all's sessions part, for a caller that already changed the user's row (the
     lock order) and commits itself; how many sessions were live. A password or role
     change and a deactivation revoke the user's API keys as well."""
-    result = await db.exec(
-        update(UserSession)
-        .where(col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None))
-        .values(revoked_at=utcnow(), revoked_reason=reason)
-    )
+    ended = (
+        await db.exec(
+            update(UserSession)
+            .where(col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+            .returning(col(UserSession.id))
+        )
+    ).all()
+    for (session_id,) in ended:
+        await outbox.stage_session_revoked(
+            db, session_id=session_id, user_id=user_id, reason=str(reason)
+        )
     if reason in KEYS_END_WITH:
         await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
-    return result.rowcount
+    return len(ended)
 
 
 def reauthenticated_until(user_session: UserSession, settings: Settings) -> datetime:

@@ -252,7 +252,7 @@ def delete(
 
     async def remove(db: AsyncSession, _settings: Settings) -> User:
         user = await user_by_email(db, email)
-        await crud.delete_user(db, user=user, actor_id=None)
+        await accounts.delete_user(db, user=user, actor_id=None)
         return user
 
     user = with_db(remove)

@@ -404,5 +404,7 @@ async def delete_user(
     expected_versions: ExpectedVersions,
 ) -> User:
     """Delete a user (admin only) and return the deleted record."""
-    await crud.delete_user(db, user=user, actor_id=admin.id, expected_versions=expected_versions)
+    await accounts.delete_user(
+        db, user=user, actor_id=admin.id, expected_versions=expected_versions
+    )
     return user

@@ -13,6 +13,7 @@ import { FORGOT_PASSWORD_PATH } from './links';
 import { PasskeySignIn } from './passkeys';
 import { SsoButtons } from './sso';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
+import { WebhookCreate, WebhookList, WebhookShow } from './webhooks';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
 // If-Match) for the newest, silently overwriting a concurrent edit. No retries: a 429 or
@@ -65,6 +66,9 @@ function resources(permissions) {
             recordRepresentation="email"
         />,
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
+        admin ? (
+            <Resource key="webhooks" name="webhooks" list={WebhookList} show={WebhookShow} create={WebhookCreate} />
+        ) : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />
             {admin ? <Route path={INVITE_PATH} element={<InviteUser />} /> : null}

@@ -25,6 +25,10 @@ export const ACTIONS = [
     { id: 'user.link_use', name: 'link used' },
     { id: 'user.api_key_create', name: 'API key created' },
     { id: 'user.api_key_revoke', name: 'API key revoked' },
+    { id: 'webhook.create', name: 'webhook created' },
+    { id: 'webhook.update', name: 'webhook changed' },
+    { id: 'webhook.delete', name: 'webhook deleted' },
+    { id: 'webhook.disable', name: 'webhook disabled after failing' },
 ];
 
 const auditFilters = [

@@ -930,6 +930,81 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Webhooks-List
+         * @description The endpoints (admin only), oldest first unless sorted; never their secrets.
+         */
+        get: operations["webhooks-list"];
+        put?: never;
+        /**
+         * Webhooks-Create
+         * @description Register an endpoint for the events listed (admin only). `secret` is in this
+         *     answer only: the receiver verifies each delivery's signature with it.
+         */
+        post: operations["webhooks-create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhooks/{webhook_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Webhooks-Get
+         * @description One endpoint (admin only).
+         */
+        get: operations["webhooks-get"];
+        put?: never;
+        post?: never;
+        /**
+         * Webhooks-Delete
+         * @description Delete an endpoint and its delivery log (admin only); nothing more is sent to it.
+         */
+        delete: operations["webhooks-delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Webhooks-Update
+         * @description Change the fields sent (admin only). `"enabled": true` re-enables an endpoint
+         *     disabled after failures; its waiting deliveries are tried again at once.
+         */
+        patch: operations["webhooks-update"];
+        trace?: never;
+    };
+    "/api/v1/webhooks/{webhook_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Webhooks-Deliveries
+         * @description An endpoint's delivery log (admin only), newest first unless sorted: each event
+         *     sent or to send, its attempts, the last status code or error, the next attempt.
+         */
+        get: operations["webhooks-deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -1100,7 +1175,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -1146,6 +1221,11 @@ export interface components {
              */
             authorization_url: string;
         };
+        /**
+         * DeliveryStatus
+         * @enum {string}
+         */
+        DeliveryStatus: "pending" | "delivered" | "failed";
         /** FieldError */
         FieldError: {
             /** Field */
@@ -1372,7 +1452,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1750,6 +1830,170 @@ export interface components {
              */
             name: string;
         };
+        /** WebhookDeliveryPublic */
+        WebhookDeliveryPublic: {
+            /**
+             * Event Id
+             * @description The `webhook-id` header: the same on every attempt, for deduplication
+             */
+            event_id: string;
+            event_type: components["schemas"]["WebhookEventType"];
+            /** @default pending */
+            status: components["schemas"]["DeliveryStatus"];
+            /**
+             * Attempts
+             * @default 0
+             */
+            attempts: number;
+            /** Last Status Code */
+            last_status_code?: number | null;
+            /** Last Error */
+            last_error?: string | null;
+            /**
+             * Next Attempt At
+             * @description When it is tried next; null once delivered or failed
+             */
+            next_attempt_at: string | null;
+            /** Last Attempt At */
+            last_attempt_at?: string | null;
+            /** Delivered At */
+            delivered_at?: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at?: string;
+            /** Id */
+            id: number;
+            /** Endpoint Id */
+            endpoint_id: number;
+        };
+        /**
+         * WebhookEndpointCreate
+         * @example {
+         *       "description": "CRM sync",
+         *       "events": [
+         *         "user.created",
+         *         "user.deleted"
+         *       ],
+         *       "url": "https://hooks.example.com/users"
+         *     }
+         */
+        WebhookEndpointCreate: {
+            /** Url */
+            url: string;
+            /**
+             * Events
+             * @description The event types sent to it
+             */
+            events: components["schemas"]["WebhookEventType"][];
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /**
+             * Enabled
+             * @default true
+             */
+            enabled: boolean;
+        };
+        /** WebhookEndpointCreated */
+        WebhookEndpointCreated: {
+            /** Url */
+            url: string;
+            /** Events */
+            events: components["schemas"]["WebhookEventType"][];
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /** Id */
+            id: number;
+            /** Enabled */
+            enabled: boolean;
+            /**
+             * Failing Since
+             * @description When its current run of failed deliveries began; null after a success
+             */
+            failing_since: string | null;
+            /**
+             * Disabled At
+             * @description When it was disabled after failing for WEBHOOK_DISABLE_AFTER_HOURS
+             */
+            disabled_at: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Secret
+             * @description The signing secret (`whsec_...`), shown this once: give it to the receiver, which verifies each delivery's `webhook-signature` with it
+             */
+            secret: string;
+        };
+        /** WebhookEndpointPublic */
+        WebhookEndpointPublic: {
+            /** Url */
+            url: string;
+            /** Events */
+            events: components["schemas"]["WebhookEventType"][];
+            /**
+             * Description
+             * @default
+             */
+            description: string;
+            /** Id */
+            id: number;
+            /** Enabled */
+            enabled: boolean;
+            /**
+             * Failing Since
+             * @description When its current run of failed deliveries began; null after a success
+             */
+            failing_since: string | null;
+            /**
+             * Disabled At
+             * @description When it was disabled after failing for WEBHOOK_DISABLE_AFTER_HOURS
+             */
+            disabled_at: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /** WebhookEndpointUpdate */
+        WebhookEndpointUpdate: {
+            /** Url */
+            url?: string | null;
+            /** Events */
+            events?: components["schemas"]["WebhookEventType"][] | null;
+            /** Description */
+            description?: string | null;
+            /**
+             * Enabled
+             * @description true re-enables an endpoint disabled after failures: its waiting deliveries are tried again at once
+             */
+            enabled?: boolean | null;
+        };
+        /**
+         * WebhookEventType
+         * @enum {string}
+         */
+        WebhookEventType: "user.created" | "user.updated" | "user.deleted" | "user.banned" | "session.revoked";
     };
     responses: never;
     parameters: never;
@@ -5519,7 +5763,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable")[];
                 created_after?: string;
                 created_before?: string;
             };
@@ -5555,6 +5799,441 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-list": {
+        parameters: {
+            query?: {
+                page?: number;
+                per_page?: number;
+                /** @description Comma list of fields, '-' for descending: -created_at,id. Ties are broken by id. */
+                sort?: string;
+                /** @description Repeat for several: id=a&id=b. */
+                id?: number[];
+                url?: string;
+                description?: string;
+                enabled?: boolean;
+                failing_since?: string;
+                disabled_at?: string;
+                created_after?: string;
+                created_before?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description Records matching the filters */
+                    "X-Total-Count"?: number;
+                    /** @description RESOURCE START-END/TOTAL */
+                    "Content-Range"?: string;
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
+                    Link?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointCreated"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A webhook endpoint's id */
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A webhook endpoint's id */
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A webhook endpoint's id */
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "webhooks-deliveries": {
+        parameters: {
+            query?: {
+                page?: number;
+                per_page?: number;
+                /** @description Comma list of fields, '-' for descending: -created_at,id. Ties are broken by id. */
+                sort?: string;
+                /** @description Repeat for several: id=a&id=b. */
+                id?: number[];
+                event_id?: string;
+                /** @description Repeat for several: event_type=a&event_type=b. */
+                event_type?: ("user.created" | "user.updated" | "user.deleted" | "user.banned" | "session.revoked")[];
+                /** @description Repeat for several: status=a&status=b. */
+                status?: ("pending" | "delivered" | "failed")[];
+                attempts?: number;
+                last_status_code?: number;
+                next_attempt_at?: string;
+                last_attempt_at?: string;
+                delivered_at?: string;
+                created_after?: string;
+                created_before?: string;
+            };
+            header?: never;
+            path: {
+                /** @description A webhook endpoint's id */
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description Records matching the filters */
+                    "X-Total-Count"?: number;
+                    /** @description RESOURCE START-END/TOTAL */
+                    "Content-Range"?: string;
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
+                    Link?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
