@@ -10,6 +10,7 @@ from backend.auth.deps import (
     CurrentCaller,
     LoginClient,
     LoginCredentials,
+    NotImpersonating,
     SessionUser,
     refuse_api_keys,
 )
@@ -204,6 +205,7 @@ async def logout(
 @router.post(
     "/logout-all",
     name="auth-logout-all",
+    dependencies=[NotImpersonating],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403),
@@ -216,6 +218,7 @@ async def logout_all(user: SessionUser, db: DbSession) -> None:
 @router.post(
     "/reauthenticate",
     name="auth-reauthenticate",
+    dependencies=[NotImpersonating],
     response_model=Reauthenticated,
     responses=problem_responses(401, 403),
 )
@@ -241,6 +244,21 @@ async def reauthenticate(
         if error.code is ProblemCode.PASSWORD_INCORRECT:
             await limiter.count(limiter.login_failures_per_account, "login-account", email)
         raise
+
+
+@router.post(
+    "/impersonation/stop",
+    name="auth-impersonation-stop",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 403, 409),
+)
+async def stop_impersonation(caller: CurrentCaller, db: DbSession) -> None:
+    """End the impersonation session these tokens belong to (audited). The admin's own
+    session was never touched: a dashboard goes back to its tokens. No cookie is
+    cleared: an impersonation never had one. 409 `not_impersonating` from a session of
+    one's own."""
+    await sessions.stop_impersonation(db, caller=caller)
 
 
 @router.post(
