@@ -76,6 +76,15 @@ async def test_an_impersonation_is_a_marked_session_of_the_user(
     assert marks == [0, admin]
     # It is not the user's login.
     assert tokens["user"]["last_login_at"] == own["user"]["last_login_at"]
+    # The user may end it like any session of theirs.
+    session_id = claims(tokens["access_token"])["sid"]
+    ended = await client.delete(
+        f"{API}/users/me/sessions/{session_id}", headers=bearer(own["access_token"])
+    )
+    assert ended.status_code == 204
+    assert (
+        await client.get(f"{API}/users/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
 
 
 async def test_it_lasts_sixty_minutes_at_most_whatever_the_refreshes(
