@@ -239,5 +239,7 @@ async def test_other_users_do_not_see_a_ban(
     assert (seen.json()["banned_at"], seen.json()["ban_reason"]) == (None, None)
     listed = await client.get(f"{API}/users", params={"id": str(banned_id)}, headers=viewer)
     assert listed.json()[0]["ban_reason"] is None
+    filtered = await client.get(f"{API}/users", params={"banned": "true"}, headers=viewer)
+    assert (filtered.status_code, filtered.json()["code"]) == (403, "admin_required")
     by_admin = await client.get(f"{API}/users/{banned_id}", headers=admin_headers)
     assert by_admin.json()["ban_reason"] == "spam"

@@ -114,6 +114,9 @@ async def list_users(
 ) -> Response:
     settings = runtime.settings
     query = parse_list_query(request.query_params, USERS, max_per_page=settings.MAX_PER_PAGE)
+    if user.role != UserRole.ADMIN and any(f.field == "banned" for f in query.filters):
+        # Who is banned is the business of admins (see _shown_to).
+        raise ForbiddenError("Only admins may filter on bans.", code=ProblemCode.ADMIN_REQUIRED)
     only_id = user.id if not sees_directory(user, settings) else None
     rows, total = await crud.list_users(db, query=query, only_id=only_id)
     # Rows of UserPublic's fields, every value validated on its way into the database:

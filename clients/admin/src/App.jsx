@@ -10,6 +10,7 @@ import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
 import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
+import { ImpersonationBanner } from './support';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -40,8 +41,14 @@ function LoginPage() {
     );
 }
 
-function AppLayout(props) {
-    return <Layout {...props} menu={AppMenu} />;
+// The impersonation banner (src/support.jsx) above every screen while one lasts.
+function AppLayout({ children, ...props }) {
+    return (
+        <Layout {...props} menu={AppMenu}>
+            <ImpersonationBanner />
+            {children}
+        </Layout>
+    );
 }
 
 // Screens by role: the API refuses plain users every write and the audit trail, so
