@@ -103,6 +103,10 @@ async def test_it_lasts_sixty_minutes_at_most_whatever_the_refreshes(
     renewed = refreshed.json()
     assert claims(renewed["access_token"])["imp"] == claims(tokens["access_token"])["imp"]
     assert claims(renewed["access_token"])["exp"] <= end.timestamp() + 1
+    # Neither the impersonation nor its refresh is the user's login.
+    assert renewed["user"]["last_login_at"] == tokens["user"]["last_login_at"]
+    user = await client.get(f"{API}/users/{user_id}", headers=bearer(renewed["access_token"]))
+    assert user.json()["last_login_at"] == tokens["user"]["last_login_at"]
     clock.offset += timedelta(minutes=10, seconds=2)
     gone = await client.get(f"{API}/users/me", headers=bearer(renewed["access_token"]))
     assert gone.status_code == 401

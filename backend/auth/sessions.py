@@ -217,7 +217,15 @@ async def stop_impersonation(db: AsyncSession, *, caller: Caller) -> None:
     await db.commit()
 
 
-async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) -> LoginResponse:
+@dataclass(frozen=True)
+class Rotated:
+    tokens: LoginResponse
+    # Whether it was the user's own session, whose refresh counts as their latest login
+    # (an admin's impersonation is not the user signing in).
+    own: bool
+
+
+async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) -> Rotated:
     """Trade a refresh token for a new pair in its session, once and only once; commits.
 
     A token presented again after its rotation means it leaked (or a client kept an old
@@ -254,8 +262,9 @@ async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) ->
         await _refuse_retired(db, user_session, jti_hash, now, settings)
     user_session.last_used_at = now
     tokens = _issue_pair(db, user=user, user_session=user_session, settings=settings)
+    own = user_session.impersonator_id is None
     await db.commit()
-    return tokens
+    return Rotated(tokens=tokens, own=own)
 
 
 async def _refuse_retired(

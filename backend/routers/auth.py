@@ -167,9 +167,10 @@ async def refresh(
     a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    tokens = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
-    background.add_task(_note_refresh, runtime, tokens.user.id)
-    return delivery.send(tokens)
+    rotated = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
+    if rotated.own:
+        background.add_task(_note_refresh, runtime, rotated.tokens.user.id)
+    return delivery.send(rotated.tokens)
 
 
 async def _note_refresh(runtime: Runtime, user_id: int) -> None:
