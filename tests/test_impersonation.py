@@ -318,7 +318,7 @@ async def test_stop_ends_the_impersonation_and_leaves_the_admin_alone(
     assert [(e["actor_id"], e["target_id"]) for e in audit.json()] == [(admin, user_id)]
 
 
-@pytest.mark.parametrize("change", ["deactivate", "delete"])
+@pytest.mark.parametrize("change", ["deactivate", "delete", "logout-all"])
 async def test_it_ends_when_its_admin_can_no_longer_act(
     client: httpx.AsyncClient, admin_headers: dict[str, str], register: RegisterUser, change: str
 ) -> None:
@@ -340,7 +340,9 @@ async def test_it_ends_when_its_admin_can_no_longer_act(
     target = f"{API}/users/{second.json()['id']}"
     if change == "deactivate":
         done = await client.patch(target, json={"is_active": False}, headers=admin_headers)
-    else:
+    elif change == "delete":
         done = await client.delete(target, headers=admin_headers)
-    assert done.status_code == 200
+    else:  # the admin stays an admin: their sessions end, the impersonation with them
+        done = await client.post(f"{API}/auth/logout-all", headers=second_headers)
+    assert done.status_code < 300
     assert (await client.get(f"{API}/users/me", headers=headers)).status_code == 401

@@ -418,12 +418,22 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
         .values(revoked_at=utcnow(), revoked_reason=reason)
     )
     # The sessions this user opened as others (an admin's impersonations) end with theirs:
-    # an admin demoted, deactivated, banned or logged out everywhere acts as nobody.
-    await db.exec(
-        update(UserSession)
-        .where(col(UserSession.impersonator_id) == user_id, col(UserSession.revoked_at).is_(None))
-        .values(revoked_at=utcnow(), revoked_reason=reason)
+    # an admin demoted, deactivated, banned or logged out everywhere acts as nobody. One
+    # UPDATE per impersonated user, each naming that user, so that the auth cache forgets
+    # those users alone, not everyone (authcache._user_ids_in); usually there are none.
+    impersonating = select(UserSession.user_id).where(
+        col(UserSession.impersonator_id) == user_id, col(UserSession.revoked_at).is_(None)
     )
+    for impersonated_id in set((await db.exec(impersonating)).all()):
+        await db.exec(
+            update(UserSession)
+            .where(
+                col(UserSession.user_id) == impersonated_id,
+                col(UserSession.impersonator_id) == user_id,
+                col(UserSession.revoked_at).is_(None),
+            )
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
     if reason in KEYS_END_WITH:
         await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return result.rowcount
