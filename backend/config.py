@@ -285,6 +285,9 @@ class Settings(BaseSettings):
     # How recent a login or POST /auth/reauthenticate must be for the routes that ask
     # for one (OWASP ASVS 3.7.1). Five minutes: enough to finish one task in a form.
     REAUTHENTICATION_WINDOW_SECONDS: int = Field(default=300, ge=30, le=3600)
+    # How long an admin's impersonation session lasts, absolutely (a refresh never
+    # extends it). At most an hour: support looks at a problem, it does not live there.
+    IMPERSONATION_MINUTES: int = Field(default=60, ge=1, le=60)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 

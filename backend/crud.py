@@ -4,6 +4,7 @@ sessions or hashes a password is in backend/auth/accounts.py."""
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from sqlalchemy import (
     Row,
     Select,
     UnaryExpression,
+    and_,
     any_,
     bindparam,
     delete,
@@ -24,6 +26,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
+from backend.clock import utcnow
 from backend.confusables import email_skeleton
 from backend.db.session import lock_for_update
 from backend.errors import (
@@ -93,6 +96,12 @@ async def list_users(
     how many match in all; with `only_id`, among that one user only (a plain user under
     USERS_DIRECTORY=admins); `where`: further conditions (how they sign in)."""
     search: list[ColumnElement[bool]] = list(where)
+    # `banned` is no column but a moment's state: the clock decides, as at every check.
+    flags = [condition for condition in query.filters if condition.field == "banned"]
+    if flags:
+        query = replace(query, filters=tuple(f for f in query.filters if f not in flags))
+        in_force = banned(now=utcnow())
+        search += [in_force if flag.value else ~in_force for flag in flags]
     if only_id is not None:
         search.append(col(User.id) == only_id)
     if query.search:
@@ -302,7 +311,7 @@ async def update_user(
     """
     deactivated = values.get("is_active") is False
     if ("role" in values or deactivated) and user.role == UserRole.ADMIN:
-        await _ensure_another_active_admin(db, user=user)
+        await ensure_another_active_admin(db, user=user)
     conditions = [col(User.id) == user.id]
     if expected_versions is not None:
         conditions.append(col(User.version).in_(expected_versions))
@@ -364,7 +373,7 @@ async def delete_user(
             "You cannot delete your own account.", code=ProblemCode.CANNOT_DELETE_SELF
         )
     if user.role == UserRole.ADMIN and user.is_active:
-        await _ensure_another_active_admin(db, user=user)
+        await ensure_another_active_admin(db, user=user)
     statement = delete(User).where(col(User.id) == user.id)
     if expected_versions is not None:
         statement = statement.where(col(User.version).in_(expected_versions))
@@ -382,20 +391,30 @@ async def delete_user(
     )
 
 
-async def _ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:
+async def ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:
     # Locking every active admin row (in id order, so no deadlock) serialises two
     # admins demoting each other: the second sees the first's change and is refused.
+    # A banned admin counts as locked out: the clock may end the ban, but until then
+    # nobody could administer.
     statement = (
         select(User.id)
-        .where(User.role == UserRole.ADMIN, col(User.is_active).is_(True))
+        .where(User.role == UserRole.ADMIN, col(User.is_active).is_(True), ~banned(now=utcnow()))
         .order_by(col(User.id))
     )
     admin_ids = (await db.exec(await lock_for_update(db, statement, table=User))).all()
     if not any(admin_id != user.id for admin_id in admin_ids):
         raise ConflictError(
-            "The last active admin cannot be demoted, deactivated or deleted.",
+            "The last active admin cannot be demoted, deactivated, banned or deleted.",
             code=ProblemCode.LAST_ADMIN,
         )
+
+
+def banned(*, now: datetime) -> ColumnElement[bool]:
+    """Users whose ban is in force at `now` (User.ban_in_force, in SQL)."""
+    return and_(
+        col(User.banned_at).is_not(None),
+        or_(col(User.banned_until).is_(None), col(User.banned_until) > now),
+    )
 
 
 @asynccontextmanager

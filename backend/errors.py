@@ -5,6 +5,7 @@ stable `code` that clients switch on, whatever the English of `detail` says; tur
 one into a response is backend/http/problems.py's job.
 """
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from http import HTTPStatus
 
@@ -39,6 +40,7 @@ class ProblemCode(StrEnum):
     API_KEY_READ_ONLY = "api_key_read_only"
     ACCOUNT_CHANGED = "account_changed"  # changed while the request was on its way
     ACCOUNT_DEACTIVATED = "account_deactivated"
+    BANNED = "banned"  # `banned_until` says when it ends (null: never)
     EMAIL_NOT_VERIFIED = "email_not_verified"
     ADMIN_REQUIRED = "admin_required"
     DIRECTORY_ADMINS_ONLY = "directory_admins_only"  # USERS_DIRECTORY=admins
@@ -47,6 +49,7 @@ class ProblemCode(StrEnum):
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     METRICS_TOKEN_INVALID = "metrics_token_invalid"  # /metrics: not the METRICS_TOKEN
     SSO_REQUIRED = "sso_required"  # SSO_ONLY_DOMAINS: sign in with the provider
+    IMPERSONATION_FORBIDDEN = "impersonation_forbidden"  # not while an admin acts as you
     # What the server offers.
     REGISTRATION_CLOSED = "registration_closed"
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
@@ -66,6 +69,10 @@ class ProblemCode(StrEnum):
     INVITATION_ACCEPTED = "invitation_accepted"
     CURRENT_PASSWORD_REQUIRED = "current_password_required"  # one's own, by /users/me/password
     REAUTHENTICATION_REQUIRED = "reauthentication_required"  # prove it again, then retry
+    CANNOT_BAN_SELF = "cannot_ban_self"
+    NOT_BANNED = "not_banned"  # lifting a ban from an account that has none
+    IMPERSONATION_REFUSED = "impersonation_refused"  # an admin, oneself, inactive or banned
+    NOT_IMPERSONATING = "not_impersonating"  # stopping from a session of one's own
     VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
     STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
     LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link
@@ -111,7 +118,8 @@ class ProblemCode(StrEnum):
 
 
 class DomainError(Exception):
-    """An expected failure, answered with `status_code`, `detail` and `code`."""
+    """An expected failure, answered with `status_code`, `detail` and `code`, and any
+    `members` of its own (RFC 9457 extension members)."""
 
     status_code = HTTPStatus.BAD_REQUEST
 
@@ -119,6 +127,10 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.code = code
+
+    @property
+    def members(self) -> dict[str, str | None]:
+        return {}
 
 
 class BadRequestError(DomainError):
@@ -186,6 +198,25 @@ class UnauthorizedError(DomainError):
 
 class ForbiddenError(DomainError):
     status_code = HTTPStatus.FORBIDDEN
+
+
+class BannedError(ForbiddenError):
+    """The account is banned: until `until`, or for good when None."""
+
+    def __init__(self, until: datetime | None) -> None:
+        when = f"until {_instant(until)}" if until is not None else "with no end date"
+        super().__init__(f"This account is banned {when}.", code=ProblemCode.BANNED)
+        self.until = until
+
+    @property
+    def members(self) -> dict[str, str | None]:
+        # Always there, null for a permanent ban, so a client need not guess.
+        return {"banned_until": _instant(self.until) if self.until is not None else None}
+
+
+def _instant(moment: datetime) -> str:
+    """As the API writes every time: ISO 8601 in UTC, with Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class RetryLaterError(DomainError):

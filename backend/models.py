@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     GetJsonSchemaHandler,
     StrictBool,
@@ -42,6 +43,10 @@ SQLModel.metadata.naming_convention = {
 }
 
 NAME_MAX_CHARS = 100
+BAN_REASON_MAX_CHARS = 500
+# A ban's end date: within a century, which is "for good" in all but name (send no
+# `until` for that), and keeps every date far from the years Python cannot hold.
+BAN_MAX_DAYS = 36_500
 
 ACCOUNT_KEY_BYTES = 16
 
@@ -256,6 +261,15 @@ class User(UserBase, table=True):
     # The latest login or refresh, to the minute (see LAST_LOGIN_RESOLUTION); None until
     # the first. Not a version change: it moves neither `version` nor `updated_at`.
     last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A ban (POST /users/{id}/ban): in force from banned_at until banned_until, or for
+    # good while banned_until is NULL. It ends by the clock, with no job: every check
+    # compares banned_until with the time (ban_in_force); lifting it clears all three.
+    banned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    banned_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ban_reason: str | None = Field(default=None, sa_type=String(BAN_REASON_MAX_CHARS))
+
+    def ban_in_force(self, now: datetime) -> bool:
+        return self.banned_at is not None and (self.banned_until is None or self.banned_until > now)
 
 
 # last_login_at is written at most this often per user: a dashboard reads it to the
@@ -374,6 +388,98 @@ class UserPublic(UserBase, _IdFirst):
     last_login_at: datetime | None = Field(
         description="The latest login or token refresh, to the minute; null if never"
     )
+    # Shown to admins and to the user themselves; null in other users' views.
+    banned_at: datetime | None = Field(
+        default=None, description="When the latest ban began; null when none (or lifted)"
+    )
+    banned_until: datetime | None = Field(
+        default=None,
+        description="When that ban ends by itself; null with banned_at set: a permanent ban",
+    )
+    ban_reason: str | None = Field(default=None, description="Why, as the admin wrote it")
+
+
+BAN_FIELDS = ("banned_at", "banned_until", "ban_reason")
+
+
+class Impersonator(SQLModel):
+    id: int
+    email: str
+
+
+class UserMe(UserPublic):
+    impersonated_by: Impersonator | None = Field(
+        description="The admin acting as you in this session (support), or null"
+    )
+
+
+def _normalise_reason(value: str) -> str:
+    if len(value) > BAN_REASON_MAX_CHARS:
+        raise ValueError(f"must be at most {BAN_REASON_MAX_CHARS} characters long")
+    value = _reject_control_characters(value.strip())
+    if any(char in BIDI_CONTROLS for char in value):
+        raise ValueError("must not contain bidirectional control characters")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _iso_8601_only(value: object) -> object:
+    # pydantic would also read numbers as Unix times: 0.5 is not a date an admin means.
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("must be an ISO 8601 date-time with its offset, e.g. 2027-01-31T12:00:00Z")
+    return value
+
+
+def _future_instant(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry its UTC offset, e.g. 2027-01-31T12:00:00Z")
+    now = utcnow()
+    if value <= now:
+        raise ValueError("must be in the future")
+    if value > now + timedelta(days=BAN_MAX_DAYS):
+        raise ValueError(f"must be within {BAN_MAX_DAYS} days; omit it for a permanent ban")
+    return value.astimezone(UTC)
+
+
+BanReason = Annotated[
+    str,
+    AfterValidator(_normalise_reason),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": BAN_REASON_MAX_CHARS,
+            "pattern": f"^{_PRINTABLE}*[^\\s{_CONTROL}{_BIDI}]{_PRINTABLE}*$",
+            "description": f"At most {BAN_REASON_MAX_CHARS} characters, not all spaces; "
+            "shown to admins, not to the user",
+        }
+    ),
+]
+BanEnd = Annotated[
+    datetime,
+    BeforeValidator(_iso_8601_only),
+    AfterValidator(_future_instant),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "description": f"When the ban ends by itself: in the future, within {BAN_MAX_DAYS} "
+            "days, with its UTC offset. Omit it (or send null) for a ban with no end",
+        }
+    ),
+]
+
+
+class BanRequest(SQLModel):
+    reason: BanReason
+    until: BanEnd | None = None
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={
+            "examples": [{"reason": "Spam in the forums", "until": "2027-01-31T00:00:00Z"}]
+        }
+    )
 
 
 class UserListed(UserPublic):
@@ -408,6 +514,11 @@ class AuditAction(StrEnum):
     WEBHOOK_UPDATE = "webhook.update"  # details: webhook_id, fields
     WEBHOOK_DELETE = "webhook.delete"
     WEBHOOK_DISABLE = "webhook.disable"  # by the dispatcher, after failing too long
+    BAN = "user.ban"  # details: reason, until
+    UNBAN = "user.unban"
+    IMPERSONATION_START = "user.impersonation_start"  # actor: the admin; details: session_id
+    IMPERSONATED_REQUEST = "user.impersonated_request"  # each request of that session
+    IMPERSONATION_STOP = "user.impersonation_stop"
 
 
 class AuditEventBase(SQLModel):

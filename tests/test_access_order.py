@@ -161,6 +161,7 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
             refused.append(where)
     assert sorted(refused) == [
         f"DELETE {API}/users/{{user_id}}",
+        f"DELETE {API}/users/{{user_id}}/ban",
         f"DELETE {API}/users/{{user_id}}/identities/{{identity_id}}",
         f"DELETE {API}/users/{{user_id}}/sessions",
         f"DELETE {API}/users/{{user_id}}/sessions/{{session_id}}",
@@ -178,6 +179,8 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
         f"PATCH {API}/webhooks/{{webhook_id}}",
         f"POST {API}/users",
         f"POST {API}/users/invite",
+        f"POST {API}/users/{{user_id}}/ban",
+        f"POST {API}/users/{{user_id}}/impersonate",
         f"POST {API}/users/{{user_id}}/invite",
         f"POST {API}/webhooks",
         f"PUT {API}/users/{{user_id}}",

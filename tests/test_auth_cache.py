@@ -157,12 +157,19 @@ async def _admin_ends_all(client: httpx.AsyncClient, admin: dict[str, str], vict
     return await client.delete(f"{API}/users/{victim['user']['id']}/sessions", headers=admin)
 
 
+async def _ban(client: httpx.AsyncClient, admin: dict[str, str], victim: Victim) -> Any:
+    return await client.post(
+        f"{API}/users/{victim['user']['id']}/ban", json={"reason": "spam"}, headers=admin
+    )
+
+
 async def _delete(client: httpx.AsyncClient, admin: dict[str, str], victim: Victim) -> Any:
     return await client.delete(f"{API}/users/{victim['user']['id']}", headers=admin)
 
 
 WRITES: dict[str, tuple[Write, int]] = {
     "deactivate": (_deactivate, 403),
+    "ban": (_ban, 403),
     "role change": (_role, 401),
     "admin sets the password": (_admin_password, 401),
     "own password change": (_own_password, 401),

@@ -35,7 +35,7 @@ async def test_my_sessions_are_listed_newest_first_with_the_current_one_marked(
     assert {entry["ip_address"] for entry in listed} == {"127.0.0.1"}
     assert set(listed[0]) == {
         "id", "name", "created_at", "last_used_at", "expires_at", "user_agent", "ip_address",
-        "current",
+        "current", "impersonator_id",
     }  # fmt: skip
     assert response.headers["X-Total-Count"] == "3"
     assert response.headers["Content-Range"] == "sessions 0-2/3"

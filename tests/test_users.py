@@ -113,6 +113,7 @@ async def test_create_conflict_and_validation(
 
 async def test_get_user_and_404(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:
     me = (await client.get(f"{API}/users/me", headers=user_headers)).json()
+    assert me.pop("impersonated_by") is None  # /users/me's own: who acts as you, if anyone
     response = await client.get(f"{API}/users/{me['id']}", headers=user_headers)
     assert response.status_code == 200
     assert response.json() == me

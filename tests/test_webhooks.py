@@ -318,6 +318,30 @@ async def test_changes_to_users_and_sessions_arrive_signed(
     assert [entry["event_type"] for entry in only] == ["user.deleted"]
 
 
+async def test_a_ban_arrives_with_the_ended_sessions(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], receiver: Receiver
+) -> None:
+    user = (
+        await create_user(
+            client, admin_headers, email="dan@example.com", name="Dan", password=USER_PASSWORD
+        )
+    ).json()
+    await login(client, "dan@example.com", USER_PASSWORD)
+    await register_endpoint(
+        client, admin_headers, receiver, events=["user.banned", "session.revoked"]
+    )
+    banned = await client.post(
+        f"{API}/users/{user['id']}/ban", json={"reason": "spam"}, headers=admin_headers
+    )
+    assert banned.status_code == 200, banned.text
+    await eventually(lambda: len(receiver.answered()) == 2)
+    assert all(item.verified for item in receiver.received)
+    by_type = {item.payload["type"]: item.payload["data"] for item in receiver.received}
+    assert by_type["user.banned"]["id"] == user["id"]
+    assert by_type["user.banned"]["ban_reason"] == "spam"
+    assert by_type["session.revoked"]["user_id"] == user["id"]
+
+
 async def test_a_change_that_fails_stages_nothing(
     client: httpx.AsyncClient, admin_headers: dict[str, str], receiver: Receiver
 ) -> None:

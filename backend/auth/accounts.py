@@ -30,6 +30,7 @@ from backend.config import Settings
 from backend.db.session import release_connection
 from backend.errors import (
     BadRequestError,
+    BannedError,
     ConflictError,
     EmailTakenError,
     FieldInvalidError,
@@ -145,6 +146,8 @@ async def log_in(
         return None
     if not user.is_active:
         raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
+    if user.ban_in_force(utcnow()):  # after the password, as a deactivation: no oracle
+        raise BannedError(user.banned_until)
     if settings.EMAIL_VERIFICATION == "required" and not user.is_verified:
         raise ForbiddenError(EMAIL_NOT_VERIFIED, code=ProblemCode.EMAIL_NOT_VERIFIED)
     if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC

@@ -40,7 +40,7 @@ from backend.auth.models import (
 )
 from backend.clock import utcnow
 from backend.db.session import lock_for_update
-from backend.errors import NotFoundError, ProblemCode, UnauthorizedError
+from backend.errors import BannedError, NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.listing import ListQuery
 from backend.models import AuditAction, AuditEvent, User
 
@@ -174,6 +174,9 @@ async def check(db: AsyncSession, *, secret: str) -> KeyCaller:
     if row is None:
         raise UnauthorizedError(KEY_REFUSED, code=ProblemCode.API_KEY_INVALID)
     api_key, user = row
+    # Before the revocation the ban made: its owner is told of the ban and its end.
+    if user.is_active and user.ban_in_force(now):
+        raise BannedError(user.banned_until)
     if api_key.revoked_at is not None or api_key.expires_at <= now or not user.is_active:
         raise UnauthorizedError(KEY_REFUSED, code=ProblemCode.API_KEY_INVALID)
     if api_key.last_used_at is None or api_key.last_used_at <= now - LAST_USED_RESOLUTION:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import api_keys, sessions
+from backend.auth import api_keys, sessions, support
 from backend.auth.api_keys import KeyCaller
 from backend.auth.models import (
     API_KEY_PREFIX,
@@ -28,6 +28,7 @@ from backend.clock import utcnow
 from backend.config import Settings
 from backend.errors import ForbiddenError, NotFoundError, ProblemCode, UnauthorizedError
 from backend.http.deps import SAFE_METHODS, DbSession, RuntimeDep, UserId
+from backend.http.observability import AFTER_RESPONSE, AfterResponseHook
 from backend.http.ratelimit import client_ip
 from backend.models import User, UserRole
 from backend.runtime import Runtime
@@ -70,7 +71,32 @@ async def get_caller(
             db, access_token=token, settings=runtime.settings, auth_cache=runtime.auth_cache
         )
     request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
+    if isinstance(caller, Caller) and caller.user_session.impersonator_id is not None:
+        _audit_after_response(request, runtime, caller, caller.user_session.impersonator_id)
     return caller
+
+
+def _audit_after_response(
+    request: Request, runtime: Runtime, caller: Caller, admin_id: int
+) -> None:
+    """Every request of an impersonation session is audited with both ids, after its
+    response, refusals included: a GET then opens no write transaction on its own db
+    session (the budgeted session's reads run without one), and nobody waits for it."""
+    assert caller.user.id is not None
+    item = support.ImpersonatedRequest(
+        admin_id=admin_id,
+        user_id=caller.user.id,
+        session_id=caller.user_session.id,
+        method=request.method,
+        at=utcnow(),
+    )
+
+    async def record(status: int, route: str) -> None:
+        async with runtime.sessionmaker() as db:
+            await support.record_impersonated_request(db, item, route=route, status=status)
+
+    hooks: list[AfterResponseHook] = request.scope["state"].setdefault(AFTER_RESPONSE, [])
+    hooks.append(record)
 
 
 async def _key_caller(
@@ -105,9 +131,29 @@ async def get_session_caller(caller: AnyCaller) -> Caller:
 CurrentCaller = Annotated[Caller, Depends(get_session_caller)]
 
 
-async def get_recent_caller(caller: CurrentCaller, runtime: RuntimeDep) -> Caller:
+async def refuse_impersonation(caller: AnyCaller) -> None:
+    """Refuse an impersonation session (an admin acting as the user): it may look and
+    act as the user, but not change what proves who they are (password, email, second
+    factors, passkeys), nor their API keys or sessions."""
+    if isinstance(caller, Caller) and caller.user_session.impersonator_id is not None:
+        raise ForbiddenError(
+            "Not while impersonating: an admin acting as this user cannot change their "
+            "credentials, API keys or sessions.",
+            code=ProblemCode.IMPERSONATION_FORBIDDEN,
+        )
+
+
+# On a route: `dependencies=[NotImpersonating]` (or a router's). Every RecentCaller
+# route refuses impersonation too.
+NotImpersonating = Depends(refuse_impersonation)
+
+
+async def get_recent_caller(
+    caller: CurrentCaller, runtime: RuntimeDep, _: Annotated[None, NotImpersonating]
+) -> Caller:
     """A session caller whose login, or POST /auth/reauthenticate, is recent enough for
-    a change that could lock its owner out if someone else made it."""
+    a change that could lock its owner out if someone else made it; never an admin
+    impersonating the user."""
     if sessions.reauthenticated_until(caller.user_session, runtime.settings) <= utcnow():
         raise ForbiddenError(
             "Confirm it is you: send your password to POST /auth/reauthenticate, then "

@@ -36,6 +36,7 @@ def create_token(
     *,
     session_id: str,
     session_expires: datetime,
+    impersonator_id: int | None = None,
 ) -> tuple[str, TokenClaims]:
     """A signed token of the user's session; it never outlives the session."""
     assert user.id is not None
@@ -45,7 +46,7 @@ def create_token(
         if token_type == ACCESS
         else timedelta(days=settings.REFRESH_TOKEN_EXPIRE_DAYS)
     )
-    payload = {
+    payload: dict[str, str | int] = {
         "sub": str(user.id),  # RFC 7519: the subject is a string
         "type": token_type,
         "jti": uuid.uuid4().hex,
@@ -55,6 +56,8 @@ def create_token(
         "exp": int(min(issued_at + lifetime, session_expires).timestamp()),
         "sid": session_id,
     }
+    if impersonator_id is not None:
+        payload["imp"] = impersonator_id
     # Read back as decode_token reads it: a token we issue is one we accept.
     claims = TokenClaims.model_validate(payload)
     return jwt.encode(payload, settings.SECRET_KEY, algorithm=JWT_ALGORITHM), claims

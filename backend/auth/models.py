@@ -142,6 +142,12 @@ class UserSession(SQLModel, table=True):
     user_agent: str | None = Field(default=None, sa_type=String(USER_AGENT_MAX_CHARS))
     ip_address: str | None = Field(default=None, sa_type=String(IP_ADDRESS_MAX_CHARS))
     name: str | None = Field(default=None, sa_type=String(NAME_MAX_CHARS))
+    # Set for a session an admin opened to act as the user (POST /users/{id}/impersonate;
+    # see sessions.start_impersonation). Such a session lasts IMPERSONATION_MINUTES at
+    # most and cannot change credentials; each request checks that the admin still is
+    # one. No foreign key: SQLite cannot drop one without rebuilding `sessions`, whose
+    # drop would cascade to every refresh token.
+    impersonator_id: int | None = Field(default=None, index=True)
 
     def end_reason(self, now: datetime, idle_days: int) -> SessionEndReason | None:
         """Why the session no longer admits its tokens, or None while it is live."""
@@ -163,6 +169,9 @@ class SessionPublic(SQLModel):
     user_agent: str | None = Field(description="The client's User-Agent at login")
     ip_address: str | None = Field(description="The client's address at login")
     current: bool = Field(description="Whether this is the session of the calling token")
+    impersonator_id: int | None = Field(
+        description="The admin who opened this session to act as you (support), or null"
+    )
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,8 @@ class TokenClaims(BaseModel):
         max_length=TOKEN_TEXT_MAX_CHARS,
         validation_alias=AliasChoices("sid", "fam"),
     )
+    # The impersonating admin's id, in the tokens of an impersonation session only.
+    imp: int | None = pydantic.Field(default=None, ge=1, le=INT32_MAX)
 
 
 # --- mailed links ---------------------------------------------------------------------

@@ -55,14 +55,23 @@ from backend.auth.models import (
     RefreshToken,
     SessionEndReason,
     TokenClaims,
+    TokenType,
     UserSession,
 )
 from backend.clock import utcnow
 from backend.config import Settings
 from backend.db.session import lock_for_update
-from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
+from backend.errors import (
+    BannedError,
+    ConflictError,
+    DomainError,
+    ForbiddenError,
+    NotFoundError,
+    ProblemCode,
+    UnauthorizedError,
+)
 from backend.http.listing import ListQuery
-from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, User, UserPublic
+from backend.models import LAST_LOGIN_RESOLUTION, AuditAction, User, UserPublic, UserRole
 from backend.webhooks import outbox
 
 NOT_HONOURED = "The token is invalid or has been revoked."
@@ -104,6 +113,8 @@ async def start(
         )
     if not locked.is_active:  # deactivated while the password was being checked
         await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
+    if locked.ban_in_force(now):  # banned meanwhile, or a link's login while banned
+        await _refuse(db, BannedError(locked.banned_until))
     # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
     await db.exec(
         delete(UserSession).where(
@@ -126,7 +137,96 @@ async def start(
     return tokens
 
 
-async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) -> LoginResponse:
+async def start_impersonation(
+    db: AsyncSession, *, admin: User, user_id: int, client: ClientInfo, settings: Settings
+) -> LoginResponse:
+    """A new session of the user for an admin to act as them: marked with the admin's id
+    (in the row and in its tokens), lasting IMPERSONATION_MINUTES at most, and audited.
+    Never for an admin (oneself included), an inactive or a banned user. It is not the
+    user's login: last_login_at stays. Commits."""
+    assert admin.id is not None
+    now = utcnow()
+    target = await _lock_user(db, user_id=user_id)  # the lock order: the user's row first
+    if target is None:
+        await _refuse(
+            db, NotFoundError(f"User {user_id} does not exist.", code=ProblemCode.USER_NOT_FOUND)
+        )
+    refusal = _impersonation_refusal(admin, target, now)
+    if refusal is not None:
+        await _refuse(db, ForbiddenError(refusal, code=ProblemCode.IMPERSONATION_REFUSED))
+    user_session = UserSession(
+        user_id=user_id,
+        created_at=now,
+        last_used_at=now,
+        authenticated_at=now,
+        expires_at=now + timedelta(minutes=settings.IMPERSONATION_MINUTES),
+        user_agent=client.user_agent,
+        ip_address=client.ip_address,
+        impersonator_id=admin.id,
+    )
+    db.add(user_session)
+    await db.flush()
+    tokens = _issue_pair(db, user=target, user_session=user_session, settings=settings)
+    crud.add_audit_event(
+        db,
+        action=AuditAction.IMPERSONATION_START,
+        actor_id=admin.id,
+        target_id=user_id,
+        details={"session_id": user_session.id, "expires_at": user_session.expires_at.isoformat()},
+    )
+    await db.commit()
+    return tokens
+
+
+def _impersonation_refusal(admin: User, target: User, now: datetime) -> str | None:
+    if target.id == admin.id:
+        return "You cannot impersonate yourself."
+    if target.role == UserRole.ADMIN:
+        # An admin acting as another could act with that admin's name on the trail.
+        return "Admins cannot be impersonated."
+    if not target.is_active:
+        return "This account is deactivated: there is nothing to see as its user."
+    if target.ban_in_force(now):
+        return "This account is banned: lift the ban first to see what its user sees."
+    return None
+
+
+async def stop_impersonation(db: AsyncSession, *, caller: Caller) -> None:
+    """End the caller's impersonation session, recorded as its admin's doing; the
+    admin's own sessions are untouched. Commits."""
+    impersonator_id = caller.user_session.impersonator_id
+    if impersonator_id is None:
+        raise ConflictError(
+            "This session is not an impersonation: log out instead.",
+            code=ProblemCode.NOT_IMPERSONATING,
+        )
+    locked = await _lock_session(
+        db, session_id=caller.user_session.id, user_id=caller.user_session.user_id
+    )
+    if locked is None or locked[0].revoked_at is not None:
+        await _refuse(db, UnauthorizedError(SESSION_ENDED, code=ProblemCode.SESSION_ENDED))
+    user_session = locked[0]
+    user_session.revoked_at = utcnow()
+    user_session.revoked_reason = SessionEndReason.LOGOUT
+    crud.add_audit_event(
+        db,
+        action=AuditAction.IMPERSONATION_STOP,
+        actor_id=impersonator_id,
+        target_id=user_session.user_id,
+        details={"session_id": user_session.id},
+    )
+    await db.commit()
+
+
+@dataclass(frozen=True)
+class Rotated:
+    tokens: LoginResponse
+    # Whether it was the user's own session, whose refresh counts as their latest login
+    # (an admin's impersonation is not the user signing in).
+    own: bool
+
+
+async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) -> Rotated:
     """Trade a refresh token for a new pair in its session, once and only once; commits.
 
     A token presented again after its rotation means it leaked (or a client kept an old
@@ -163,8 +263,9 @@ async def rotate(db: AsyncSession, *, refresh_token: str, settings: Settings) ->
         await _refuse_retired(db, user_session, jti_hash, now, settings)
     user_session.last_used_at = now
     tokens = _issue_pair(db, user=user, user_session=user_session, settings=settings)
+    own = user_session.impersonator_id is None
     await db.commit()
-    return tokens
+    return Rotated(tokens=tokens, own=own)
 
 
 async def _refuse_retired(
@@ -340,6 +441,30 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
         await outbox.stage_session_revoked(
             db, session_id=session_id, user_id=user_id, reason=str(reason)
         )
+    # The sessions this user opened as others (an admin's impersonations) end with theirs:
+    # an admin demoted, deactivated, banned or logged out everywhere acts as nobody. One
+    # UPDATE per impersonated user, each naming that user, so that the auth cache forgets
+    # those users alone, not everyone (authcache._user_ids_in); usually there are none.
+    impersonating = select(UserSession.user_id).where(
+        col(UserSession.impersonator_id) == user_id, col(UserSession.revoked_at).is_(None)
+    )
+    for impersonated_id in set((await db.exec(impersonating)).all()):
+        impersonations = (
+            await db.exec(
+                update(UserSession)
+                .where(
+                    col(UserSession.user_id) == impersonated_id,
+                    col(UserSession.impersonator_id) == user_id,
+                    col(UserSession.revoked_at).is_(None),
+                )
+                .values(revoked_at=utcnow(), revoked_reason=reason)
+                .returning(col(UserSession.id))
+            )
+        ).all()
+        for (session_id,) in impersonations:
+            await outbox.stage_session_revoked(
+                db, session_id=session_id, user_id=impersonated_id, reason=str(reason)
+            )
     if reason in KEYS_END_WITH:
         await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return len(ended)
@@ -413,10 +538,30 @@ async def check(
     if (
         user_session is None
         or user_session.end_reason(utcnow(), settings.SESSION_IDLE_DAYS) is not None
+        or user_session.impersonator_id != claims.imp
     ):
         raise UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED)
     assert user is not None
+    if user_session.impersonator_id is not None:
+        await _check_impersonator(db, user_session.impersonator_id)
     return Caller(user=user, user_session=user_session)
+
+
+async def _check_impersonator(db: AsyncSession, admin_id: int) -> None:
+    """An impersonation session acts only while its admin is an active, unbanned admin:
+    one query more, for these sessions alone (never cached), which also covers an admin
+    deleted meanwhile."""
+    admin = (await db.exec(select(User).where(col(User.id) == admin_id))).first()
+    if (
+        admin is None
+        or admin.role != UserRole.ADMIN
+        or not admin.is_active
+        or admin.ban_in_force(utcnow())
+    ):
+        raise UnauthorizedError(
+            "The admin who opened this session can no longer act as anyone.",
+            code=ProblemCode.SESSION_ENDED,
+        )
 
 
 async def _check_user(db: AsyncSession, user: User | None, claims: TokenClaims) -> None:
@@ -426,6 +571,10 @@ async def _check_user(db: AsyncSession, user: User | None, claims: TokenClaims) 
         await _refuse(db, UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED))
     if not user.is_active:
         await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
+    # Before the token version, which the ban bumped: the holder of a token from before
+    # is told of the ban and its end, not that the token was revoked.
+    if user.ban_in_force(utcnow()):
+        await _refuse(db, BannedError(user.banned_until))
     if user.token_version != claims.ver:
         await _refuse(db, UnauthorizedError(NOT_HONOURED, code=ProblemCode.TOKEN_REVOKED))
 
@@ -502,17 +651,26 @@ async def _lock_session(
     return None if row is None else (row[0], row[1])
 
 
+def _token(
+    user: User, token_type: TokenType, user_session: UserSession, settings: Settings
+) -> tuple[str, TokenClaims]:
+    return create_token(
+        user,
+        token_type,
+        settings,
+        session_id=user_session.id,
+        session_expires=user_session.expires_at,
+        impersonator_id=user_session.impersonator_id,
+    )
+
+
 def _issue_pair(
     db: AsyncSession, *, user: User, user_session: UserSession, settings: Settings
 ) -> LoginResponse:
     """An access + refresh pair of the session; the refresh token is recorded (hashed)
     for the caller to commit. Neither outlives the session."""
-    access_token, _ = create_token(
-        user, ACCESS, settings, session_id=user_session.id, session_expires=user_session.expires_at
-    )
-    refresh_token, claims = create_token(
-        user, REFRESH, settings, session_id=user_session.id, session_expires=user_session.expires_at
-    )
+    access_token, _ = _token(user, ACCESS, user_session, settings)
+    refresh_token, claims = _token(user, REFRESH, user_session, settings)
     db.add(
         RefreshToken(
             jti_hash=hash_token_id(claims.jti),

@@ -61,6 +61,7 @@ ISODateTime = TypeAdapter(
 )
 # JSON filters (simple-rest) carry real booleans; query strings carry "true"/"false".
 STRICT_JSON_BOOL: TypeAdapter[bool] = TypeAdapter(StrictBool)
+BOOL: TypeAdapter[bool] = TypeAdapter(bool)
 MAX_SEARCH_CHARS = 200
 
 
@@ -74,6 +75,9 @@ class Resource:
     text_fields: tuple[str, ...] = ()  # the ones field_like works on
     searchable: bool = False  # whether q is accepted
     repeatable: tuple[str, ...] = ("id",)  # documented as id=1&id=2
+    # Yes-or-no states that are no column (users' `banned`, which the clock decides):
+    # filterable by plain equality, not sortable; the router's crud turns each into SQL.
+    flags: tuple[str, ...] = ()
 
 
 SUFFIXES: dict[str, Operator] = {"_like": "like", "_ne": "ne", "_gte": "gte", "_lte": "lte"}
@@ -288,8 +292,20 @@ def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None
     name, suffix_operator = _split_suffix(key)
     operator = suffix_operator or "eq"
     resource = ctx.resource
+    if key in resource.flags:
+        if isinstance(value, list):
+            ctx.add(location, "must be one value, true or false")
+            return None
+        adapter = STRICT_JSON_BOOL if not isinstance(value, str) else BOOL
+        try:
+            return Filter(key, "eq", adapter.validate_python(value))
+        except ValidationError:
+            ctx.add(location, "must be true or false")
+            return None
     if name not in resource.fields:
-        filterable = ", ".join([*resource.fields, *(["q"] if resource.searchable else [])])
+        filterable = ", ".join(
+            [*resource.fields, *resource.flags, *(["q"] if resource.searchable else [])]
+        )
         ctx.add(location, f"unknown filter field; filterable: {filterable}")
         return None
     if operator == "like" and name not in resource.text_fields:

@@ -3,7 +3,7 @@
 import hmac
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -294,6 +294,11 @@ def _check_scraper(authorization: str | None, expected: bytes) -> None:
 
 UNMATCHED = "unmatched"
 MAX_LOGGED_PATH = 200
+# In a request's state: coroutines a handler or dependency queued to run once the
+# response is sent, whatever it was (an error's too, unlike a route's background tasks),
+# given its status and route template. Here, with the log line: no middleware of its own.
+AFTER_RESPONSE = "after_response"
+AfterResponseHook = Callable[[int, str], Awaitable[None]]
 
 
 class RequestLogMiddleware:
@@ -322,6 +327,8 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_and_note_status)
         finally:
             self._record(scope, status, time.perf_counter() - started)
+        for hook in scope.get("state", {}).get(AFTER_RESPONSE, ()):
+            await hook(status, self._template(scope))
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = self._template(scope)

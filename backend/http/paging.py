@@ -143,6 +143,8 @@ def list_parameters(resource: Resource) -> list[dict[str, Any]]:
             )
         else:
             parameters.append({"name": name, "in": "query", "schema": schema})
+    for name in resource.flags:
+        parameters.append({"name": name, "in": "query", "schema": {"type": "boolean"}})
     for name, (field_name, _) in DATE_RANGES.items():
         if field_name in resource.fields:
             date_time = {"type": "string", "format": "date-time"}

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -63,6 +64,10 @@ class Problem(BaseModel):
     message: str
     request_id: str | None = None
     errors: list[FieldError] | None = None
+    banned_until: datetime | None = Field(
+        default=None,
+        description="With code `banned`: when the ban ends; present and null for a permanent one",
+    )
 
 
 class ProblemJSONResponse(JSONResponse):
@@ -82,6 +87,7 @@ def problem_response(
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
+    members: Mapping[str, str | None] | None = None,
 ) -> JSONResponse:
     problem = Problem(
         type=f"{PROBLEM_TYPE_PREFIX}{code}",
@@ -93,9 +99,8 @@ def problem_response(
         request_id=request_id,
         errors=list(errors) if errors is not None else None,
     )
-    return ProblemJSONResponse(
-        problem.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {})
-    )
+    content = problem.model_dump(exclude_none=True) | dict(members or {})
+    return ProblemJSONResponse(content, status_code=status, headers=dict(headers or {}))
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -174,6 +179,7 @@ async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse
         errors=errors,
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
+        members=exc.members,
     )
 
 

@@ -2,7 +2,13 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import TypeAdapter
 
 from backend.auth import api_keys
-from backend.auth.deps import AdminTargetUser, AdminUser, SessionUser, get_session_caller
+from backend.auth.deps import (
+    AdminTargetUser,
+    AdminUser,
+    NotImpersonating,
+    SessionUser,
+    get_session_caller,
+)
 from backend.auth.models import ApiKeyCreate, ApiKeyCreated, ApiKeyEndReason, ApiKeyPublic
 from backend.http.deps import ApiKeyId, DbSession, RuntimeDep
 from backend.http.listing import ISODateTime, ListQuery, Resource, parse_list_query
@@ -27,7 +33,7 @@ router = APIRouter(
     prefix="/users",
     tags=["tokens"],
     responses=problem_responses(400, 401, 403, 422),
-    dependencies=[Depends(get_session_caller)],
+    dependencies=[Depends(get_session_caller), NotImpersonating],
 )
 
 

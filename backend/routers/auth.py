@@ -10,6 +10,7 @@ from backend.auth.deps import (
     CurrentCaller,
     LoginClient,
     LoginCredentials,
+    NotImpersonating,
     SessionUser,
     refuse_api_keys,
 )
@@ -168,9 +169,10 @@ async def refresh(
     a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    tokens = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
-    background.add_task(_note_refresh, runtime, tokens.user.id)
-    return delivery.send(tokens)
+    rotated = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
+    if rotated.own:
+        background.add_task(_note_refresh, runtime, rotated.tokens.user.id)
+    return delivery.send(rotated.tokens)
 
 
 async def _note_refresh(runtime: Runtime, user_id: int) -> None:
@@ -206,6 +208,7 @@ async def logout(
 @router.post(
     "/logout-all",
     name="auth-logout-all",
+    dependencies=[NotImpersonating],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403),
@@ -218,6 +221,7 @@ async def logout_all(user: SessionUser, db: DbSession) -> None:
 @router.post(
     "/reauthenticate",
     name="auth-reauthenticate",
+    dependencies=[NotImpersonating],
     response_model=Reauthenticated,
     responses=problem_responses(401, 403),
 )
@@ -243,6 +247,21 @@ async def reauthenticate(
         if error.code is ProblemCode.PASSWORD_INCORRECT:
             await limiter.count(limiter.login_failures_per_account, "login-account", email)
         raise
+
+
+@router.post(
+    "/impersonation/stop",
+    name="auth-impersonation-stop",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(401, 403, 409),
+)
+async def stop_impersonation(caller: CurrentCaller, db: DbSession) -> None:
+    """End the impersonation session these tokens belong to (audited). The admin's own
+    session was never touched: a dashboard goes back to its tokens. No cookie is
+    cleared: an impersonation never had one. 409 `not_impersonating` from a session of
+    one's own."""
+    await sessions.stop_impersonation(db, caller=caller)
 
 
 @router.post(

@@ -11,6 +11,7 @@ from backend.auth.deps import (
     AdminTargetUser,
     CurrentCaller,
     LoginClient,
+    NotImpersonating,
     RecentCaller,
     get_session_caller,
 )
@@ -45,7 +46,12 @@ auth_router = APIRouter(
 )
 
 
-@router.post("/me/passkeys/options", name="passkeys-options", response_model=dict[str, Any])
+@router.post(
+    "/me/passkeys/options",
+    name="passkeys-options",
+    dependencies=[NotImpersonating],
+    response_model=dict[str, Any],
+)
 async def registration_options(
     caller: CurrentCaller, db: DbSession, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -62,6 +68,7 @@ async def registration_options(
 @router.post(
     "/me/passkeys",
     name="passkeys-create",
+    dependencies=[NotImpersonating],
     status_code=status.HTTP_201_CREATED,
     response_model=PasskeyPublic,
     responses=problem_responses(409),
@@ -91,6 +98,7 @@ async def list_my_passkeys(caller: CurrentCaller, db: DbSession) -> list[Passkey
 @router.patch(
     "/me/passkeys/{passkey_id:digits}",
     name="passkeys-rename",
+    dependencies=[NotImpersonating],
     response_model=PasskeyPublic,
     responses=problem_responses(404),
 )

@@ -8,6 +8,7 @@ from backend.auth.deps import (
     AdminTargetUser,
     AdminUser,
     CurrentCaller,
+    NotImpersonating,
     SessionId,
     get_session_caller,
 )
@@ -36,7 +37,7 @@ router = APIRouter(
     prefix="/users",
     tags=["sessions"],
     responses=problem_responses(400, 401, 403, 422),
-    dependencies=[Depends(get_session_caller)],
+    dependencies=[Depends(get_session_caller), NotImpersonating],
 )
 
 

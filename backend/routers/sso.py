@@ -9,7 +9,7 @@ from fastapi import APIRouter, Cookie, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from backend.auth import sso
-from backend.auth.deps import AdminUser, LoginClient, SessionUser
+from backend.auth.deps import AdminUser, LoginClient, NotImpersonating, SessionUser
 from backend.auth.models import (
     AuthorizationUrl,
     IdentityPublic,
@@ -211,6 +211,7 @@ async def list_my_identities(user: SessionUser, db: DbSession) -> object:
 @router.post(
     "/users/me/identities/{provider}",
     name="users-me-identities-link",
+    dependencies=[NotImpersonating],
     response_model=AuthorizationUrl,
     responses=problem_responses(401, 403),
 )
@@ -244,6 +245,7 @@ async def link_identity(
 @router.delete(
     "/users/me/identities/{identity_id}",
     name="users-me-identities-unlink",
+    dependencies=[NotImpersonating],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 409),

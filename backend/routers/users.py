@@ -10,14 +10,17 @@ from starlette.datastructures import QueryParams
 from typing_extensions import TypedDict
 
 from backend import crud
-from backend.auth import accounts, links, sso
+from backend.auth import accounts, links, sessions, sso, support
 from backend.auth.api_keys import KeyCaller
 from backend.auth.deps import (
     AdminCaller,
     AdminTargetUser,
     AdminUser,
+    AnyCaller,
     CurrentUser,
     LoginClient,
+    NotImpersonating,
+    RecentCaller,
     SessionUser,
     VisibleUserId,
     sees_directory,
@@ -28,15 +31,19 @@ from backend.auth.sessions import Caller
 from backend.auth.transport import TokenDeliveryDep
 from backend.config import Settings
 from backend.errors import ConflictError, DomainError, ForbiddenError, ProblemCode
-from backend.http.deps import ClientIP, DbSession, ExpectedVersions, RuntimeDep
+from backend.http.deps import ClientIP, DbSession, ExpectedVersions, RuntimeDep, UserId
 from backend.http.listing import ISODateTime, Resource, parse_list_query
 from backend.http.paging import LIST_HEADERS, list_parameters, set_list_headers
 from backend.http.problems import problem_responses
 from backend.models import (
+    BAN_FIELDS,
+    BanRequest,
+    Impersonator,
     User,
     UserCreate,
     UserInvite,
     UserListed,
+    UserMe,
     UserPublic,
     UserReplace,
     UserRole,
@@ -60,6 +67,7 @@ USERS = Resource(
     },
     text_fields=("email", "name"),
     searchable=True,
+    flags=("banned",),
 )
 USERS_LIST_DESCRIPTION = f"""A page of users, with the total in `X-Total-Count`, a `Content-Range`
 (`users 0-9/42`) and a `Link` header (first, prev, next, last).
@@ -73,8 +81,9 @@ unchanged, one convention per request:
   `filter={{"q":"bob","role":"user","id":[1,2]}}`.
 
 Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_after`,
-`last_login_before`, ...). Without paging parameters, the dashboard conventions return
-up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
+`last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
+Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
+records (1,000 by default), the most any request may ask for.
 Accounts that never logged in sort as the oldest `last_login_at`.
 
 With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
@@ -134,12 +143,15 @@ async def list_users(
             )
         where.append(sso.sign_in_condition(settings, sign_in))
         query = replace(query, other_params=(*query.other_params, ("sign_in", sign_in)))
+    if user.role != UserRole.ADMIN and any(f.field == "banned" for f in query.filters):
+        # Who is banned is the business of admins (see _shown_to).
+        raise ForbiddenError("Only admins may filter on bans.", code=ProblemCode.ADMIN_REQUIRED)
     only_id = user.id if not sees_directory(user, settings) else None
     rows, total = await crud.list_users(db, query=query, only_id=only_id, where=where)
     # Rows of UserPublic's fields, every value validated on its way into the database:
     # written as UserPublic writes them, without building and validating a model per
     # row again, the largest cost of an export page (bench/README.md).
-    items = [row._asdict() for row in rows]
+    items = [_shown_to(user, row._asdict()) for row in rows]
     if user.role == UserRole.ADMIN:
         methods = await sso.sign_in_methods(db, user_ids=[item["id"] for item in items])
         for item in items:
@@ -231,10 +243,24 @@ def _check_invitations(settings: Settings) -> None:
         )
 
 
-@router.get("/me", name="users-me", response_model=UserPublic)
-async def read_me(user: CurrentUser) -> User:
-    """The authenticated user."""
-    return user
+def _shown_to(viewer: User, public: dict[str, Any]) -> dict[str, Any]:
+    """A user's public fields as this viewer may see them: a ban is the business of
+    admins and of the user, not of the other users a directory shows it to."""
+    if viewer.role != UserRole.ADMIN and public["id"] != viewer.id:
+        public.update(dict.fromkeys(BAN_FIELDS))
+    return public
+
+
+@router.get("/me", name="users-me", response_model=UserMe)
+async def read_me(caller: AnyCaller, db: DbSession) -> UserMe:
+    """The authenticated user; `impersonated_by` names the admin when an admin acts as
+    you in this session (support), null otherwise."""
+    impersonator = None
+    if isinstance(caller, Caller) and caller.user_session.impersonator_id is not None:
+        admin = await crud.get_user(db, user_id=caller.user_session.impersonator_id)
+        if admin is not None:  # its sessions go with it (the foreign key cascades)
+            impersonator = Impersonator.model_validate(admin)
+    return UserMe.model_validate(caller.user, update={"impersonated_by": impersonator})
 
 
 @router.patch("/me", name="users-update-me", response_model=UserPublic)
@@ -251,6 +277,7 @@ async def update_me(
 @router.post(
     "/me/password",
     name="users-change-password",
+    dependencies=[NotImpersonating],
     response_model=LoginResponse,
     responses=problem_responses(400, 403, 429),
 )
@@ -292,13 +319,13 @@ async def change_password(
     response_model=UserPublic,
     responses={**problem_responses(404), 200: {"headers": ETAG_HEADER}},
 )
-async def read_user(user_id: VisibleUserId, db: DbSession) -> Response:
+async def read_user(user_id: VisibleUserId, db: DbSession, viewer: CurrentUser) -> Response:
     """One user by id, with its version in `ETag` (send it back in `If-Match` to edit).
     With `USERS_DIRECTORY=admins`, a plain user may read only their own (403)."""
     row = await crud.get_public_user(db, user_id=user_id)
     if row is None:
         raise user_not_found(user_id)
-    public = row._asdict()
+    public = _shown_to(viewer, row._asdict())
     headers = {"ETag": etag(public.pop("version"))}
     return Response(USER_ROW.dump_json(public), media_type="application/json", headers=headers)
 
@@ -408,3 +435,67 @@ async def delete_user(
         db, user=user, actor_id=admin.id, expected_versions=expected_versions
     )
     return user
+
+
+@router.post(
+    "/{user_id:digits}/ban",
+    name="users-ban",
+    response_model=UserPublic,
+    responses={**problem_responses(404, 409), 200: {"headers": ETAG_HEADER}},
+)
+async def ban_user(
+    body: BanRequest, user: AdminTargetUser, db: DbSession, admin: AdminUser, response: Response
+) -> User:
+    """Ban a user (admin only), until `until` or, without it, until lifted. Their
+    sessions and API keys end now; until the ban ends they get 403 `banned` (with
+    `banned_until`) at login, at refresh and on every request. Banning again replaces
+    the reason and the end. 409: oneself, or the last admin who could act."""
+    assert admin.id is not None
+    banned = await support.ban(db, user=user, request=body, actor_id=admin.id)
+    response.headers["ETag"] = etag(banned.version)
+    return banned
+
+
+@router.delete(
+    "/{user_id:digits}/ban",
+    name="users-unban",
+    response_model=UserPublic,
+    responses={**problem_responses(404, 409), 200: {"headers": ETAG_HEADER}},
+)
+async def unban_user(
+    user: AdminTargetUser, db: DbSession, admin: AdminUser, response: Response
+) -> User:
+    """Lift a user's ban, in force or lapsed (admin only): the user may log in again.
+    409 `not_banned` when there is none."""
+    assert admin.id is not None
+    lifted = await support.unban(db, user=user, actor_id=admin.id)
+    response.headers["ETag"] = etag(lifted.version)
+    return lifted
+
+
+@router.post(
+    "/{user_id:digits}/impersonate",
+    name="users-impersonate",
+    response_model=LoginResponse,
+    responses=problem_responses(404),
+)
+async def impersonate_user(
+    user_id: UserId,
+    _admin: AdminUser,
+    caller: RecentCaller,
+    db: DbSession,
+    runtime: RuntimeDep,
+    client: LoginClient,
+) -> LoginResponse:
+    """Act as a user, for support (admin only, with a recent login or
+    `POST /auth/reauthenticate`): a new session of that user, for
+    `IMPERSONATION_MINUTES` (60 at most; a refresh never extends it), its tokens
+    marked (`imp`), shown in their `GET /users/me` (`impersonated_by`) and session list.
+    It cannot change their password, email, factors, keys or sessions (403
+    `impersonation_forbidden`), and each of its requests is audited with both ids.
+    The tokens are in this answer's body, never in a cookie: your own session stays as
+    it is. End it with `POST /auth/impersonation/stop`. 403 `impersonation_refused` for
+    an admin (oneself included), a deactivated or a banned user."""
+    return await sessions.start_impersonation(
+        db, admin=caller.user, user_id=user_id, client=client, settings=runtime.settings
+    )

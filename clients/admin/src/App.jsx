@@ -12,6 +12,7 @@ import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
 import { PasskeySignIn } from './passkeys';
 import { SsoButtons } from './sso';
+import { ImpersonationBanner } from './support';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 import { WebhookCreate, WebhookList, WebhookShow } from './webhooks';
 
@@ -45,8 +46,14 @@ function LoginPage() {
     );
 }
 
-function AppLayout(props) {
-    return <Layout {...props} menu={AppMenu} />;
+// The impersonation banner (src/support.jsx) above every screen while one lasts.
+function AppLayout({ children, ...props }) {
+    return (
+        <Layout {...props} menu={AppMenu}>
+            <ImpersonationBanner />
+            {children}
+        </Layout>
+    );
 }
 
 // Screens by role: the API refuses plain users every write and the audit trail, so

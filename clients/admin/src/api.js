@@ -23,6 +23,11 @@ let refreshing = null; // the refresh in flight: concurrent callers share it
 // Set when the server said there is no session to refresh (no cookie, or an ended
 // session): the screens' other checks then stop asking until the next login.
 let noSession = false;
+// While an admin impersonates a user: that session's refresh token (in memory, never a
+// cookie) and its user. The admin's session is untouched: its refresh cookie brings it
+// back when the impersonation stops or runs out.
+let impersonation = null;
+const impersonationListeners = new Set();
 
 export const session = {
     get user() {
@@ -31,7 +36,22 @@ export const session = {
     get authenticated() {
         return accessToken !== null;
     },
+    /** The user being viewed as, or null. */
+    get impersonating() {
+        return impersonation?.user ?? null;
+    },
 };
+
+/** Call `listener` with the viewed user (or null) on every change; returns the unsubscribe. */
+export function onImpersonationChange(listener) {
+    impersonationListeners.add(listener);
+    return () => impersonationListeners.delete(listener);
+}
+
+function setImpersonation(value) {
+    impersonation = value;
+    for (const listener of impersonationListeners) listener(value?.user ?? null);
+}
 
 // The wait, from Retry-After, unless the detail already gives it ("Retry in 42 s.").
 function withRetryAfter(detail, response) {
@@ -69,6 +89,42 @@ export function accept(tokens) {
     refreshTimer = setTimeout(() => refresh().catch(() => {}), delay);
 }
 
+/** Act as the user of an impersonation's tokens (POST /users/{id}/impersonate). */
+export function startImpersonation(tokens) {
+    accept(tokens);
+    setImpersonation({ user: tokens.user, refreshToken: tokens.refresh_token });
+}
+
+/** Back to the admin's own session: its access token comes from the cookie again. */
+function endImpersonation() {
+    setImpersonation(null);
+    forget();
+}
+
+/** End the impersonation session on the server, then go back to the admin's. */
+export async function stopImpersonation() {
+    try {
+        await send(`${API_URL}/auth/impersonation/stop`, { method: 'POST' });
+    } finally {
+        endImpersonation();
+    }
+}
+
+// The impersonation's refresh token goes in the body (no cookie: the admin's stays).
+async function refreshImpersonation() {
+    const response = await fetch(`${API_URL}/auth/refresh`, {
+        method: 'POST',
+        credentials: 'omit',
+        headers: { 'Content-Type': 'application/json', ...CSRF_HEADERS },
+        body: JSON.stringify({ refresh_token: impersonation.refreshToken }),
+    });
+    if (!response.ok) throw await toHttpError(response);
+    const tokens = await response.json();
+    accept(tokens);
+    impersonation.refreshToken = tokens.refresh_token;
+    return tokens.user;
+}
+
 export function forget() {
     accessToken = null;
     currentUser = null;
@@ -95,10 +151,27 @@ export async function login(email, password) {
     return tokens.user;
 }
 
-/** Trade the cookie for a new access token; one at a time, whoever asks. */
+/**
+ * A new access token, one refresh at a time whoever asks: the impersonation's while one
+ * lasts, else the cookie's. An impersonation stopped elsewhere or past its end goes back
+ * to the admin's session instead of logging out.
+ */
 export function refresh() {
     if (noSession) return Promise.reject(new HttpError('Not logged in', 401));
-    refreshing ??= authCall('refresh')
+    refreshing ??= (impersonation ? refreshImpersonation().catch(backToAdmin) : refreshCookie()).finally(() => {
+        refreshing = null;
+    });
+    return refreshing;
+}
+
+function backToAdmin(error) {
+    if (error.status !== 401) throw error;
+    endImpersonation();
+    return refreshCookie();
+}
+
+function refreshCookie() {
+    return authCall('refresh')
         .then(tokens => {
             accept(tokens);
             return tokens.user;
@@ -107,14 +180,11 @@ export function refresh() {
             forget();
             noSession = error.status === 401;
             throw error;
-        })
-        .finally(() => {
-            refreshing = null;
         });
-    return refreshing;
 }
 
 export async function logout() {
+    if (impersonation) await stopImpersonation().catch(() => {});
     const wasLoggedIn = accessToken !== null;
     forget();
     try {

@@ -36,6 +36,7 @@ import {
 import { InviteButton, PENDING_FILTER, ResendInvitationButton, invitationPending } from './invite';
 import { UserApiKeys } from './keys';
 import { UserSessions } from './sessions';
+import { BanControls, ImpersonateButton, banInForce } from './support';
 
 export const ROLES = [
     { id: 'user', name: 'User' },
@@ -51,6 +52,11 @@ const userFilters = [
     <SelectInput key="role" source="role" choices={ROLES} />,
     <NullableBooleanInput key="is_active" source="is_active" label="Active" />,
     <NullableBooleanInput key="is_verified" source="is_verified" label="Verified" />,
+];
+// Who is banned is for admins only (the API refuses the filter to others).
+const adminUserFilters = [
+    ...userFilters,
+    <NullableBooleanInput key="banned" source="banned" label="Banned" />,
 ];
 
 // Invitations not accepted yet, as the API shows them (see invite.jsx).
@@ -74,13 +80,15 @@ function UserListActions() {
 }
 
 function status(user) {
+    if (banInForce(user)) return 'banned';
     if (invitationPending(user)) return 'invited';
     return user.is_active ? 'active' : 'inactive';
 }
 
 export function UserList() {
+    const { permissions } = usePermissions();
     return (
-        <List filters={userFilters} actions={<UserListActions />} sort={{ field: 'id', order: 'ASC' }}>
+        <List filters={permissions === 'admin' ? adminUserFilters : userFilters} actions={<UserListActions />} sort={{ field: 'id', order: 'ASC' }}>
             <Datagrid rowClick="show" bulkActionButtons={false}>
                 <TextField source="id" />
                 <EmailField source="email" />
@@ -110,6 +118,8 @@ export function UserShow() {
                 <DateField source="created_at" showTime />
                 <DateField source="updated_at" showTime />
                 {permissions === 'admin' ? <ResendInvitationButton /> : null}
+                {permissions === 'admin' ? <BanControls /> : null}
+                {permissions === 'admin' ? <ImpersonateButton /> : null}
                 {permissions === 'admin' ? <UserSessions /> : null}
                 {permissions === 'admin' ? <UserApiKeys /> : null}
             </SimpleShowLayout>

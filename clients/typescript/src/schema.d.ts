@@ -129,6 +129,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/impersonation/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Impersonation-Stop
+         * @description End the impersonation session these tokens belong to (audited). The admin's own
+         *     session was never touched: a dashboard goes back to its tokens. No cookie is
+         *     cleared: an impersonation never had one. 409 `not_impersonating` from a session of
+         *     one's own.
+         */
+        post: operations["auth-impersonation-stop"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/password/forgot": {
         parameters: {
             query?: never;
@@ -440,8 +463,9 @@ export interface paths {
          *       `filter={"q":"bob","role":"user","id":[1,2]}`.
          *
          *     Filterable fields: id, email, name, role, is_active, is_verified, created_at, updated_at, last_login_at; dates also as ranges (`created_after`,
-         *     `last_login_before`, ...). Without paging parameters, the dashboard conventions return
-         *     up to `MAX_PER_PAGE` records (1,000 by default), the most any request may ask for.
+         *     `last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
+         *     Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
+         *     records (1,000 by default), the most any request may ask for.
          *     Accounts that never logged in sort as the oldest `last_login_at`.
          *
          *     With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account.
@@ -511,7 +535,8 @@ export interface paths {
         };
         /**
          * Users-Me
-         * @description The authenticated user.
+         * @description The authenticated user; `impersonated_by` names the admin when an admin acts as
+         *     you in this session (support), null otherwise.
          */
         get: operations["users-me"];
         put?: never;
@@ -579,6 +604,62 @@ export interface paths {
          *     revoke the user's tokens. With `If-Match`, a user changed meanwhile gives 412.
          */
         patch: operations["users-update"];
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/ban": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Ban
+         * @description Ban a user (admin only), until `until` or, without it, until lifted. Their
+         *     sessions and API keys end now; until the ban ends they get 403 `banned` (with
+         *     `banned_until`) at login, at refresh and on every request. Banning again replaces
+         *     the reason and the end. 409: oneself, or the last admin who could act.
+         */
+        post: operations["users-ban"];
+        /**
+         * Users-Unban
+         * @description Lift a user's ban, in force or lapsed (admin only): the user may log in again.
+         *     409 `not_banned` when there is none.
+         */
+        delete: operations["users-unban"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/impersonate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Impersonate
+         * @description Act as a user, for support (admin only, with a recent login or
+         *     `POST /auth/reauthenticate`): a new session of that user, for
+         *     `IMPERSONATION_MINUTES` (60 at most; a refresh never extends it), its tokens
+         *     marked (`imp`), shown in their `GET /users/me` (`impersonated_by`) and session list.
+         *     It cannot change their password, email, factors, keys or sessions (403
+         *     `impersonation_forbidden`), and each of its requests is audited with both ids.
+         *     The tokens are in this answer's body, never in a cookie: your own session stays as
+         *     it is. End it with `POST /auth/impersonation/stop`. 403 `impersonation_refused` for
+         *     an admin (oneself included), a deactivated or a banned user.
+         */
+        post: operations["users-impersonate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/users/me/sessions": {
@@ -1175,7 +1256,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -1220,6 +1301,22 @@ export interface components {
              * @description Send the browser here, to the provider
              */
             authorization_url: string;
+        };
+        /**
+         * BanRequest
+         * @example {
+         *       "reason": "Spam in the forums",
+         *       "until": "2027-01-31T00:00:00Z"
+         *     }
+         */
+        BanRequest: {
+            /**
+             * Reason
+             * @description At most 500 characters, not all spaces; shown to admins, not to the user
+             */
+            reason: string;
+            /** Until */
+            until?: string | null;
         };
         /**
          * DeliveryStatus
@@ -1276,6 +1373,13 @@ export interface components {
             id: number;
             /** Subject */
             subject: string;
+        };
+        /** Impersonator */
+        Impersonator: {
+            /** Id */
+            id: number;
+            /** Email */
+            email: string;
         };
         /** LinkUse */
         LinkUse: {
@@ -1445,6 +1549,11 @@ export interface components {
             request_id?: string | null;
             /** Errors */
             errors?: components["schemas"]["FieldError"][] | null;
+            /**
+             * Banned Until
+             * @description With code `banned`: when the ban ends; present and null for a permanent one
+             */
+            banned_until?: string | null;
         };
         /**
          * ProblemCode
@@ -1452,7 +1561,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "banned" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "impersonation_forbidden" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "cannot_ban_self" | "not_banned" | "impersonation_refused" | "not_impersonating" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1564,6 +1673,11 @@ export interface components {
              * @description Whether this is the session of the calling token
              */
             current: boolean;
+            /**
+             * Impersonator Id
+             * @description The admin who opened this session to act as you (support), or null
+             */
+            impersonator_id: number | null;
         };
         /** SsoExchange */
         SsoExchange: {
@@ -1692,10 +1806,78 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * Banned At
+             * @description When the latest ban began; null when none (or lifted)
+             */
+            banned_at?: string | null;
+            /**
+             * Banned Until
+             * @description When that ban ends by itself; null with banned_at set: a permanent ban
+             */
+            banned_until?: string | null;
+            /**
+             * Ban Reason
+             * @description Why, as the admin wrote it
+             */
+            ban_reason?: string | null;
+            /**
              * Sign In Methods
              * @description For admins: `password` if the user has one, then each identity provider linked (its slug); null for other callers
              */
             sign_in_methods?: string[] | null;
+        };
+        /** UserMe */
+        UserMe: {
+            /** Id */
+            id: number;
+            /** Email */
+            email: string;
+            /** Name */
+            name: string;
+            /** @default user */
+            role: components["schemas"]["UserRole"];
+            /**
+             * Is Active
+             * @default true
+             */
+            is_active: boolean;
+            /**
+             * Is Verified
+             * @description Whether the owner followed a link mailed to it
+             */
+            is_verified: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Last Login At
+             * @description The latest login or token refresh, to the minute; null if never
+             */
+            last_login_at: string | null;
+            /**
+             * Banned At
+             * @description When the latest ban began; null when none (or lifted)
+             */
+            banned_at?: string | null;
+            /**
+             * Banned Until
+             * @description When that ban ends by itself; null with banned_at set: a permanent ban
+             */
+            banned_until?: string | null;
+            /**
+             * Ban Reason
+             * @description Why, as the admin wrote it
+             */
+            ban_reason?: string | null;
+            /** @description The admin acting as you in this session (support), or null */
+            impersonated_by: components["schemas"]["Impersonator"] | null;
         };
         /** UserPublic */
         UserPublic: {
@@ -1732,6 +1914,21 @@ export interface components {
              * @description The latest login or token refresh, to the minute; null if never
              */
             last_login_at: string | null;
+            /**
+             * Banned At
+             * @description When the latest ban began; null when none (or lifted)
+             */
+            banned_at?: string | null;
+            /**
+             * Banned Until
+             * @description When that ban ends by itself; null with banned_at set: a permanent ban
+             */
+            banned_until?: string | null;
+            /**
+             * Ban Reason
+             * @description Why, as the admin wrote it
+             */
+            ban_reason?: string | null;
         };
         /**
          * UserReplace
@@ -2477,6 +2674,87 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-impersonation-stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3633,6 +3911,7 @@ export interface operations {
                 role?: "admin" | "user";
                 is_active?: boolean;
                 is_verified?: boolean;
+                banned?: boolean;
                 created_after?: string;
                 created_before?: string;
                 last_login_after?: string;
@@ -3928,7 +4207,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UserPublic"];
+                    "application/json": components["schemas"]["UserMe"];
                 };
             };
             /** @description Bad Request */
@@ -4431,6 +4710,233 @@ export interface operations {
             };
             /** @description Precondition Failed */
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-ban": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BanRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description The user's version */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-unban": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description The user's version */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-impersonate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5763,7 +6269,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop")[];
                 created_after?: string;
                 created_before?: string;
             };
