@@ -8,7 +8,8 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
-import backend.auth.models  # noqa: F401  (its tables join SQLModel.metadata)
+import backend.auth.mfa_models
+import backend.auth.models  # noqa: F401  (their tables join SQLModel.metadata)
 from backend import models
 from backend.config import get_settings
 from backend.db.engine import async_url

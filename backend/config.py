@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     # How recent a login or POST /auth/reauthenticate must be for the routes that ask
     # for one (OWASP ASVS 3.7.1). Five minutes: enough to finish one task in a form.
     REAUTHENTICATION_WINDOW_SECONDS: int = Field(default=300, ge=30, le=3600)
+    # Who must have a second factor: nobody, admins, or everyone. Without one, a login
+    # gets a session that can only enrol one (docs/mfa.md).
+    MFA_REQUIRED: Literal["off", "admins", "all"] = "off"
+    # What the TOTP secrets are encrypted with (through HKDF): this, or SECRET_KEY when
+    # unset. The old values, comma-separated, still decrypt (rotation: docs/mfa.md).
+    MFA_ENCRYPTION_KEY: SecretStr | None = None
+    MFA_ENCRYPTION_KEYS_OLD: Annotated[list[SecretStr], NoDecode] = []
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 
@@ -223,6 +230,9 @@ class Settings(BaseSettings):
     RATE_LIMIT_MAIL_PER_IP: str = "20/hour"
     RATE_LIMIT_MAIL_PER_EMAIL: str = "5/hour"
     RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
+    # Wrong second-factor codes per account, from every address. 10/hour leaves a guesser
+    # of 6-digit codes (3 valid of a million with the drift) a chance of 1 in 1,400 a day.
+    RATE_LIMIT_MFA_PER_ACCOUNT: str = "10/hour"
     REDIS_URL: str | None = None
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = []
@@ -327,6 +337,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_MAIL_PER_IP",
         "RATE_LIMIT_MAIL_PER_EMAIL",
         "RATE_LIMIT_API_KEY",
+        "RATE_LIMIT_MFA_PER_ACCOUNT",
     )
     @classmethod
     def check_rate_limit(cls, value: str) -> str:
@@ -433,10 +444,28 @@ class Settings(BaseSettings):
             self.FIRST_ADMIN_PASSWORD = password
         return self
 
-    @field_validator("METRICS_TOKEN", mode="before")
+    @field_validator("METRICS_TOKEN", "MFA_ENCRYPTION_KEY", mode="before")
     @classmethod
     def empty_token_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("MFA_ENCRYPTION_KEY")
+    @classmethod
+    def check_mfa_encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            weakness = secret_key_weakness(value.get_secret_value())
+            if weakness:
+                raise ValueError(
+                    f"is too weak: it {weakness}. Generate one with: {HOW_TO_MAKE_A_KEY}"
+                )
+        return value
+
+    @field_validator("MFA_ENCRYPTION_KEYS_OLD", mode="before")
+    @classmethod
+    def split_old_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @field_validator("SMTP_HOST", "SMTP_USERNAME", "MAIL_FROM", "PUBLIC_URL")
     @classmethod

@@ -46,6 +46,10 @@ class ProblemCode(StrEnum):
     ORIGIN_MISSING = "origin_missing"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     METRICS_TOKEN_INVALID = "metrics_token_invalid"  # /metrics: not the METRICS_TOKEN
+    MFA_REQUIRED = "mfa_required"  # 401 with mfa_token and methods: POST /auth/mfa/verify
+    MFA_TOKEN_INVALID = "mfa_token_invalid"  # unknown, expired, used, or too many wrong codes
+    MFA_CODE_INVALID = "mfa_code_invalid"  # wrong, already used, or outside the time window
+    MFA_ENROLMENT_REQUIRED = "mfa_enrolment_required"  # MFA_REQUIRED: enrol a factor first
     # What the server offers.
     REGISTRATION_CLOSED = "registration_closed"
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
@@ -63,6 +67,8 @@ class ProblemCode(StrEnum):
     INVITATION_ACCEPTED = "invitation_accepted"
     CURRENT_PASSWORD_REQUIRED = "current_password_required"  # one's own, by /users/me/password
     REAUTHENTICATION_REQUIRED = "reauthentication_required"  # prove it again, then retry
+    MFA_ALREADY_ENABLED = "mfa_already_enabled"  # an authenticator app is on already
+    MFA_NOT_ENABLED = "mfa_not_enabled"  # no authenticator app (or no enrolment started)
     VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
     STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
     LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link
@@ -80,14 +86,18 @@ class ProblemCode(StrEnum):
 
 
 class DomainError(Exception):
-    """An expected failure, answered with `status_code`, `detail` and `code`."""
+    """An expected failure, answered with `status_code`, `detail` and `code`, and the
+    problem's extension members, if any (RFC 9457, 3.2)."""
 
     status_code = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, detail: str, *, code: ProblemCode) -> None:
+    def __init__(
+        self, detail: str, *, code: ProblemCode, extensions: dict[str, object] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code
+        self.extensions = extensions or {}
 
 
 class BadRequestError(DomainError):

@@ -45,7 +45,7 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, sessions, users
+from backend.routers import api_keys, audit, auth, health, mfa, sessions, users
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
 
@@ -62,6 +62,11 @@ TAGS = [
         "name": "tokens",
         "description": "Personal API keys for scripts (`Authorization: Bearer uak_...`), "
         "managed with a login's access token.",
+    },
+    {
+        "name": "mfa",
+        "description": "Second factors: an authenticator app (TOTP) and recovery codes, "
+        "with a login's access token; an admin's view and reset.",
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
@@ -246,6 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(mfa.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)

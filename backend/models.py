@@ -384,6 +384,11 @@ class AuditAction(StrEnum):
     LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
+    MFA_ENABLE = "user.mfa_enable"
+    MFA_DISABLE = "user.mfa_disable"
+    MFA_RESET = "user.mfa_reset"  # by an admin or the CLI; details: sessions ended
+    MFA_FAILURE = "user.mfa_failure"  # a wrong second-factor code; details: step
+    RECOVERY_CODES_NEW = "user.recovery_codes_new"
 
 
 class AuditEventBase(SQLModel):

@@ -81,6 +81,7 @@ def problem_response(
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
+    extensions: Mapping[str, object] | None = None,
 ) -> JSONResponse:
     problem = Problem(
         type=f"{PROBLEM_TYPE_PREFIX}{code}",
@@ -93,7 +94,9 @@ def problem_response(
         errors=list(errors) if errors is not None else None,
     )
     return ProblemJSONResponse(
-        problem.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {})
+        {**problem.model_dump(exclude_none=True), **(extensions or {})},
+        status_code=status,
+        headers=dict(headers or {}),
     )
 
 
@@ -173,6 +176,7 @@ async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse
         errors=errors,
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
+        extensions=exc.extensions,
     )
 
 
