@@ -404,7 +404,7 @@ async def test_key_rotation_old_keys_decrypt_and_reencrypt_moves_to_the_new_one(
     clock: Clock,
 ) -> None:
     # Enrolled under the key derived from SECRET_KEY (no MFA_ENCRYPTION_KEY).
-    _, secret, _ = await enrolled_user(client, register, clock)
+    _, secret, codes = await enrolled_user(client, register, clock)
     new_key = "k" * 8 + "Zq3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo"
     only_new = make_settings(database_url, MFA_ENCRYPTION_KEY=new_key)
     rotated = make_settings(
@@ -418,6 +418,9 @@ async def test_key_rotation_old_keys_decrypt_and_reencrypt_moves_to_the_new_one(
             return (await verify(other, token, code_at(secret))).status_code
 
     assert await logs_in(rotated) == 200
+    # Recovery codes match under the old key while it is listed.
+    async with running(create_app(rotated)) as other:
+        assert (await verify(other, await mfa_token(other), codes[0])).status_code == 200
     cli_env.setenv("MFA_ENCRYPTION_KEY", new_key)
     cli_env.setenv("MFA_ENCRYPTION_KEYS_OLD", TEST_SECRET_KEY)
     get_settings.cache_clear()
