@@ -1,15 +1,18 @@
 import { QueryClient } from '@tanstack/react-query';
 import PersonIcon from '@mui/icons-material/Person';
 import { Link, Typography } from '@mui/material';
+import { useSyncExternalStore } from 'react';
 import { Admin, CustomRoutes, Layout, Login, LoginForm, Menu, Resource } from 'react-admin';
 import { Route } from 'react-router-dom';
 
 import { MyAccount } from './account';
+import { mfa } from './api';
 import { AuditList } from './audit';
 import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
 import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
+import { MfaCodeForm, SECURITY_PATH, SecurityPage } from './mfa';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -30,6 +33,15 @@ function AppMenu() {
 
 // A page of its own (src/links.jsx), outside the screens that need a login.
 function LoginPage() {
+    // After the password, for an account with a second factor: its code.
+    const pending = useSyncExternalStore(mfa.subscribe, () => mfa.pending);
+    if (pending) {
+        return (
+            <Login>
+                <MfaCodeForm />
+            </Login>
+        );
+    }
     return (
         <Login>
             <LoginForm />
@@ -63,6 +75,7 @@ function resources(permissions) {
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />
+            <Route path={SECURITY_PATH} element={<SecurityPage />} />
             {admin ? <Route path={INVITE_PATH} element={<InviteUser />} /> : null}
         </CustomRoutes>,
     ];

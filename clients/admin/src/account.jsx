@@ -1,5 +1,5 @@
-// My account: your name, your password, your sessions, your API keys; what every user
-// may change.
+// My account: your name, your password, your second factor, your sessions, your API
+// keys; what every user may change.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -15,6 +15,7 @@ import {
 
 import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
+import { SecurityCard } from './mfa';
 import { SessionTable } from './sessions';
 
 function NameForm() {
@@ -71,6 +72,12 @@ export function MyAccount() {
                 <CardHeader title="Password" />
                 <CardContent>
                     <PasswordForm />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Security" />
+                <CardContent>
+                    <SecurityCard />
                 </CardContent>
             </Card>
             <Card>

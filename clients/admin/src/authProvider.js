@@ -2,10 +2,13 @@
 // load and before expiry (src/api.js), logout, identity from /users/me, the role as the
 // permissions.
 import * as api from './api';
+import { SECURITY_PATH } from './mfa';
 
 export const authProvider = {
-    async login({ username, password }) {
-        await api.login(username, password);
+    // The login page sends `code` alone for the second step (api.mfa.pending).
+    async login({ username, password, code }) {
+        if (code !== undefined) await api.verifyMfa(code);
+        else await api.login(username, password);
     },
 
     async logout() {
@@ -19,10 +22,14 @@ export const authProvider = {
 
     // httpClient has already tried a refresh: a 401 here means the session is over.
     // A 403 is a refusal to show, not a reason to log out.
+    // A session that must enrol a second factor first (MFA_REQUIRED) goes to do so.
     async checkError(error) {
         if (error?.status === 401) {
             api.forget();
             throw error;
+        }
+        if (error?.status === 403 && error.body?.code === 'mfa_enrolment_required') {
+            throw { redirectTo: SECURITY_PATH, logoutUser: false, message: false };
         }
     },
 

@@ -35,6 +35,7 @@ import {
 
 import { InviteButton, PENDING_FILTER, ResendInvitationButton, invitationPending } from './invite';
 import { UserApiKeys } from './keys';
+import { UserMfa } from './mfa';
 import { UserSessions } from './sessions';
 
 export const ROLES = [
@@ -112,6 +113,7 @@ export function UserShow() {
                 {permissions === 'admin' ? <ResendInvitationButton /> : null}
                 {permissions === 'admin' ? <UserSessions /> : null}
                 {permissions === 'admin' ? <UserApiKeys /> : null}
+                {permissions === 'admin' ? <UserMfa /> : null}
             </SimpleShowLayout>
         </Show>
     );
