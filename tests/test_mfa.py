@@ -114,6 +114,24 @@ async def test_enrolment_shows_the_secret_as_uri_and_qr_and_confirms_with_a_code
     assert (again.status_code, again.json()["code"]) == (409, "mfa_already_enabled")
 
 
+async def test_two_enrolments_at_once_leave_one_to_confirm(
+    client: httpx.AsyncClient, register: RegisterUser
+) -> None:
+    headers = bearer((await register())["access_token"])
+    answers = await asyncio.gather(
+        *(client.post(f"{API}/users/me/mfa/totp", headers=headers) for _ in range(2))
+    )
+    assert {answer.status_code for answer in answers} <= {200, 409}
+    started = [answer.json()["secret"] for answer in answers if answer.status_code == 200]
+    confirmed = [
+        await client.post(
+            f"{API}/users/me/mfa/totp/confirm", json={"code": code_at(secret)}, headers=headers
+        )
+        for secret in started
+    ]
+    assert [answer.status_code for answer in confirmed].count(200) == 1
+
+
 async def test_login_then_verify_ends_in_the_login_response_and_the_token_works_once(
     client: httpx.AsyncClient, register: RegisterUser, clock: Clock
 ) -> None:
@@ -427,3 +445,13 @@ async def test_key_rotation_old_keys_decrypt_and_reencrypt_moves_to_the_new_one(
     done = await invoke(["users", "reencrypt-mfa"])
     assert done.output == "Re-encrypted 1 authenticator secret.\n"
     assert await logs_in(only_new) == 200
+
+
+async def test_the_openapi_document_describes_the_mfa_required_members(app: FastAPI) -> None:
+    document = app.openapi()
+    for path in ("/auth/login", "/auth/password/reset"):
+        answer = document["paths"][f"{API}{path}"]["post"]["responses"]["401"]
+        schema = answer["content"]["application/problem+json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/LoginProblem"}, path
+    members = document["components"]["schemas"]["LoginProblem"]["properties"]
+    assert {"mfa_token", "expires_in", "methods", "code"} <= members.keys()

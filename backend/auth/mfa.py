@@ -36,6 +36,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -217,9 +218,23 @@ async def start_totp(db: AsyncSession, *, user: User, settings: Settings) -> Tot
     # A QR code of this size takes milliseconds of pure Python: off the event loop.
     qr_svg = await anyio.to_thread.run_sync(_qr_svg, uri)
     await release_connection(db)  # the read ends before the write (SQLite)
-    await db.exec(delete(TotpFactor).where(col(TotpFactor.user_id) == user.id))
+    # The pending one only: an app confirmed meanwhile stays, and the insert then
+    # meets it in the unique index, as it meets a concurrent enrolment's.
+    await db.exec(
+        delete(TotpFactor).where(
+            col(TotpFactor.user_id) == user.id, col(TotpFactor.confirmed_at).is_(None)
+        )
+    )
     db.add(TotpFactor(user_id=user.id, secret_encrypted=encrypt_secret(secret, settings)))
-    await db.commit()
+    try:
+        await db.commit()
+    except IntegrityError as error:
+        await db.rollback()
+        raise ConflictError(
+            "An authenticator app was turned on, or another enrolment started, meanwhile: "
+            "check GET /users/me/mfa and start again if needed.",
+            code=ProblemCode.MFA_ALREADY_ENABLED,
+        ) from error
     return TotpEnrolment(secret=secret, otpauth_uri=uri, qr_svg=qr_svg)
 
 
