@@ -148,7 +148,7 @@ async def log_in(
         user.hashed_password = new_hash
         db.add(user)
     assert user.id is not None
-    if await mfa.has_factor(db, user_id=user.id):
+    if await sessions.has_factor(db, user_id=user.id):
         raise await mfa.challenge(db, user=user)  # commits the rehash with it
     return await sessions.start(db, user=user, client=client, settings=settings)
 
@@ -379,7 +379,7 @@ async def set_password_with_link(
     await sessions.end_all_staged(db, user_id=updated.id, reason=SessionEndReason.PASSWORD_CHANGE)
     # A mailed link proves the inbox, not the second factor: the new password is set,
     # and the session waits for the factor as a login's does.
-    if await mfa.has_factor(db, user_id=updated.id):
+    if await sessions.has_factor(db, user_id=updated.id):
         raise await mfa.challenge(db, user=updated)
     return await sessions.start(db, user=updated, client=client, settings=settings)
 

@@ -181,16 +181,8 @@ def _stage_recovery_codes(
 
 
 # --- reads ----------------------------------------------------------------------------
-async def has_factor(db: AsyncSession, *, user_id: int) -> bool:
-    """Whether the user has a second factor on (a confirmed authenticator app)."""
-    statement = select(TotpFactor.user_id).where(
-        col(TotpFactor.user_id) == user_id, col(TotpFactor.confirmed_at).is_not(None)
-    )
-    return (await db.exec(statement)).first() is not None
-
-
 async def status(db: AsyncSession, *, user_id: int) -> MfaStatus:
-    totp = await has_factor(db, user_id=user_id)
+    totp = await sessions.has_factor(db, user_id=user_id)
     left_query = select(func.count()).where(
         col(RecoveryCode.user_id) == user_id, col(RecoveryCode.used_at).is_(None)
     )
@@ -208,7 +200,7 @@ async def start_totp(db: AsyncSession, *, user: User, settings: Settings) -> Tot
     """A new secret for the user's authenticator app, pending until confirm_totp: any
     earlier pending one is replaced. Commits."""
     assert user.id is not None
-    if await has_factor(db, user_id=user.id):
+    if await sessions.has_factor(db, user_id=user.id):
         raise ConflictError(
             "An authenticator app is on already: remove it first (DELETE /users/me/mfa/totp).",
             code=ProblemCode.MFA_ALREADY_ENABLED,
@@ -253,7 +245,7 @@ async def confirm_totp(
         )
     ).first()
     if pending is None:
-        if await has_factor(db, user_id=user_id):
+        if await sessions.has_factor(db, user_id=user_id):
             raise ConflictError(
                 "The authenticator app is on already.", code=ProblemCode.MFA_ALREADY_ENABLED
             )
@@ -330,7 +322,7 @@ async def regenerate_recovery_codes(
 ) -> RecoveryCodes:
     """New recovery codes in place of every earlier one, used or not. Commits."""
     assert user.id is not None
-    if not await has_factor(db, user_id=user.id):
+    if not await sessions.has_factor(db, user_id=user.id):
         raise NotFoundError(NOT_ENABLED, code=ProblemCode.MFA_NOT_ENABLED)
     await release_connection(db)
     now = utcnow()
@@ -512,7 +504,7 @@ async def reauthenticate(
     Recovery codes are kept for logging in: they are few."""
     user_id = caller.user.id
     assert user_id is not None
-    if not await has_factor(db, user_id=user_id):
+    if not await sessions.has_factor(db, user_id=user_id):
         raise BadRequestError(
             f"{NOT_ENABLED} Send your password instead.", code=ProblemCode.MFA_NOT_ENABLED
         )
@@ -531,7 +523,7 @@ async def reset(db: AsyncSession, *, user: User, actor_id: int | None) -> bool:
     owner lost the device): audited. Whether they had any factor. Commits."""
     assert user.id is not None
     # The user's row first (end_all's UPDATE of it), then their factors: the lock order.
-    had = await has_factor(db, user_id=user.id)
+    had = await sessions.has_factor(db, user_id=user.id)
     await release_connection(db)
     await db.exec(
         update(User)
