@@ -8,6 +8,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
+import backend.auth.mfa_models
 import backend.auth.models
 import backend.webhooks.models  # noqa: F401  (their tables join SQLModel.metadata)
 from backend import models

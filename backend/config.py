@@ -288,6 +288,13 @@ class Settings(BaseSettings):
     # How long an admin's impersonation session lasts, absolutely (a refresh never
     # extends it). At most an hour: support looks at a problem, it does not live there.
     IMPERSONATION_MINUTES: int = Field(default=60, ge=1, le=60)
+    # Who must have a second factor: nobody, admins, or everyone. Without one, a login
+    # gets a session that can only enrol one (docs/mfa.md).
+    MFA_REQUIRED: Literal["off", "admins", "all"] = "off"
+    # What the TOTP secrets are encrypted with (through HKDF): this, or SECRET_KEY when
+    # unset. The old values, comma-separated, still decrypt (rotation: docs/mfa.md).
+    MFA_ENCRYPTION_KEY: SecretStr | None = None
+    MFA_ENCRYPTION_KEYS_OLD: Annotated[list[SecretStr], NoDecode] = []
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 
@@ -320,6 +327,9 @@ class Settings(BaseSettings):
     RATE_LIMIT_MAIL_PER_IP: str = "20/hour"
     RATE_LIMIT_MAIL_PER_EMAIL: str = "5/hour"
     RATE_LIMIT_API_KEY: str = "600/minute"  # requests per API key, from every address
+    # Wrong second-factor codes per account, from every address. 10/hour leaves a guesser
+    # of 6-digit codes (3 valid of a million with the drift) a chance of 1 in 1,400 a day.
+    RATE_LIMIT_MFA_PER_ACCOUNT: str = "10/hour"
     REDIS_URL: str | None = None
     # Where rate-limit counters live: `redis` needs REDIS_URL (the default when it is
     # set); `memory` keeps them per process, which production with several workers
@@ -544,6 +554,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_MAIL_PER_IP",
         "RATE_LIMIT_MAIL_PER_EMAIL",
         "RATE_LIMIT_API_KEY",
+        "RATE_LIMIT_MFA_PER_ACCOUNT",
     )
     @classmethod
     def check_rate_limit(cls, value: str) -> str:
@@ -665,10 +676,28 @@ class Settings(BaseSettings):
             self.FIRST_ADMIN_PASSWORD = password
         return self
 
-    @field_validator("METRICS_TOKEN", mode="before")
+    @field_validator("METRICS_TOKEN", "MFA_ENCRYPTION_KEY", mode="before")
     @classmethod
     def empty_token_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("MFA_ENCRYPTION_KEY")
+    @classmethod
+    def check_mfa_encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            weakness = secret_key_weakness(value.get_secret_value())
+            if weakness:
+                raise ValueError(
+                    f"is too weak: it {weakness}. Generate one with: {HOW_TO_MAKE_A_KEY}"
+                )
+        return value
+
+    @field_validator("MFA_ENCRYPTION_KEYS_OLD", mode="before")
+    @classmethod
+    def split_old_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @field_validator("SMTP_HOST", "SMTP_USERNAME", "MAIL_FROM", "PUBLIC_URL")
     @classmethod

@@ -50,6 +50,10 @@ class ProblemCode(StrEnum):
     METRICS_TOKEN_INVALID = "metrics_token_invalid"  # /metrics: not the METRICS_TOKEN
     SSO_REQUIRED = "sso_required"  # SSO_ONLY_DOMAINS: sign in with the provider
     IMPERSONATION_FORBIDDEN = "impersonation_forbidden"  # not while an admin acts as you
+    MFA_REQUIRED = "mfa_required"  # 401 with mfa_token and methods: POST /auth/mfa/verify
+    MFA_TOKEN_INVALID = "mfa_token_invalid"  # unknown, expired, used, or too many wrong codes
+    MFA_CODE_INVALID = "mfa_code_invalid"  # wrong, already used, or outside the time window
+    MFA_ENROLMENT_REQUIRED = "mfa_enrolment_required"  # MFA_REQUIRED: enrol a factor first
     # What the server offers.
     REGISTRATION_CLOSED = "registration_closed"
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
@@ -73,6 +77,8 @@ class ProblemCode(StrEnum):
     NOT_BANNED = "not_banned"  # lifting a ban from an account that has none
     IMPERSONATION_REFUSED = "impersonation_refused"  # an admin, oneself, inactive or banned
     NOT_IMPERSONATING = "not_impersonating"  # stopping from a session of one's own
+    MFA_ALREADY_ENABLED = "mfa_already_enabled"  # an authenticator app is on already
+    MFA_NOT_ENABLED = "mfa_not_enabled"  # no authenticator app (or no enrolment started)
     VERSION_MISMATCH = "version_mismatch"  # 412: If-Match names another version
     STALE_RECORD = "stale_record"  # a PUT of a record changed since it was read
     LINK_INVALID = "link_invalid"  # unknown, or replaced by a newer link
@@ -118,19 +124,18 @@ class ProblemCode(StrEnum):
 
 
 class DomainError(Exception):
-    """An expected failure, answered with `status_code`, `detail` and `code`, and any
-    `members` of its own (RFC 9457 extension members)."""
+    """An expected failure, answered with `status_code`, `detail` and `code`, and the
+    problem's extension members, if any (RFC 9457, 3.2)."""
 
     status_code = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, detail: str, *, code: ProblemCode) -> None:
+    def __init__(
+        self, detail: str, *, code: ProblemCode, extensions: dict[str, object] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code
-
-    @property
-    def members(self) -> dict[str, str | None]:
-        return {}
+        self.extensions = extensions or {}
 
 
 class BadRequestError(DomainError):
@@ -205,13 +210,13 @@ class BannedError(ForbiddenError):
 
     def __init__(self, until: datetime | None) -> None:
         when = f"until {_instant(until)}" if until is not None else "with no end date"
-        super().__init__(f"This account is banned {when}.", code=ProblemCode.BANNED)
+        # banned_until always there, null for a permanent ban, so a client need not guess.
+        super().__init__(
+            f"This account is banned {when}.",
+            code=ProblemCode.BANNED,
+            extensions={"banned_until": _instant(until) if until is not None else None},
+        )
         self.until = until
-
-    @property
-    def members(self) -> dict[str, str | None]:
-        # Always there, null for a permanent ban, so a client need not guess.
-        return {"banned_until": _instant(self.until) if self.until is not None else None}
 
 
 def _instant(moment: datetime) -> str:

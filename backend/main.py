@@ -62,6 +62,7 @@ from backend.routers import (
     audit,
     auth,
     health,
+    mfa,
     passkeys,
     sessions,
     sso,
@@ -90,6 +91,11 @@ TAGS = [
         "name": "tokens",
         "description": "Personal API keys for scripts (`Authorization: Bearer uak_...`), "
         "managed with a login's access token.",
+    },
+    {
+        "name": "mfa",
+        "description": "Second factors: an authenticator app (TOTP) and recovery codes, "
+        "with a login's access token; an admin's view and reset.",
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {
@@ -322,6 +328,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sso.router, prefix=settings.API_V1_PREFIX)
     app.include_router(users.router, prefix=settings.API_V1_PREFIX)
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(mfa.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(passkeys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(passkeys.auth_router, prefix=settings.API_V1_PREFIX)

@@ -519,6 +519,11 @@ class AuditAction(StrEnum):
     IMPERSONATION_START = "user.impersonation_start"  # actor: the admin; details: session_id
     IMPERSONATED_REQUEST = "user.impersonated_request"  # each request of that session
     IMPERSONATION_STOP = "user.impersonation_stop"
+    MFA_ENABLE = "user.mfa_enable"
+    MFA_DISABLE = "user.mfa_disable"
+    MFA_RESET = "user.mfa_reset"  # by an admin or the CLI; details: sessions ended
+    MFA_FAILURE = "user.mfa_failure"  # a wrong second-factor code; details: step
+    RECOVERY_CODES_NEW = "user.recovery_codes_new"
 
 
 class AuditEventBase(SQLModel):

@@ -20,6 +20,8 @@ PUBLIC_OPERATIONS = {
     ("post", f"{API}/auth/login"),
     ("post", f"{API}/auth/refresh"),
     ("post", f"{API}/auth/logout"),
+    # The mfa_token in the body is the credential (a login's second step).
+    ("post", f"{API}/auth/mfa/verify"),
     # The mailed links: the token in the body is the credential, or the answer is the
     # same for any address.
     ("post", f"{API}/auth/password/forgot"),
@@ -163,12 +165,14 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
         f"DELETE {API}/users/{{user_id}}",
         f"DELETE {API}/users/{{user_id}}/ban",
         f"DELETE {API}/users/{{user_id}}/identities/{{identity_id}}",
+        f"DELETE {API}/users/{{user_id}}/mfa",
         f"DELETE {API}/users/{{user_id}}/sessions",
         f"DELETE {API}/users/{{user_id}}/sessions/{{session_id}}",
         f"DELETE {API}/users/{{user_id}}/tokens/{{token_id}}",
         f"DELETE {API}/webhooks/{{webhook_id}}",
         f"GET {API}/audit",
         f"GET {API}/users/{{user_id}}/identities",
+        f"GET {API}/users/{{user_id}}/mfa",
         f"GET {API}/users/{{user_id}}/passkeys",
         f"GET {API}/users/{{user_id}}/sessions",
         f"GET {API}/users/{{user_id}}/tokens",

@@ -13,7 +13,7 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import links, sessions, sso
+from backend.auth import links, mfa, sessions, sso
 from backend.auth.links import Issued
 from backend.auth.models import (
     ClientInfo,
@@ -130,7 +130,8 @@ async def log_in(
     client: ClientInfo,
 ) -> LoginResponse | None:
     """Tokens for the user whose password this is, or None; unknown emails cost one
-    verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token."""
+    verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token.
+    A user with a second factor gets the mfa_required refusal instead (backend/auth/mfa.py)."""
     with hasher.reserve():
         if not hasher.knows_costs:  # once per process: the costs an unknown email may take
             hasher.learn_costs(await crud.count_password_costs(db))
@@ -153,6 +154,9 @@ async def log_in(
     if new_hash is not None:  # BCRYPT_ROUNDS changed, or the hash predates NFKC
         user.hashed_password = new_hash
         db.add(user)
+    assert user.id is not None
+    if await sessions.has_factor(db, user_id=user.id):
+        raise await mfa.challenge(db, user=user)  # commits the rehash with it
     return await sessions.start(db, user=user, client=client, settings=settings)
 
 
@@ -400,6 +404,10 @@ async def set_password_with_link(
         details={"fields": fields},
     )
     await sessions.end_all_staged(db, user_id=updated.id, reason=SessionEndReason.PASSWORD_CHANGE)
+    # A mailed link proves the inbox, not the second factor: the new password is set,
+    # and the session waits for the factor as a login's does.
+    if await sessions.has_factor(db, user_id=updated.id):
+        raise await mfa.challenge(db, user=updated)
     return await sessions.start(db, user=updated, client=client, settings=settings)
 
 

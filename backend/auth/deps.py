@@ -71,8 +71,11 @@ async def get_caller(
             db, access_token=token, settings=runtime.settings, auth_cache=runtime.auth_cache
         )
     request.scope["state"]["user_id"] = caller.user.id  # for the request's log line
-    if isinstance(caller, Caller) and caller.user_session.impersonator_id is not None:
-        _audit_after_response(request, runtime, caller, caller.user_session.impersonator_id)
+    if isinstance(caller, Caller):
+        if caller.user_session.impersonator_id is not None:  # refusals audited too
+            _audit_after_response(request, runtime, caller, caller.user_session.impersonator_id)
+        if caller.user_session.restricted:
+            _check_enrolling(request)
     return caller
 
 
@@ -97,6 +100,29 @@ def _audit_after_response(
 
     hooks: list[AfterResponseHook] = request.scope["state"].setdefault(AFTER_RESPONSE, [])
     hooks.append(record)
+
+
+# What a restricted session (MFA_REQUIRED, no factor yet) may reach with its access
+# token, by route name: enrolment and what it needs. Refresh and logout take the
+# refresh token, never this dependency, and work as for any session.
+ENROLMENT_ROUTES = {
+    "users-me",
+    "mfa-status",
+    "mfa-totp-start",
+    "mfa-totp-confirm",
+    "auth-reauthenticate",
+}
+
+
+def _check_enrolling(request: Request) -> None:
+    route = request.scope.get("route")
+    if getattr(route, "name", None) not in ENROLMENT_ROUTES:
+        raise ForbiddenError(
+            "This server requires a second factor for your account: enrol an "
+            "authenticator app (POST /users/me/mfa/totp, then /users/me/mfa/totp/confirm) "
+            "before anything else.",
+            code=ProblemCode.MFA_ENROLMENT_REQUIRED,
+        )
 
 
 async def _key_caller(
@@ -156,7 +182,8 @@ async def get_recent_caller(
     impersonating the user."""
     if sessions.reauthenticated_until(caller.user_session, runtime.settings) <= utcnow():
         raise ForbiddenError(
-            "Confirm it is you: send your password to POST /auth/reauthenticate, then "
+            "Confirm it is you: send your password (or a code from your authenticator "
+            "app) to POST /auth/reauthenticate, then "
             f"retry within {runtime.settings.REAUTHENTICATION_WINDOW_SECONDS} seconds.",
             code=ProblemCode.REAUTHENTICATION_REQUIRED,
         )

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, model_validator
 from sqlalchemy import JSON, BigInteger, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -65,12 +65,31 @@ class PasswordChange(SQLModel):
     )
 
 
+# A TOTP code (6 digits) or a recovery code (10 characters, with or without its dash);
+# spaces a user copies along are dropped before comparing.
+CODE_MAX_CHARS = 32
+
+
 class Reauthentication(SQLModel):
-    password: str = Field(min_length=1, max_length=1024)
+    """A fresh proof: the password or, with an authenticator app on, a code from it."""
+
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    code: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=CODE_MAX_CHARS,
+        description="A code from the authenticator app, instead of the password",
+    )
 
     model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={"examples": [{"password": EXAMPLE_PASSWORD}]}
+        json_schema_extra={"examples": [{"password": EXAMPLE_PASSWORD}, {"code": "123456"}]}
     )
+
+    @model_validator(mode="after")
+    def one_proof(self) -> "Reauthentication":
+        if (self.password is None) == (self.code is None):
+            raise ValueError("send either password or code, not both and not neither")
+        return self
 
 
 class Reauthenticated(SQLModel):
@@ -139,6 +158,9 @@ class UserSession(SQLModel, table=True):
         default=None,
         sa_type=string_enum(SessionEndReason, name="session_end_reason", length=16),
     )
+    # MFA_REQUIRED asks this user for a second factor and they had none at login: the
+    # session may only enrol one (backend/auth/deps.py), until its confirmation lifts it.
+    restricted: bool = Field(default=False)
     user_agent: str | None = Field(default=None, sa_type=String(USER_AGENT_MAX_CHARS))
     ip_address: str | None = Field(default=None, sa_type=String(IP_ADDRESS_MAX_CHARS))
     name: str | None = Field(default=None, sa_type=String(NAME_MAX_CHARS))

@@ -47,6 +47,7 @@ from backend import crud
 from backend.auth import api_keys
 from backend.auth.authcache import AuthCache
 from backend.auth.jwt import ACCESS, REFRESH, create_token, decode_token, hash_token_id
+from backend.auth.mfa_models import TotpFactor
 from backend.auth.models import (
     ApiKeyEndReason,
     ClientInfo,
@@ -121,8 +122,10 @@ async def start(
             col(UserSession.user_id) == user.id, col(UserSession.expires_at) <= now
         )
     )
+    restricted = enrolment_required(locked, settings) and not await has_factor(db, user_id=user.id)
     user_session = UserSession(
         user_id=user.id,
+        restricted=restricted,
         created_at=now,
         last_used_at=now,
         authenticated_at=now,
@@ -135,6 +138,22 @@ async def start(
     tokens = _issue_pair(db, user=locked, user_session=user_session, settings=settings)
     await db.commit()
     return tokens
+
+
+async def has_factor(db: AsyncSession, *, user_id: int) -> bool:
+    """Whether the user has a second factor on (backend/auth/mfa.py): here, where a
+    login asks it of every session it starts."""
+    statement = select(TotpFactor.user_id).where(
+        col(TotpFactor.user_id) == user_id, col(TotpFactor.confirmed_at).is_not(None)
+    )
+    return (await db.exec(statement)).first() is not None
+
+
+def enrolment_required(user: User, settings: Settings) -> bool:
+    """Whether MFA_REQUIRED asks this user for a second factor."""
+    return settings.MFA_REQUIRED == "all" or (
+        settings.MFA_REQUIRED == "admins" and user.role == UserRole.ADMIN
+    )
 
 
 async def start_impersonation(
@@ -623,6 +642,12 @@ async def note_refresh(db: AsyncSession, *, user_id: int) -> None:
     """
     await db.exec(_note_login(user_id, utcnow()))
     await db.commit()
+
+
+async def lock_user(db: AsyncSession, *, user_id: int) -> User | None:
+    """The user's row, locked as a login locks it (first in the lock order), for a
+    workflow that writes rows of the user's before starting a session."""
+    return await _lock_user(db, user_id=user_id)
 
 
 async def _lock_user(db: AsyncSession, *, user_id: int) -> User | None:

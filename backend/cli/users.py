@@ -9,7 +9,7 @@ from sqlalchemy import Row
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import accounts, sessions, sso
+from backend.auth import accounts, mfa, sessions, sso
 from backend.auth.models import (
     Identity,
     SessionEndReason,
@@ -257,3 +257,31 @@ def delete(
 
     user = with_db(remove)
     typer.echo(f"Deleted {user.email} (id {user.id}).")
+
+
+@users_app.command("reset-mfa")
+def reset_mfa(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Remove every second factor of an account whose owner lost it (audited): its
+    sessions end, and it logs in with the password alone, then enrols again."""
+
+    async def reset(db: AsyncSession, _settings: Settings) -> tuple[str, bool]:
+        user = await user_by_email(db, email)
+        return user.email, await mfa.reset(db, user=user, actor_id=None)
+
+    stored_email, had = with_db(reset)
+    if had:
+        typer.echo(f"Second factors of {stored_email} removed; every session it had is ended.")
+    else:
+        typer.echo(f"{stored_email} had no second factor; every session it had is ended.")
+
+
+@users_app.command("reencrypt-mfa")
+def reencrypt_mfa() -> None:
+    """Encrypt every authenticator secret again under the current MFA_ENCRYPTION_KEY
+    (or SECRET_KEY): after it, MFA_ENCRYPTION_KEYS_OLD may be emptied."""
+
+    async def reencrypt(db: AsyncSession, settings: Settings) -> int:
+        return await mfa.reencrypt(db, settings=settings)
+
+    count = with_db(reencrypt)
+    typer.echo(f"Re-encrypted {count} authenticator secret{'' if count == 1 else 's'}.")

@@ -87,7 +87,7 @@ def problem_response(
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
-    members: Mapping[str, str | None] | None = None,
+    extensions: Mapping[str, object] | None = None,
 ) -> JSONResponse:
     problem = Problem(
         type=f"{PROBLEM_TYPE_PREFIX}{code}",
@@ -99,8 +99,11 @@ def problem_response(
         request_id=request_id,
         errors=list(errors) if errors is not None else None,
     )
-    content = problem.model_dump(exclude_none=True) | dict(members or {})
-    return ProblemJSONResponse(content, status_code=status, headers=dict(headers or {}))
+    return ProblemJSONResponse(
+        {**problem.model_dump(exclude_none=True), **(extensions or {})},
+        status_code=status,
+        headers=dict(headers or {}),
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -179,7 +182,7 @@ async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse
         errors=errors,
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
-        members=exc.members,
+        extensions=exc.extensions,
     )
 
 

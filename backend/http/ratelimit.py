@@ -81,6 +81,7 @@ class RateLimiter:
         self.mail_per_ip = parse(settings.RATE_LIMIT_MAIL_PER_IP)
         self.mail_per_email = parse(settings.RATE_LIMIT_MAIL_PER_EMAIL)
         self.api_key = parse(settings.RATE_LIMIT_API_KEY)
+        self.mfa_failures_per_account = parse(settings.RATE_LIMIT_MFA_PER_ACCOUNT)
         self._down_since: float | None = None  # monotonic time of the first failure
         self._next_probe_at = 0.0
         self._failed_open_while_down = 0

@@ -5,7 +5,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.auth import accounts, links, sessions, sso
+from backend.auth import accounts, links, mfa, sessions, sso
 from backend.auth.deps import (
     CurrentCaller,
     LoginClient,
@@ -14,6 +14,7 @@ from backend.auth.deps import (
     SessionUser,
     refuse_api_keys,
 )
+from backend.auth.mfa_models import LoginProblem, MfaVerify
 from backend.auth.models import (
     Accepted,
     LinkPurpose,
@@ -102,11 +103,17 @@ async def register(
     return delivery.send(registered.tokens)
 
 
+# A login's 401: a wrong password, or the password right and the second step due.
+LOGIN_401: dict[int | str, dict[str, Any]] = {
+    401: {"model": LoginProblem, "description": "Unauthorized, or mfa_required"}
+}
+
+
 @router.post(
     "/login",
     name="auth-login",
     response_model=LoginResponse,
-    responses=problem_responses(401, 403),
+    responses={**problem_responses(403), **LOGIN_401},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -125,7 +132,9 @@ async def login(
     client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
-    """Exchange an email and password for tokens: the OAuth2 password form or JSON."""
+    """Exchange an email and password for tokens: the OAuth2 password form or JSON.
+    An account with a second factor gets 401 `mfa_required` with an `mfa_token` to send
+    with a code to POST /auth/mfa/verify."""
     sso.check_password_allowed(runtime.settings, credentials.email)
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.login_per_ip, "login", ip)
@@ -147,6 +156,41 @@ async def login(
         raise UnauthorizedError(
             "Incorrect email or password.", code=ProblemCode.CREDENTIALS_INVALID
         )
+    return delivery.send(tokens)
+
+
+@router.post(
+    "/mfa/verify",
+    name="auth-mfa-verify",
+    response_model=LoginResponse,
+    responses=problem_responses(401, 403),
+)
+async def verify_mfa(
+    body: MfaVerify,
+    db: DbSession,
+    runtime: RuntimeDep,
+    ip: ClientIP,
+    client: LoginClient,
+    delivery: TokenDeliveryDep,
+) -> LoginResponse:
+    """The second step of a login that answered `mfa_required`: its `mfa_token` and a
+    code from the authenticator app or a recovery code. The answer is the login's (the
+    same `transport` choices). The token works once, for a few minutes, and not after
+    five wrong codes; wrong codes count per account and per address."""
+    limiter = runtime.rate_limiter
+    await limiter.hit(limiter.login_per_ip, "mfa", ip)
+    found = await mfa.find_challenge(db, token=body.mfa_token)
+    account = str(found.user_id)
+    await limiter.check(limiter.mfa_failures_per_account, "mfa-account", account)
+    try:
+        tokens = await mfa.verify_login(
+            db, found=found, code=body.code, settings=runtime.settings, client=client
+        )
+    except DomainError as error:
+        if error.code is ProblemCode.MFA_CODE_INVALID:
+            runtime.metrics.login_failures.inc()
+            await limiter.count(limiter.mfa_failures_per_account, "mfa-account", account)
+        raise
     return delivery.send(tokens)
 
 
@@ -228,12 +272,26 @@ async def logout_all(user: SessionUser, db: DbSession) -> None:
 async def reauthenticate(
     body: Reauthentication, caller: CurrentCaller, db: DbSession, runtime: RuntimeDep, ip: ClientIP
 ) -> Reauthenticated:
-    """Prove your password again: for a few minutes (`valid_until`) this session may make
-    the changes that ask for a recent proof (403 `reauthentication_required` otherwise)."""
+    """Prove it is you again, with your password or, when an authenticator app is on, a
+    code from it: for a few minutes (`valid_until`) this session may make the changes
+    that ask for a recent proof (403 `reauthentication_required` otherwise)."""
     email = caller.user.email
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.login, "login", ip, email)
-    # As for a password change: a stolen access token is no way to guess the password.
+    # As for a password change: a stolen access token is no way to guess the password,
+    # nor the codes.
+    if body.code is not None:
+        account = str(caller.user.id)
+        await limiter.check(limiter.mfa_failures_per_account, "mfa-account", account)
+        try:
+            return await mfa.reauthenticate(
+                db, caller=caller, code=body.code, settings=runtime.settings
+            )
+        except DomainError as error:
+            if error.code is ProblemCode.MFA_CODE_INVALID:
+                await limiter.count(limiter.mfa_failures_per_account, "mfa-account", account)
+            raise
+    assert body.password is not None  # Reauthentication holds one or the other
     await limiter.check(limiter.login_failures_per_account, "login-account", email)
     try:
         return await accounts.reauthenticate(
@@ -296,7 +354,7 @@ async def forgot_password(body: MailRequest, runtime: RuntimeDep, ip: ClientIP) 
     "/password/reset",
     name="auth-password-reset",
     response_model=LoginResponse,
-    responses=problem_responses(403),
+    responses={**problem_responses(403), **LOGIN_401},
 )
 async def reset_password(
     body: PasswordSet,
@@ -306,7 +364,8 @@ async def reset_password(
     delivery: TokenDeliveryDep,
 ) -> LoginResponse:
     """Set a new password with the token of a password-reset link. Every session of the
-    account ends; the answer is a new one's tokens. 400 when the link is not usable."""
+    account ends; the answer is a new one's tokens, or for an account with a second
+    factor 401 `mfa_required`, as from a login. 400 when the link is not usable."""
     tokens = await accounts.set_password_with_link(
         db,
         token=body.token,

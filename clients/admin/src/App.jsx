@@ -1,10 +1,12 @@
 import { QueryClient } from '@tanstack/react-query';
 import PersonIcon from '@mui/icons-material/Person';
 import { Link, Typography } from '@mui/material';
+import { useSyncExternalStore } from 'react';
 import { Admin, CustomRoutes, Layout, Login, LoginForm, Menu, Resource } from 'react-admin';
 import { Route } from 'react-router-dom';
 
 import { MyAccount } from './account';
+import { mfa } from './api';
 import { AuditList } from './audit';
 import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
@@ -13,6 +15,7 @@ import { FORGOT_PASSWORD_PATH } from './links';
 import { PasskeySignIn } from './passkeys';
 import { SsoButtons } from './sso';
 import { ImpersonationBanner } from './support';
+import { MfaCodeForm, SECURITY_PATH, SecurityPage } from './mfa';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 import { WebhookCreate, WebhookList, WebhookShow } from './webhooks';
 
@@ -34,6 +37,15 @@ function AppMenu() {
 
 // A page of its own (src/links.jsx), outside the screens that need a login.
 function LoginPage() {
+    // After the password, for an account with a second factor: its code.
+    const pending = useSyncExternalStore(mfa.subscribe, () => mfa.pending);
+    if (pending) {
+        return (
+            <Login>
+                <MfaCodeForm />
+            </Login>
+        );
+    }
     return (
         <Login>
             <LoginForm />
@@ -78,6 +90,7 @@ function resources(permissions) {
         ) : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />
+            <Route path={SECURITY_PATH} element={<SecurityPage />} />
             {admin ? <Route path={INVITE_PATH} element={<InviteUser />} /> : null}
         </CustomRoutes>,
     ];

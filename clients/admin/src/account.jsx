@@ -1,5 +1,5 @@
-// My account: your name, your password, your passkeys, your sessions, your API keys;
-// what every user may change.
+// My account: your name, your password, your second factor, your passkeys, your
+// sessions, your API keys; what every user may change.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -16,6 +16,7 @@ import {
 import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
 import { MyPasskeys } from './passkeys';
+import { SecurityCard } from './mfa';
 import { SessionTable } from './sessions';
 import { MyIdentities } from './sso';
 
@@ -80,6 +81,12 @@ export function MyAccount() {
                 <CardHeader title="Passkeys" />
                 <CardContent>
                     <MyPasskeys />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Security" />
+                <CardContent>
+                    <SecurityCard />
                 </CardContent>
             </Card>
             <Card>

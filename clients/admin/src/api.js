@@ -142,11 +142,59 @@ async function authCall(path, options = {}) {
     return response.status === 204 ? null : response.json();
 }
 
+// A login whose password passed and whose second factor is due: its mfa_token, which
+// the login page (App.jsx) watches to ask for the code.
+let pendingMfa = null;
+const mfaListeners = new Set();
+
+function setPendingMfa(value) {
+    pendingMfa = value;
+    for (const listener of mfaListeners) listener();
+}
+
+export const mfa = {
+    get pending() {
+        return pendingMfa;
+    },
+    subscribe(listener) {
+        mfaListeners.add(listener);
+        return () => mfaListeners.delete(listener);
+    },
+    cancel() {
+        setPendingMfa(null);
+    },
+};
+
 export async function login(email, password) {
-    const tokens = await authCall('login', {
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ email, password }),
-    });
+    let tokens;
+    try {
+        tokens = await authCall('login', {
+            headers: { 'Content-Type': 'application/json' },
+            body: JSON.stringify({ email, password }),
+        });
+    } catch (error) {
+        if (error.body?.code !== 'mfa_required') throw error;
+        setPendingMfa({ token: error.body.mfa_token });
+        throw new HttpError('Enter the code from your authenticator app.', 401, error.body);
+    }
+    accept(tokens);
+    return tokens.user;
+}
+
+/** The login's second step: a code from the authenticator app, or a recovery code. */
+export async function verifyMfa(code) {
+    let tokens;
+    try {
+        tokens = await authCall('mfa/verify', {
+            headers: { 'Content-Type': 'application/json' },
+            body: JSON.stringify({ mfa_token: pendingMfa?.token, code }),
+        });
+    } catch (error) {
+        // Expired, used or spent: back to the password.
+        if (error.body?.code === 'mfa_token_invalid') setPendingMfa(null);
+        throw error;
+    }
+    setPendingMfa(null);
     accept(tokens);
     return tokens.user;
 }

@@ -2,12 +2,16 @@
 // load and before expiry (src/api.js), logout, identity from /users/me, the role as the
 // permissions.
 import * as api from './api';
+import { SECURITY_PATH } from './mfa';
 import { signInWithPasskey } from './passkeys';
 
 export const authProvider = {
-    async login({ username, password, passkey }) {
+    // The login page sends `code` alone for the second step (api.mfa.pending), or
+    // `passkey` for a passwordless sign-in.
+    async login({ username, password, passkey, code }) {
         if (passkey) return signInWithPasskey();
-        await api.login(username, password);
+        if (code !== undefined) await api.verifyMfa(code);
+        else await api.login(username, password);
     },
 
     async logout() {
@@ -21,10 +25,14 @@ export const authProvider = {
 
     // httpClient has already tried a refresh: a 401 here means the session is over.
     // A 403 is a refusal to show, not a reason to log out.
+    // A session that must enrol a second factor first (MFA_REQUIRED) goes to do so.
     async checkError(error) {
         if (error?.status === 401) {
             api.forget();
             throw error;
+        }
+        if (error?.status === 403 && error.body?.code === 'mfa_enrolment_required') {
+            throw { redirectTo: SECURITY_PATH, logoutUser: false, message: false };
         }
     },
 

@@ -35,6 +35,7 @@ import {
 
 import { InviteButton, PENDING_FILTER, ResendInvitationButton, invitationPending } from './invite';
 import { UserApiKeys } from './keys';
+import { UserMfa } from './mfa';
 import { UserSessions } from './sessions';
 import { BanControls, ImpersonateButton, banInForce } from './support';
 
@@ -122,6 +123,7 @@ export function UserShow() {
                 {permissions === 'admin' ? <ImpersonateButton /> : null}
                 {permissions === 'admin' ? <UserSessions /> : null}
                 {permissions === 'admin' ? <UserApiKeys /> : null}
+                {permissions === 'admin' ? <UserMfa /> : null}
             </SimpleShowLayout>
         </Show>
     );

@@ -14,6 +14,16 @@ export type Problem = components["schemas"]["Problem"];
 export type FieldError = components["schemas"]["FieldError"];
 /** Every `code` a problem can carry: switch on it, not on the English of `detail`. */
 export type ProblemCode = components["schemas"]["ProblemCode"];
+/** How a login's second step may be proven: "totp", "recovery_code". */
+export type MfaMethod = components["schemas"]["MfaMethod"];
+
+/** What a login answered with `mfa_required`: send `token` and a code to verifyMfa(). */
+export interface MfaChallenge {
+  token: string;
+  /** Seconds until the token expires. */
+  expiresIn: number;
+  methods: MfaMethod[];
+}
 
 /** The pair a login hands out. Keep it in memory: the refresh token lasts 14 days. */
 export interface Tokens {
@@ -28,14 +38,15 @@ const REFRESH = "/api/v1/auth/refresh" satisfies keyof paths;
 const LOGOUT = "/api/v1/auth/logout" satisfies keyof paths;
 const LOGOUT_ALL = "/api/v1/auth/logout-all" satisfies keyof paths;
 const CHANGE_PASSWORD = "/api/v1/users/me/password" satisfies keyof paths;
+const VERIFY_MFA = "/api/v1/auth/mfa/verify" satisfies keyof paths;
 
 /** Answer a LoginResponse: a new pair to keep (a password change ends the old one). */
-const ISSUING = new Set<string>([LOGIN, REGISTER, REFRESH, CHANGE_PASSWORD]);
+const ISSUING = new Set<string>([LOGIN, REGISTER, REFRESH, CHANGE_PASSWORD, VERIFY_MFA]);
 /** End the session the tokens belong to. */
 const ENDING = new Set<string>([LOGOUT, LOGOUT_ALL]);
 /** Take no access token: a 401 from them is about the credentials or the refresh token
  * sent, which a refresh cannot fix (and logout retried would replay a rotated token). */
-const NO_BEARER = new Set<string>([LOGIN, REGISTER, REFRESH, LOGOUT]);
+const NO_BEARER = new Set<string>([LOGIN, REGISTER, REFRESH, LOGOUT, VERIFY_MFA]);
 
 /** An error response, from its problem+json body (RFC 9457). */
 export class ApiError extends Error {
@@ -53,6 +64,9 @@ export class ApiError extends Error {
   readonly requestId: string | null;
   /** The whole response, for its headers (`Retry-After` on a 429 or 503). */
   readonly response: Response;
+  /** With the code `mfa_required` (a login whose password passed): the second step's
+   * token and methods, for verifyMfa(); null otherwise. */
+  readonly mfa: MfaChallenge | null;
 
   constructor(response: Response, body: unknown) {
     const problem = isProblem(body) ? body : null;
@@ -68,6 +82,13 @@ export class ApiError extends Error {
     this.errors = problem?.errors ?? [];
     this.requestId = problem?.request_id ?? response.headers.get("X-Request-ID");
     this.response = response;
+    this.mfa = null;
+    if (problem?.code === "mfa_required") {
+      const login = problem as LoginProblem;
+      if (login.mfa_token && login.expires_in != null && login.methods) {
+        this.mfa = { token: login.mfa_token, expiresIn: login.expires_in, methods: login.methods };
+      }
+    }
   }
 
   /** The message for one field of a 422, to show next to its input. */
@@ -75,6 +96,8 @@ export class ApiError extends Error {
     return this.errors.find((error) => error.field === field)?.message;
   }
 }
+
+type LoginProblem = components["schemas"]["LoginProblem"];
 
 function isProblem(body: unknown): body is Problem {
   return (
@@ -147,8 +170,13 @@ export interface ApiClient {
   /** The typed client: `api.GET("/api/v1/users/me")`; bearer and refresh included. */
   readonly api: Client<paths>;
   readonly tokens: Tokens | null;
-  /** Log in with JSON credentials; the tokens are kept by the client. */
+  /** Log in with JSON credentials; the tokens are kept by the client. For an account
+   * with a second factor it throws an ApiError whose `mfa` is set: pass its token and
+   * the user's code to verifyMfa(). */
   login(email: string, password: string): Promise<LoginResponse>;
+  /** The second step of a login that answered `mfa_required`: its token and a code
+   * from the authenticator app (or a recovery code); the tokens are kept, as login's. */
+  verifyMfa(mfaToken: string, code: string): Promise<LoginResponse>;
   /** End this session on the server and forget its tokens. */
   logout(): Promise<void>;
   /** Trade the refresh token for a new pair: true if it worked. Calls made while one
@@ -256,6 +284,9 @@ export function createApiClient(options: ApiClientOptions): ApiClient {
     },
     async login(email, password) {
       return ok(await api.POST(LOGIN, { body: { email, password } }));
+    },
+    async verifyMfa(mfaToken, code) {
+      return ok(await api.POST(VERIFY_MFA, { body: { mfa_token: mfaToken, code } }));
     },
     async logout() {
       if (!tokens) {

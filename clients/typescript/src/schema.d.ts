@@ -38,8 +38,33 @@ export interface paths {
         /**
          * Auth-Login
          * @description Exchange an email and password for tokens: the OAuth2 password form or JSON.
+         *     An account with a second factor gets 401 `mfa_required` with an `mfa_token` to send
+         *     with a code to POST /auth/mfa/verify.
          */
         post: operations["auth-login"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/mfa/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Mfa-Verify
+         * @description The second step of a login that answered `mfa_required`: its `mfa_token` and a
+         *     code from the authenticator app or a recovery code. The answer is the login's (the
+         *     same `transport` choices). The token works once, for a few minutes, and not after
+         *     five wrong codes; wrong codes count per account and per address.
+         */
+        post: operations["auth-mfa-verify"];
         delete?: never;
         options?: never;
         head?: never;
@@ -119,8 +144,9 @@ export interface paths {
         put?: never;
         /**
          * Auth-Reauthenticate
-         * @description Prove your password again: for a few minutes (`valid_until`) this session may make
-         *     the changes that ask for a recent proof (403 `reauthentication_required` otherwise).
+         * @description Prove it is you again, with your password or, when an authenticator app is on, a
+         *     code from it: for a few minutes (`valid_until`) this session may make the changes
+         *     that ask for a recent proof (403 `reauthentication_required` otherwise).
          */
         post: operations["auth-reauthenticate"];
         delete?: never;
@@ -185,7 +211,8 @@ export interface paths {
         /**
          * Auth-Password-Reset
          * @description Set a new password with the token of a password-reset link. Every session of the
-         *     account ends; the answer is a new one's tokens. 400 when the link is not usable.
+         *     account ends; the answer is a new one's tokens, or for an account with a second
+         *     factor 401 `mfa_required`, as from a login. 400 when the link is not usable.
          */
         post: operations["auth-password-reset"];
         delete?: never;
@@ -746,6 +773,122 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/users/me/mfa": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Mfa-Status
+         * @description Which second factors you have on, and how many recovery codes are left.
+         */
+        get: operations["mfa-status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/mfa/totp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Mfa-Totp-Start
+         * @description Start enrolling an authenticator app: scan `qr_svg` (or type `secret`), then
+         *     confirm with a code from the app. Asks for a recent login or re-authentication:
+         *     a stolen access token must not tie the account to someone else's phone.
+         */
+        post: operations["mfa-totp-start"];
+        /**
+         * Mfa-Totp-Delete
+         * @description Turn the authenticator app off, and the recovery codes with it (a recent proof
+         *     needed). Where MFA_REQUIRED asks you for one, your sessions are restricted to
+         *     enrolling one again.
+         */
+        delete: operations["mfa-totp-delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/mfa/totp/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Mfa-Totp-Confirm
+         * @description Turn the authenticator app on with a code from it. The answer holds your
+         *     recovery codes, shown this once; a restricted session (MFA_REQUIRED) is restricted
+         *     no more.
+         */
+        post: operations["mfa-totp-confirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/mfa/recovery-codes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Mfa-Recovery-Codes
+         * @description New recovery codes, shown this once; every earlier one stops working (a recent
+         *     proof needed).
+         */
+        post: operations["mfa-recovery-codes"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}/mfa": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Users-Mfa
+         * @description Which second factors a user has on (admin only).
+         */
+        get: operations["users-mfa"];
+        put?: never;
+        post?: never;
+        /**
+         * Users-Mfa-Reset
+         * @description Remove every second factor of a user who lost theirs (admin only, audited): their
+         *     sessions end, and they log in with the password alone, then enrol again.
+         */
+        delete: operations["users-mfa-reset"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/users/me/tokens": {
         parameters: {
             query?: never;
@@ -1256,7 +1399,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -1390,6 +1533,52 @@ export interface components {
              */
             token: string;
         };
+        /**
+         * LoginProblem
+         * @description A refused login. With code mfa_required, the password passed and the second
+         *     step is due: POST /auth/mfa/verify with mfa_token and a code.
+         */
+        LoginProblem: {
+            /**
+             * Type
+             * @description urn:problem-type:users-api: and the code
+             */
+            type: string;
+            /** Title */
+            title: string;
+            /** Status */
+            status: number;
+            /** @description Stable: what a client switches on */
+            code: components["schemas"]["ProblemCode"];
+            /** Detail */
+            detail: string;
+            /** Message */
+            message: string;
+            /** Request Id */
+            request_id?: string | null;
+            /** Errors */
+            errors?: components["schemas"]["FieldError"][] | null;
+            /**
+             * Banned Until
+             * @description With code `banned`: when the ban ends; present and null for a permanent one
+             */
+            banned_until?: string | null;
+            /**
+             * Mfa Token
+             * @description With mfa_required: single use, for POST /auth/mfa/verify
+             */
+            mfa_token?: string | null;
+            /**
+             * Expires In
+             * @description With mfa_required: seconds until mfa_token expires
+             */
+            expires_in?: number | null;
+            /**
+             * Methods
+             * @description With mfa_required: what the second step may prove
+             */
+            methods?: components["schemas"]["MfaMethod"][] | null;
+        };
         /** LoginResponse */
         LoginResponse: {
             /** Access Token */
@@ -1424,6 +1613,65 @@ export interface components {
              * Format: email
              */
             email: string;
+        };
+        /**
+         * MfaCode
+         * @example {
+         *       "code": "123456"
+         *     }
+         */
+        MfaCode: {
+            /**
+             * Code
+             * @description A 6-digit code from the authenticator app, or a recovery code
+             * @example 123456
+             */
+            code: string;
+        };
+        /**
+         * MfaMethod
+         * @description How a login's second step may be proven (`methods` of an mfa_required answer).
+         * @enum {string}
+         */
+        MfaMethod: "totp" | "recovery_code";
+        /** MfaStatus */
+        MfaStatus: {
+            /**
+             * Totp
+             * @description Whether an authenticator app is on
+             */
+            totp: boolean;
+            /**
+             * Recovery Codes Left
+             * @description Recovery codes not used yet
+             */
+            recovery_codes_left: number;
+            /**
+             * Methods
+             * @description What a login may prove its second step with
+             */
+            methods: components["schemas"]["MfaMethod"][];
+        };
+        /**
+         * MfaVerify
+         * @description The second step of a login: the mfa_token of the mfa_required answer and a proof.
+         * @example {
+         *       "code": "123456",
+         *       "mfa_token": "q3Wk0wzJbR7mNf1xLpVtYc8HsAe5uGd2iOj6nKlZmXo"
+         *     }
+         */
+        MfaVerify: {
+            /**
+             * Mfa Token
+             * @description From the mfa_required answer
+             */
+            mfa_token: string;
+            /**
+             * Code
+             * @description A 6-digit code from the authenticator app, or a recovery code
+             * @example 123456
+             */
+            code: string;
         };
         /** PasskeyCreate */
         PasskeyCreate: {
@@ -1561,7 +1809,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "banned" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "impersonation_forbidden" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "cannot_ban_self" | "not_banned" | "impersonation_refused" | "not_impersonating" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "banned" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "impersonation_forbidden" | "mfa_required" | "mfa_token_invalid" | "mfa_code_invalid" | "mfa_enrolment_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "cannot_ban_self" | "not_banned" | "impersonation_refused" | "not_impersonating" | "mfa_already_enabled" | "mfa_not_enabled" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1577,13 +1825,30 @@ export interface components {
         };
         /**
          * Reauthentication
+         * @description A fresh proof: the password or, with an authenticator app on, a code from it.
          * @example {
          *       "password": "Correct-Horse-9"
+         *     }
+         * @example {
+         *       "code": "123456"
          *     }
          */
         Reauthentication: {
             /** Password */
-            password: string;
+            password?: string | null;
+            /**
+             * Code
+             * @description A code from the authenticator app, instead of the password
+             */
+            code?: string | null;
+        };
+        /** RecoveryCodes */
+        RecoveryCodes: {
+            /**
+             * Recovery Codes
+             * @description 10 codes, shown this once: each works once, instead of an authenticator code
+             */
+            recovery_codes: string[];
         };
         /** RefreshRequest */
         RefreshRequest: {
@@ -1701,6 +1966,24 @@ export interface components {
              * @description Where the sign-in button goes (GET, a redirect)
              */
             authorize_url: string;
+        };
+        /** TotpEnrolment */
+        TotpEnrolment: {
+            /**
+             * Secret
+             * @description The key to type into an app that cannot scan (base32)
+             */
+            secret: string;
+            /**
+             * Otpauth Uri
+             * @description The otpauth:// URI the QR code holds
+             */
+            otpauth_uri: string;
+            /**
+             * Qr Svg
+             * @description The QR code of otpauth_uri, as an SVG document
+             */
+            qr_svg: string;
         };
         /**
          * Transport
@@ -2347,6 +2630,90 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Unauthorized, or mfa_required */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["LoginProblem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-mfa-verify": {
+        parameters: {
+            query?: {
+                /** @description `bearer` (default): the refresh token is in the JSON body, both ways. `cookie`, for browser apps: the refresh token is set in an HttpOnly, SameSite=Strict cookie scoped to the auth paths, `refresh_token` in the response is null, and refresh and logout read the cookie instead of a body. Every cookie request must come from an `Origin` listed in CORS_ORIGINS and carry `X-Requested-With` (any value); otherwise 403. */
+                transport?: components["schemas"]["Transport"];
+            };
+            header?: {
+                /** @description Required, with any value, with `transport=cookie`. */
+                "X-Requested-With"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaVerify"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResponse"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unauthorized */
             401: {
                 headers: {
@@ -2895,6 +3262,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized, or mfa_required */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["LoginProblem"];
                 };
             };
             /** @description Forbidden */
@@ -5310,6 +5686,465 @@ export interface operations {
             };
         };
     };
+    "mfa-status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaStatus"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "mfa-totp-start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpEnrolment"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "mfa-totp-delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "mfa-totp-confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaCode"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "mfa-recovery-codes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-mfa": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MfaStatus"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-mfa-reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     "tokens-list-mine": {
         parameters: {
             query?: {
@@ -6269,7 +7104,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new")[];
                 created_after?: string;
                 created_before?: string;
             };

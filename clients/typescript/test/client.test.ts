@@ -1,6 +1,7 @@
 // The built package (imported by its name: run `npm run build` first, as `npm test`
-// does) against a live server (run.sh starts one): logging in, the paging headers,
-// a refresh when the access token has expired, and errors as ApiError.
+// does) against a live server (run.sh starts one): logging in (with a second factor
+// too), the paging headers, a refresh when the access token has expired, and errors as
+// ApiError.
 import assert from "node:assert/strict";
 import { createHmac, randomUUID } from "node:crypto";
 import { test } from "node:test";
@@ -109,6 +110,50 @@ test("a wrong password is an ApiError 401, and no tokens are kept", async () => 
   assert.match(refused.detail, /email or password/i);
   assert.ok(refused.requestId);
   assert.equal(client.tokens, null);
+});
+
+/** An authenticator app's code (RFC 6238: HMAC-SHA1, 30-second steps, 6 digits). */
+function totp(secret: string, at: number = Date.now()): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  const bits = [...secret].map((char) => alphabet.indexOf(char).toString(2).padStart(5, "0"));
+  const bytes = (bits.join("").match(/.{8}/g) ?? []).map((byte) => parseInt(byte, 2));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30_000)));
+  const digest = createHmac("sha1", Buffer.from(bytes)).update(counter).digest();
+  const offset = (digest[digest.length - 1] ?? 0) & 0xf;
+  return ((digest.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).toString().padStart(6, "0");
+}
+
+test("a login with a second factor is an ApiError with mfa, and verifyMfa finishes it", async () => {
+  const { email, tokens } = await newSession();
+  const owner = createApiClient({ baseUrl: BASE_URL, tokens });
+  const { secret } = ok(await owner.api.POST("/api/v1/users/me/mfa/totp"));
+  ok(await owner.api.POST("/api/v1/users/me/mfa/totp/confirm", { body: { code: totp(secret) } }));
+
+  const client = createApiClient({ baseUrl: BASE_URL });
+  const refused = await client.login(email, PASSWORD).then(
+    () => assert.fail("logged in without the second factor"),
+    (error: unknown) => error,
+  );
+  assert.ok(refused instanceof ApiError, String(refused));
+  assert.equal(refused.status, 401);
+  assert.equal(refused.code, "mfa_required");
+  assert.ok(refused.mfa, "the challenge is read from the problem");
+  assert.deepEqual(refused.mfa.methods, ["totp", "recovery_code"]);
+  assert.equal(refused.mfa.expiresIn, 300);
+  const kept = client.tokens; // a copy: asserting on the getter would narrow it to null
+  assert.equal(kept, null);
+  // The next step's code: the confirmation used this one's, and each works once.
+  const login = await client.verifyMfa(refused.mfa.token, totp(secret, Date.now() + 30_000));
+  assert.equal(login.user.email, email);
+  assert.equal(client.tokens?.accessToken, login.access_token);
+  assert.equal(ok(await client.api.GET("/api/v1/users/me")).email, email);
+  const wrongPassword = await client.login(email, "Not-The-Password-1").then(
+    () => assert.fail("logged in with a wrong password"),
+    (error: unknown) => error,
+  );
+  assert.ok(wrongPassword instanceof ApiError);
+  assert.equal(wrongPassword.mfa, null);
 });
 
 test("without a login a request is an ApiError 401, and no refresh is tried", async () => {
