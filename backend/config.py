@@ -292,6 +292,11 @@ class Settings(BaseSettings):
     INVITE_EXPIRE_HOURS: int = Field(default=72, ge=1, le=24 * 30)
     RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
     VERIFY_EXPIRE_HOURS: int = Field(default=48, ge=1, le=24 * 30)
+    EMAIL_CHANGE_EXPIRE_HOURS: int = Field(default=24, ge=1, le=24 * 7)
+    # DELETE /users/me: remove the account at once, or schedule it for `backend purge`
+    # after the grace days, during which a login keeps it.
+    ACCOUNT_DELETION: Literal["immediate", "grace"] = "immediate"
+    ACCOUNT_DELETION_GRACE_DAYS: int = Field(default=30, ge=1, le=365)
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # json (one object per line, for collectors) or text; default: text in local only.

@@ -256,6 +256,9 @@ class User(UserBase, table=True):
     # The latest login or refresh, to the minute (see LAST_LOGIN_RESOLUTION); None until
     # the first. Not a version change: it moves neither `version` nor `updated_at`.
     last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When `backend purge` may remove the account: its owner asked for its deletion
+    # with ACCOUNT_DELETION=grace. Any new session (a login) clears it.
+    deletion_scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
 
 # last_login_at is written at most this often per user: a dashboard reads it to the
@@ -345,6 +348,16 @@ class UserUpdateMe(SQLModel):
     )
 
 
+class EmailChange(SQLModel):
+    """A new address for one's own account: it is mailed a link that makes the change."""
+
+    email: Email
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={"examples": [{"email": "ada.king@example.com"}]}
+    )
+
+
 class UserInvite(SQLModel):
     """An account made for someone who chooses their own password, from a mailed link."""
 
@@ -369,6 +382,10 @@ class UserPublic(UserBase):
     last_login_at: datetime | None = Field(
         description="The latest login or token refresh, to the minute; null if never"
     )
+    deletion_scheduled_at: datetime | None = Field(
+        description="When the account is removed, its owner having asked for its deletion "
+        "(ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it."
+    )
 
 
 class AuditAction(StrEnum):
@@ -384,6 +401,8 @@ class AuditAction(StrEnum):
     LINK_USE = "user.link_use"
     API_KEY_CREATE = "user.api_key_create"
     API_KEY_REVOKE = "user.api_key_revoke"
+    DELETION_SCHEDULE = "user.deletion_schedule"  # details: deletion_scheduled_at
+    DELETION_CANCEL = "user.deletion_cancel"  # by a login within the grace period
 
 
 class AuditEventBase(SQLModel):
