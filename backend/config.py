@@ -288,6 +288,7 @@ class Settings(BaseSettings):
     # None: on where mail can go (SMTP_HOST set, or logged in local and test).
     INVITATIONS_ENABLED: bool | None = None
     PASSWORD_RESET_ENABLED: bool | None = None
+    EMAIL_CHANGE_ENABLED: bool | None = None  # POST /users/me/email, which mails a link
     EMAIL_VERIFICATION: Literal["off", "optional", "required"] = "off"
     INVITE_EXPIRE_HOURS: int = Field(default=72, ge=1, le=24 * 30)
     RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
@@ -480,6 +481,8 @@ class Settings(BaseSettings):
             self.INVITATIONS_ENABLED = can_mail
         if self.PASSWORD_RESET_ENABLED is None:
             self.PASSWORD_RESET_ENABLED = can_mail
+        if self.EMAIL_CHANGE_ENABLED is None:
+            self.EMAIL_CHANGE_ENABLED = can_mail
         if not can_mail and self.mail_features:
             raise ValueError(
                 f"{', '.join(self.mail_features)} send mail, and STAGE={self.STAGE} needs "
@@ -496,6 +499,8 @@ class Settings(BaseSettings):
             features.append("INVITATIONS_ENABLED=true")
         if self.PASSWORD_RESET_ENABLED:
             features.append("PASSWORD_RESET_ENABLED=true")
+        if self.EMAIL_CHANGE_ENABLED:
+            features.append("EMAIL_CHANGE_ENABLED=true")
         if self.EMAIL_VERIFICATION != "off":
             features.append(f"EMAIL_VERIFICATION={self.EMAIL_VERIFICATION}")
         return features

@@ -448,14 +448,15 @@ async def delete_account(
     return True
 
 
-async def scheduled_deletions(db: AsyncSession, *, now: datetime) -> Sequence[Row[Any]]:
+async def scheduled_deletions(db: AsyncSession, *, now: datetime) -> list[tuple[int, str]]:
     """The (id, email) of the accounts whose scheduled deletion is due."""
     statement = (
-        select(User.id, User.email)
+        select(col(User.id), User.email)
         .where(col(User.deletion_scheduled_at) <= now)
         .order_by(col(User.id))
     )
-    return (await db.exec(statement)).all()
+    rows = (await db.exec(statement)).all()
+    return [(user_id, email) for user_id, email in rows if user_id is not None]
 
 
 async def list_audit_events_about(db: AsyncSession, *, user_id: int) -> Sequence[AuditEvent]:

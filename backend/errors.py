@@ -51,6 +51,7 @@ class ProblemCode(StrEnum):
     PASSWORD_RESET_DISABLED = "password_reset_disabled"
     INVITATIONS_DISABLED = "invitations_disabled"
     EMAIL_VERIFICATION_DISABLED = "email_verification_disabled"
+    EMAIL_CHANGE_DISABLED = "email_change_disabled"
     # Accounts, sessions, keys and links.
     USER_NOT_FOUND = "user_not_found"
     SESSION_NOT_FOUND = "session_not_found"

@@ -229,7 +229,7 @@ async def update_me(
     name="users-change-email",
     response_model=Accepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(409, 429),
+    responses=problem_responses(403, 409, 429),
 )
 async def change_email(
     body: EmailChange, caller: RecentCaller, db: DbSession, runtime: RuntimeDep, ip: ClientIP
@@ -238,6 +238,11 @@ async def change_email(
     (`POST /auth/email/confirm` makes the change), a notice to the current one. Needs a
     recent proof (`POST /auth/reauthenticate`); 409 when the address is taken or looks
     like another account's."""
+    if not runtime.settings.EMAIL_CHANGE_ENABLED:
+        raise ForbiddenError(
+            "Changing an email address is not available on this server (it needs mail).",
+            code=ProblemCode.EMAIL_CHANGE_DISABLED,
+        )
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.mail_per_ip, "mail", ip)
     await limiter.hit(limiter.mail_per_email, "mail-email", body.email)

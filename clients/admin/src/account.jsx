@@ -1,5 +1,5 @@
-// My account: your name, your password, your sessions, your API keys; what every user
-// may change.
+// My account: your name, your password, your email, your sessions, your API keys, your
+// data and the account itself; what every user may change.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -15,6 +15,7 @@ import {
 
 import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
+import { ChangeEmail, DeleteAccount, ExportData } from './ownaccount';
 import { SessionTable } from './sessions';
 
 function NameForm() {
@@ -74,6 +75,12 @@ export function MyAccount() {
                 </CardContent>
             </Card>
             <Card>
+                <CardHeader title="Email" />
+                <CardContent>
+                    <ChangeEmail />
+                </CardContent>
+            </Card>
+            <Card>
                 <CardHeader title="My sessions" />
                 <CardContent>
                     <SessionTable basePath="/users/me/sessions" showCurrent />
@@ -83,6 +90,18 @@ export function MyAccount() {
                 <CardHeader title="API keys" />
                 <CardContent>
                     <MyApiKeys />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="My data" />
+                <CardContent>
+                    <ExportData />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Delete account" />
+                <CardContent>
+                    <DeleteAccount />
                 </CardContent>
             </Card>
         </Stack>
