@@ -2,7 +2,8 @@
 mailing through a real SMTP server: a user changes their email (the session's proof is
 made old first, so the password prompt asks and the change is sent again), confirms it
 from the mailed link in another browser, exports their data as a file, and deletes the
-account after its confirmation. Screenshots join the others in test-artifacts/admin/.
+account after its confirmation (scheduled: ACCOUNT_DELETION=grace), which an admin then
+finds under Scheduled deletions. Screenshots join the others in test-artifacts/admin/.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.browser import CHROMIUM_ARGS, UI_TIMEOUT_MS, require_chromium, served_app
-from tests.helpers import API, free_port
+from tests.helpers import ADMIN_EMAIL, ADMIN_PASSWORD, API, free_port
 from tests.postgres import Server, _connect_url, session_database
 from tests.smtp import MAIL_FROM, Mailbox, smtp_server, text_of
 from tests.test_admin_browser import (  # noqa: F401  (dist: a fixture)
@@ -66,6 +67,7 @@ def served(
             SMTP_TLS="none",
             MAIL_FROM=MAIL_FROM,
             PUBLIC_URL=f"{base}/admin",
+            ACCOUNT_DELETION="grace",
         ),
     ):
         yield base, database_url
@@ -158,18 +160,27 @@ def test_a_user_changes_their_email_exports_their_data_and_deletes_the_account(
     assert document["profile"]["email"] == NEW_EMAIL
     assert {"sessions", "api_keys", "audit_events"} <= document.keys()
 
-    # Delete, after the confirmation: signed out, and the account is gone.
+    # Delete, after the confirmation: signed out, the deletion scheduled.
     page.get_by_role("button", name="Delete account").click()
     confirm = page.get_by_role("dialog")
     expect(confirm).to_contain_text("Delete your account?")
     screenshot(page, "42-delete-account-confirm")
     confirm.get_by_role("button", name="Delete my account").click()
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-    with httpx.Client(base_url=f"{base}{API}") as api:
-        login = api.post("/auth/login", data={"username": NEW_EMAIL, "password": PASSWORD})
-        assert login.status_code == 401
+
+    # An admin finds it under Scheduled deletions.
+    log_in(page, base, ADMIN_EMAIL, ADMIN_PASSWORD)
+    page.get_by_role("button", name="Scheduled deletions").click()
+    rows = page.get_by_role("row").filter(has_text=NEW_EMAIL)
+    expect(rows).to_contain_text("deletion scheduled")
+    expect(page.get_by_role("row").filter(has_text=ADMIN_EMAIL)).to_have_count(0)
+    screenshot(page, "43-scheduled-deletions")
     page.context.close()
     assert errors == []
+    # Its owner's login keeps it.
+    with httpx.Client(base_url=f"{base}{API}") as api:
+        login = api.post("/auth/login", data={"username": NEW_EMAIL, "password": PASSWORD})
+        assert login.json()["deletion_cancelled"] is True
 
 
 def notice_to_old_address(mailbox: Mailbox) -> str:

@@ -59,6 +59,15 @@ function PendingInvitationsButton() {
     return <Button label="Pending invitations" onClick={() => setFilters(PENDING_FILTER, {})} />;
 }
 
+// Accounts whose owner asked for their deletion (ACCOUNT_DELETION=grace): every other
+// account has no date there, and matches no range.
+const SCHEDULED_FILTER = { deletion_scheduled_at_gte: '1970-01-01T00:00:00Z' };
+
+function ScheduledDeletionsButton() {
+    const { setFilters } = useListContext();
+    return <Button label="Scheduled deletions" onClick={() => setFilters(SCHEDULED_FILTER, {})} />;
+}
+
 function UserListActions() {
     const { permissions } = usePermissions();
     const admin = permissions === 'admin';
@@ -66,6 +75,7 @@ function UserListActions() {
         <TopToolbar>
             <FilterButton />
             {admin ? <PendingInvitationsButton /> : null}
+            {admin ? <ScheduledDeletionsButton /> : null}
             {admin ? <CreateButton /> : null}
             {admin ? <InviteButton /> : null}
             <ExportButton />
@@ -74,6 +84,7 @@ function UserListActions() {
 }
 
 function status(user) {
+    if (user.deletion_scheduled_at) return 'deletion scheduled';
     if (invitationPending(user)) return 'invited';
     return user.is_active ? 'active' : 'inactive';
 }
@@ -109,6 +120,7 @@ export function UserShow() {
                 <FunctionField label="Status" render={status} />
                 <DateField source="created_at" showTime />
                 <DateField source="updated_at" showTime />
+                <DateField source="deletion_scheduled_at" label="Deleted from" showTime emptyText="not scheduled" />
                 {permissions === 'admin' ? <ResendInvitationButton /> : null}
                 {permissions === 'admin' ? <UserSessions /> : null}
                 {permissions === 'admin' ? <UserApiKeys /> : null}
