@@ -443,7 +443,7 @@ async def delete_account(
         action=AuditAction.DELETE,
         actor_id=actor_id,
         target_id=user_id,
-        details={"email_hmac": email_digest, "by": "owner" if actor_id else "purge"},
+        details={"email_hmac": email_digest},
     )
     return True
 
