@@ -28,7 +28,7 @@ from tests.helpers import (
     login,
     post_login,
 )
-from tests.smtp import app_with
+from tests.smtp import Mailbox, app_with, mail_settings, mailed_token
 
 EMAIL = "leaving@example.com"
 
@@ -225,3 +225,18 @@ async def test_a_scheduled_admin_is_no_successor(database_url: str) -> None:
         assert (await delete_me(client, admin)).status_code == 200
         refused = await delete_me(client, second)
         assert (refused.status_code, refused.json()["code"]) == (409, "last_admin")
+
+
+async def test_a_password_reset_is_a_login_too_and_cancels(
+    database_url: str, smtp: Mailbox
+) -> None:
+    settings = mail_settings(smtp.port, ACCOUNT_DELETION="grace")
+    async with app_with(database_url, **settings) as (app, client):
+        headers = bearer((await register_on(client, EMAIL))["access_token"])
+        assert (await delete_me(client, headers)).status_code == 200
+        forgot = await client.post(f"{API}/auth/password/forgot", json={"email": EMAIL})
+        assert forgot.status_code == 202
+        body = {"token": await mailed_token(app, smtp, EMAIL), "new_password": "Fresh-Start-77"}
+        reset = await client.post(f"{API}/auth/password/reset", json=body)
+        assert reset.status_code == 200, reset.text
+        assert reset.json()["deletion_cancelled"] is True

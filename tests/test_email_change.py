@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from backend.clock import Clock
 from backend.config import Settings
 from tests.helpers import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
     API,
     USER_PASSWORD,
     RegisterUser,
@@ -19,7 +21,15 @@ from tests.helpers import (
     make_settings,
     post_login,
 )
-from tests.smtp import Mailbox, delivered, mail_settings, mailed_token, text_of, token_in
+from tests.smtp import (
+    Mailbox,
+    app_with,
+    delivered,
+    mail_settings,
+    mailed_token,
+    text_of,
+    token_in,
+)
 
 OLD = "ada@example.com"
 NEW = "ada.king@example.com"
@@ -245,3 +255,10 @@ async def test_a_password_change_or_an_admin_edit_kills_a_pending_change(
     assert edited.status_code == 200  # an admin's change works as before
     refused = await confirm(client, pending)
     assert (refused.status_code, refused.json()["code"]) == (400, "link_invalid")
+
+
+async def test_off_without_mail(database_url: str) -> None:
+    async with app_with(database_url, EMAIL_CHANGE_ENABLED=False) as (_, client):
+        headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
+        refused = await ask(client, headers, NEW)
+        assert (refused.status_code, refused.json()["code"]) == (403, "email_change_disabled")
