@@ -176,10 +176,14 @@ async def test_grace_schedules_a_login_cancels_and_purge_removes_after_it(
         assert [user["id"] for user in listed.json()] == [user_id]
         assert listed.json()[0]["deletion_scheduled_at"] is not None
 
-        # A login cancels it, and says so; once.
+        # A login cancels it, and says so; once. An edit like others: a new ETag.
+        scheduled_tag = (await client.get(f"{API}/users/{user_id}", headers=admin)).headers["etag"]
         back = await login(client, EMAIL, USER_PASSWORD)
         assert back["deletion_cancelled"] is True
         assert back["user"]["deletion_scheduled_at"] is None
+        kept = await client.get(f"{API}/users/{user_id}", headers=admin)
+        assert kept.headers["etag"] != scheduled_tag
+        assert kept.json()["deletion_scheduled_at"] is None
         assert (await login(client, EMAIL, USER_PASSWORD))["deletion_cancelled"] is False
         actions = [event["action"] for event in (await trail(client, admin, user_id)).json()]
         assert "user.deletion_schedule" in actions

@@ -105,7 +105,7 @@ async def start(
         await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
     cancelled = locked.deletion_scheduled_at is not None
     if cancelled:
-        await _cancel_deletion(db, user=locked)
+        _cancel_deletion(db, user=locked, now=now)
     # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
     await db.exec(
         delete(UserSession).where(
@@ -128,13 +128,16 @@ async def start(
     return tokens.model_copy(update={"deletion_cancelled": True}) if cancelled else tokens
 
 
-async def _cancel_deletion(db: AsyncSession, *, user: User) -> None:
+def _cancel_deletion(db: AsyncSession, *, user: User, now: datetime) -> None:
     """A new session of an account whose deletion is scheduled (ACCOUNT_DELETION=grace):
     its owner is back, so the account stays. Under the user's lock, which `backend
     purge` takes too (its DELETE): either the purge removed the account before this
     login locked it (and the login is refused), or the login wins and the purge skips
-    it."""
+    it. An edit of the record like any other: a new version (its ETag) and updated_at,
+    read and written under that lock."""
     user.deletion_scheduled_at = None
+    user.version += 1
+    user.updated_at = now
     db.add(user)
     crud.add_audit_event(
         db, action=AuditAction.DELETION_CANCEL, actor_id=user.id, target_id=user.id
