@@ -410,10 +410,16 @@ class Settings(BaseSettings):
     # None: on where mail can go (SMTP_HOST set, or logged in local and test).
     INVITATIONS_ENABLED: bool | None = None
     PASSWORD_RESET_ENABLED: bool | None = None
+    EMAIL_CHANGE_ENABLED: bool | None = None  # POST /users/me/email, which mails a link
     EMAIL_VERIFICATION: Literal["off", "optional", "required"] = "off"
     INVITE_EXPIRE_HOURS: int = Field(default=72, ge=1, le=24 * 30)
     RESET_EXPIRE_MINUTES: int = Field(default=30, ge=5, le=24 * 60)
     VERIFY_EXPIRE_HOURS: int = Field(default=48, ge=1, le=24 * 30)
+    EMAIL_CHANGE_EXPIRE_HOURS: int = Field(default=24, ge=1, le=24 * 7)
+    # DELETE /users/me: remove the account at once, or schedule it for `backend purge`
+    # after the grace days, during which a login keeps it.
+    ACCOUNT_DELETION: Literal["immediate", "grace"] = "immediate"
+    ACCOUNT_DELETION_GRACE_DAYS: int = Field(default=30, ge=1, le=365)
 
     # Webhooks (backend/webhooks/). Receivers at loopback, private or link-local
     # addresses: None allows them in local and test only, where receivers run on the
@@ -736,6 +742,8 @@ class Settings(BaseSettings):
             self.INVITATIONS_ENABLED = can_mail
         if self.PASSWORD_RESET_ENABLED is None:
             self.PASSWORD_RESET_ENABLED = can_mail
+        if self.EMAIL_CHANGE_ENABLED is None:
+            self.EMAIL_CHANGE_ENABLED = can_mail
         if not can_mail and self.mail_features:
             raise ValueError(
                 f"{', '.join(self.mail_features)} send mail, and STAGE={self.STAGE} needs "
@@ -797,6 +805,8 @@ class Settings(BaseSettings):
             features.append("INVITATIONS_ENABLED=true")
         if self.PASSWORD_RESET_ENABLED:
             features.append("PASSWORD_RESET_ENABLED=true")
+        if self.EMAIL_CHANGE_ENABLED:
+            features.append("EMAIL_CHANGE_ENABLED=true")
         if self.EMAIL_VERIFICATION != "off":
             features.append(f"EMAIL_VERIFICATION={self.EMAIL_VERIFICATION}")
         return features

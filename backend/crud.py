@@ -391,6 +391,98 @@ async def delete_user(
     )
 
 
+async def ensure_email_free(db: AsyncSession, *, email: str, user_id: int) -> None:
+    """Refuse an address another account has, or one that looks like another's (its
+    skeleton): the answer a request gets now, before a link is mailed. The unique
+    indexes decide again when the change is written."""
+    statement = select(User.email).where(
+        col(User.id) != user_id,
+        or_(col(User.email) == email, col(User.email_skeleton) == email_skeleton(email)),
+    )
+    found = (await db.exec(statement)).all()
+    if email in found:
+        raise EmailTakenError()
+    if found:
+        raise EmailLookalikeError()
+
+
+async def change_email(
+    db: AsyncSession, *, user_id: int, old_email: str, new_email: str, now: datetime
+) -> User | None:
+    """Set the user's address, proven by a link mailed to it, where the user is active
+    and still has `old_email`; None when it is not. A taken or look-alike address is
+    refused by the unique indexes, as any insert's. Audited; the caller commits."""
+    conditions = [
+        col(User.id) == user_id,
+        col(User.email) == old_email,
+        col(User.is_active).is_(True),
+    ]
+    values = {"email": new_email, "email_skeleton": email_skeleton(new_email), "is_verified": True}
+    async with _email_must_be_free(db, email=new_email):
+        updated = await update_user_row(db, conditions, values, now=now, revoke=False)
+    if updated is not None:
+        add_audit_event(
+            db,
+            action=AuditAction.UPDATE,
+            actor_id=user_id,
+            target_id=user_id,
+            details={"fields": ["email"]},
+        )
+    return updated
+
+
+async def delete_account(
+    db: AsyncSession,
+    *,
+    user_id: int,
+    conditions: Sequence[ColumnElement[bool]],
+    actor_id: int | None,
+    email_digest: str,
+) -> bool:
+    """Delete the user where `conditions` hold (False when they do not), its sessions,
+    keys and links by their cascading foreign keys; the trail keeps the deletion with
+    `email_digest` in place of the address, which the events about the user lose too.
+    The caller commits."""
+    deleted = await db.exec(delete(User).where(col(User.id) == user_id, *conditions))
+    if deleted.rowcount != 1:
+        return False
+    events = await db.exec(select(AuditEvent).where(col(AuditEvent.target_id) == user_id))
+    for event in events:
+        if "email" in event.details:
+            details = {name: value for name, value in event.details.items() if name != "email"}
+            event.details = {**details, "email_hmac": email_digest}
+            db.add(event)
+    add_audit_event(
+        db,
+        action=AuditAction.DELETE,
+        actor_id=actor_id,
+        target_id=user_id,
+        details={"email_hmac": email_digest},
+    )
+    return True
+
+
+async def scheduled_deletions(db: AsyncSession, *, now: datetime) -> list[tuple[int, str]]:
+    """The (id, email) of the accounts whose scheduled deletion is due."""
+    statement = (
+        select(col(User.id), User.email)
+        .where(col(User.deletion_scheduled_at) <= now)
+        .order_by(col(User.id))
+    )
+    rows = (await db.exec(statement)).all()
+    return [(user_id, email) for user_id, email in rows if user_id is not None]
+
+
+async def list_audit_events_about(db: AsyncSession, *, user_id: int) -> Sequence[AuditEvent]:
+    """Every audit event whose target or actor the user is, oldest first."""
+    statement = (
+        select(AuditEvent)
+        .where(or_(col(AuditEvent.target_id) == user_id, col(AuditEvent.actor_id) == user_id))
+        .order_by(col(AuditEvent.id))
+    )
+    return (await db.exec(statement)).all()
+
+
 async def ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:
     # Locking every active admin row (in id order, so no deadlock) serialises two
     # admins demoting each other: the second sees the first's change and is refused.
@@ -398,7 +490,13 @@ async def ensure_another_active_admin(db: AsyncSession, *, user: User) -> None:
     # nobody could administer.
     statement = (
         select(User.id)
-        .where(User.role == UserRole.ADMIN, col(User.is_active).is_(True), ~banned(now=utcnow()))
+        .where(
+            User.role == UserRole.ADMIN,
+            col(User.is_active).is_(True),
+            ~banned(now=utcnow()),
+            # One whose deletion is scheduled is about to go: no successor.
+            col(User.deletion_scheduled_at).is_(None),
+        )
         .order_by(col(User.id))
     )
     admin_ids = (await db.exec(await lock_for_update(db, statement, table=User))).all()

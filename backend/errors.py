@@ -60,6 +60,7 @@ class ProblemCode(StrEnum):
     INVITATIONS_DISABLED = "invitations_disabled"
     EMAIL_VERIFICATION_DISABLED = "email_verification_disabled"
     PASSKEY_LOGIN_DISABLED = "passkey_login_disabled"  # PASSKEY_LOGIN=false
+    EMAIL_CHANGE_DISABLED = "email_change_disabled"
     # Accounts, sessions, keys and links.
     USER_NOT_FOUND = "user_not_found"
     SESSION_NOT_FOUND = "session_not_found"

@@ -271,6 +271,10 @@ class User(UserBase, table=True):
     def ban_in_force(self, now: datetime) -> bool:
         return self.banned_at is not None and (self.banned_until is None or self.banned_until > now)
 
+    # When `backend purge` may remove the account: its owner asked for its deletion
+    # with ACCOUNT_DELETION=grace. Any new session (a login) clears it.
+    deletion_scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
 
 # last_login_at is written at most this often per user: a dashboard reads it to the
 # minute, and a refresh storm then costs no write to the users table.
@@ -359,6 +363,16 @@ class UserUpdateMe(SQLModel):
     )
 
 
+class EmailChange(SQLModel):
+    """A new address for one's own account: it is mailed a link that makes the change."""
+
+    email: Email
+
+    model_config = ConfigDict(  # type: ignore[assignment]
+        json_schema_extra={"examples": [{"email": "ada.king@example.com"}]}
+    )
+
+
 class UserInvite(SQLModel):
     """An account made for someone who chooses their own password, from a mailed link."""
 
@@ -387,6 +401,10 @@ class UserPublic(UserBase, _IdFirst):
     updated_at: datetime
     last_login_at: datetime | None = Field(
         description="The latest login or token refresh, to the minute; null if never"
+    )
+    deletion_scheduled_at: datetime | None = Field(
+        description="When the account is removed, its owner having asked for its deletion "
+        "(ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it."
     )
     # Shown to admins and to the user themselves; null in other users' views.
     banned_at: datetime | None = Field(
@@ -524,6 +542,8 @@ class AuditAction(StrEnum):
     MFA_RESET = "user.mfa_reset"  # by an admin or the CLI; details: sessions ended
     MFA_FAILURE = "user.mfa_failure"  # a wrong second-factor code; details: step
     RECOVERY_CODES_NEW = "user.recovery_codes_new"
+    DELETION_SCHEDULE = "user.deletion_schedule"  # details: deletion_scheduled_at
+    DELETION_CANCEL = "user.deletion_cancel"  # by a login within the grace period
 
 
 class AuditEventBase(SQLModel):

@@ -39,6 +39,7 @@ PUBLIC_OPERATIONS = {
     ("get", f"{API}/auth/sso/{{provider}}/authorize"),
     ("get", f"{API}/auth/sso/{{provider}}/callback"),
     ("post", f"{API}/auth/sso/exchange"),
+    ("post", f"{API}/auth/email/confirm"),
     ("get", "/health"),
     ("get", "/health/ready"),
 }
@@ -142,8 +143,13 @@ async def test_plain_users_get_403_on_admin_routes_whatever_the_id(
     existing = (await client.get(f"{API}/users/me", headers=admin_headers)).json()["id"]
     probe = Probe(app, client)
     refused = []
-    # logout-all ends the caller's sessions, so it goes last.
-    operations = sorted(_operations(app), key=lambda operation: operation[1].endswith("logout-all"))
+    # logout-all ends the caller's sessions and DELETE /users/me the caller: they go last.
+    operations = sorted(
+        _operations(app),
+        key=lambda operation: (
+            operation[1].endswith("logout-all") or operation[:2] == ("delete", f"{API}/users/me")
+        ),
+    )
     for method, path, operation in operations:
         if not operation.get("security"):
             continue

@@ -192,6 +192,7 @@ def test_in_production_without_smtp_the_mail_features_are_off() -> None:
     [
         ({"PASSWORD_RESET_ENABLED": True}, "PASSWORD_RESET_ENABLED=true"),
         ({"INVITATIONS_ENABLED": True}, "INVITATIONS_ENABLED=true"),
+        ({"EMAIL_CHANGE_ENABLED": True}, "EMAIL_CHANGE_ENABLED=true"),
         ({"EMAIL_VERIFICATION": "optional"}, "EMAIL_VERIFICATION=optional"),
         ({"EMAIL_VERIFICATION": "required"}, "EMAIL_VERIFICATION=required"),
     ],
@@ -211,6 +212,7 @@ def test_with_smtp_production_mails() -> None:
     assert settings.mail_features == [
         "INVITATIONS_ENABLED=true",
         "PASSWORD_RESET_ENABLED=true",
+        "EMAIL_CHANGE_ENABLED=true",
         "EMAIL_VERIFICATION=required",
     ]
 

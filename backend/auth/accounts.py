@@ -1,12 +1,16 @@
 """Account workflows: register, log in, change a password, invite, set a password or
-verify an address with a mailed link, and the admin's edits that end sessions.
+verify an address with a mailed link, change one's address, delete one's account (or
+schedule it, and purge the scheduled), and the admin's edits that end sessions.
 
 Each is one transaction over crud's row functions, the links and the login sessions;
 none knows HTTP. The password is hashed with the transaction's connection returned to
 the pool (db.session.release_connection)."""
 
+import hashlib
+import hmac
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import col
@@ -36,8 +40,17 @@ from backend.errors import (
     FieldInvalidError,
     ForbiddenError,
     ProblemCode,
+    UserGoneError,
 )
-from backend.models import NO_PASSWORD, AuditAction, User, UserCreate, UserInvite, UserUpdate
+from backend.models import (
+    NO_PASSWORD,
+    AuditAction,
+    User,
+    UserCreate,
+    UserInvite,
+    UserRole,
+    UserUpdate,
+)
 from backend.rules import password_email_problem
 from backend.webhooks import outbox
 from backend.webhooks.models import WebhookEventType
@@ -279,14 +292,15 @@ async def _stage_update(
 def _stale_links(values: dict[str, Any], *, deactivating: bool) -> set[LinkPurpose]:
     """The pending links an account change makes wrong: every one mailed to an address
     the account leaves, a reset once the password changed, an invitation once an admin
-    deactivated the account (even one never activated: a pending invitation)."""
+    deactivated the account (even one never activated: a pending invitation), and an
+    email change after either: whoever asked for it may be who the change shuts out."""
     if "email" in values:
         return set(LinkPurpose)
     stale = set()
     if "hashed_password" in values:
-        stale.add(LinkPurpose.RESET)
+        stale |= {LinkPurpose.RESET, LinkPurpose.EMAIL_CHANGE}
     if deactivating:
-        stale.add(LinkPurpose.INVITE)
+        stale |= {LinkPurpose.INVITE, LinkPurpose.EMAIL_CHANGE}
     return stale
 
 
@@ -394,7 +408,8 @@ async def set_password_with_link(
     await links.consume(db, link=link, now=now)
     assert updated.id is not None
     await outbox.stage_user(db, event=WebhookEventType.USER_UPDATED, user=updated)
-    await links.revoke_pending(db, user_id=updated.id, purposes={LinkPurpose.RESET})
+    stale = {LinkPurpose.RESET, LinkPurpose.EMAIL_CHANGE}  # see _stale_links
+    await links.revoke_pending(db, user_id=updated.id, purposes=stale)
     fields = ["is_active", "password"] if purpose == LinkPurpose.INVITE else ["password"]
     crud.add_audit_event(
         db,
@@ -428,6 +443,143 @@ async def verify_email(db: AsyncSession, *, token: str) -> User:
     await outbox.stage_user(db, event=WebhookEventType.USER_UPDATED, user=updated)
     await db.commit()
     return updated
+
+
+async def request_email_change(
+    db: AsyncSession, *, caller: Caller, new_email: str, settings: Settings
+) -> Issued:
+    """A link that makes `new_email` the caller's address, to mail there, once the
+    address is neither taken nor like another account's; the caller's session is
+    recorded in it, to stay signed in when the change happens. A newer request replaces
+    a pending one. Commits."""
+    user = caller.user
+    assert user.id is not None
+    if new_email == user.email:
+        raise FieldInvalidError(
+            "email", "is already this account's address", field_code="email_unchanged"
+        )
+    await crud.ensure_email_free(db, email=new_email, user_id=user.id)
+    await release_connection(db)  # the read ends before issue's write (SQLite)
+    link = await links.issue(
+        db,
+        user_id=user.id,
+        purpose=LinkPurpose.EMAIL_CHANGE,
+        settings=settings,
+        actor_id=user.id,
+        new_email=new_email,
+        session_id=caller.user_session.id,
+    )
+    await db.commit()
+    return link
+
+
+# An email change ends the other sessions as a logout everywhere does: a reason of its
+# own would change the sessions table's CHECK, which SQLite does by copying the table,
+# and dropping the old copy cascades to every refresh token.
+EMAIL_CHANGE_ENDS_SESSIONS = SessionEndReason.LOGOUT_ALL
+
+
+async def confirm_email_change(db: AsyncSession, *, token: str) -> User:
+    """Make the change an email-change link was mailed for: the address is checked
+    again (taken, look-alike: 409), marked verified, the account's other pending links
+    die (all were for the old address) and every session ends but the one that asked.
+    One transaction, in which the link is used. Commits."""
+    link = await links.find(db, token=token, purpose=LinkPurpose.EMAIL_CHANGE)
+    # Now: a rollback expires the loaded rows.
+    user_id, old_email, new_email, keep = link.user_id, link.email, link.new_email, link.session_id
+    assert new_email is not None
+    await release_connection(db)  # the read ends before the write (SQLite)
+    now = utcnow()
+    updated = await crud.change_email(
+        db, user_id=user_id, old_email=old_email, new_email=new_email, now=now
+    )
+    if updated is None:
+        await db.rollback()
+        current = await crud.get_user(db, user_id=user_id)
+        if current is None:  # its links went with it
+            raise links.LinkError(links.INVALID, code=ProblemCode.LINK_INVALID)
+        if current.email != old_email:
+            raise links.address_changed()
+        raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
+    await links.consume(db, link=link, now=now)
+    await links.revoke_pending(db, user_id=user_id, purposes=set(LinkPurpose))
+    await sessions.end_others_staged(
+        db, user_id=user_id, keep=keep, reason=EMAIL_CHANGE_ENDS_SESSIONS
+    )
+    await db.commit()
+    return updated
+
+
+def email_digest(email: str, settings: Settings) -> str:
+    """What the audit trail keeps of a deleted account's address: an HMAC-SHA256 under
+    a key derived from SECRET_KEY. A plain hash of an address is no secret: addresses
+    are few and guessable, and hashing a list of them finds the one that matches. Keyed,
+    only the server can test an address (to answer "was this account deleted?"); the
+    digests change with SECRET_KEY."""
+    key = hmac.new(settings.SECRET_KEY.encode(), b"deleted account email", hashlib.sha256)
+    return hmac.new(key.digest(), email.encode(), hashlib.sha256).hexdigest()
+
+
+async def delete_own_account(
+    db: AsyncSession, *, caller: Caller, settings: Settings
+) -> datetime | None:
+    """Delete the caller's account now (ACCOUNT_DELETION=immediate: None) or schedule
+    it (grace: when `backend purge` may remove it). The last active admin is refused.
+    Scheduled, every session and API key ends, every token is refused and pending email
+    changes die; a login cancels it (sessions.start). Commits."""
+    user = caller.user
+    assert user.id is not None
+    if user.role == UserRole.ADMIN and user.is_active:
+        await crud.ensure_another_active_admin(db, user=user)
+    if settings.ACCOUNT_DELETION == "immediate":
+        digest = email_digest(user.email, settings)
+        if not await crud.delete_account(
+            db, user_id=user.id, conditions=[], actor_id=user.id, email_digest=digest
+        ):
+            await db.rollback()
+            raise UserGoneError()
+        await db.commit()
+        return None
+    now = utcnow()
+    when = now + timedelta(days=settings.ACCOUNT_DELETION_GRACE_DAYS)
+    conditions = [col(User.id) == user.id]
+    values = {"deletion_scheduled_at": when}
+    if await crud.update_user_row(db, conditions, values, now=now, revoke=True) is None:
+        await db.rollback()
+        raise UserGoneError()
+    crud.add_audit_event(
+        db,
+        action=AuditAction.DELETION_SCHEDULE,
+        actor_id=user.id,
+        target_id=user.id,
+        details={"deletion_scheduled_at": when.isoformat()},
+    )
+    await links.revoke_pending(db, user_id=user.id, purposes={LinkPurpose.EMAIL_CHANGE})
+    # DEACTIVATED: the reason that ends the API keys with the sessions.
+    await sessions.end_all_staged(db, user_id=user.id, reason=SessionEndReason.DEACTIVATED)
+    await db.commit()
+    return when
+
+
+async def purge_scheduled_deletions(db: AsyncSession, *, settings: Settings) -> int:
+    """Delete the accounts whose scheduled deletion is due, each in its own transaction
+    and only if still due then: a login that cancelled it meanwhile keeps the account.
+    How many were deleted."""
+    now = utcnow()
+    due = await crud.scheduled_deletions(db, now=now)
+    await db.commit()  # the read ends before the deletions (SQLite)
+    deleted = 0
+    for user_id, email in due:
+        if await crud.delete_account(
+            db,
+            user_id=user_id,
+            conditions=[col(User.deletion_scheduled_at) <= now],
+            actor_id=None,
+            email_digest=email_digest(email, settings),
+        ):
+            deleted += 1
+        await db.commit()
+    return deleted
 
 
 async def _hash(db: AsyncSession, hasher: PasswordHasher, password: str, *, email: str) -> str:

@@ -1,4 +1,5 @@
-"""Mailed links: invitations, password resets and address checks; their tokens and mail.
+"""Mailed links: invitations, password resets, address checks and email changes; their
+tokens and mail.
 
 A link carries `<row id>.<secret>`: 32 random bytes (secrets), of which the database
 keeps only a SHA-256. The id finds the row, and the secret's hash is compared with the
@@ -52,6 +53,7 @@ WHAT_FOR = {
     LinkPurpose.INVITE: "accepting an invitation",
     LinkPurpose.RESET: "resetting a password",
     LinkPurpose.VERIFY: "verifying an email address",
+    LinkPurpose.EMAIL_CHANGE: "changing an account's email address",
 }
 # The front end's pages for each link. The token is in the fragment, which browsers
 # never send to a server: it stays out of access logs and Referer headers.
@@ -59,6 +61,7 @@ PAGES = {
     LinkPurpose.INVITE: "accept-invite",
     LinkPurpose.RESET: "reset-password",
     LinkPurpose.VERIFY: "verify-email",
+    LinkPurpose.EMAIL_CHANGE: "confirm-email",
 }
 
 
@@ -81,6 +84,8 @@ def lifetime(purpose: LinkPurpose, settings: Settings) -> timedelta:
             return timedelta(minutes=settings.RESET_EXPIRE_MINUTES)
         case LinkPurpose.VERIFY:
             return timedelta(hours=settings.VERIFY_EXPIRE_HOURS)
+        case LinkPurpose.EMAIL_CHANGE:
+            return timedelta(hours=settings.EMAIL_CHANGE_EXPIRE_HOURS)
 
 
 def _hash(secret: str) -> str:
@@ -94,9 +99,12 @@ async def issue(
     purpose: LinkPurpose,
     settings: Settings,
     actor_id: int | None,
+    new_email: str | None = None,
+    session_id: str | None = None,
 ) -> Issued:
     """A new link, bound to the user's address of now; the user's older links of this
-    purpose are revoked. The caller commits."""
+    purpose are revoked. An email change's carries the new address and the session
+    that asked for it. The caller commits."""
     email = await _lock_user(db, user_id=user_id)
     await db.exec(
         delete(LinkToken).where(
@@ -110,6 +118,8 @@ async def issue(
         purpose=purpose,
         token_hash=_hash(secret),
         email=email,
+        new_email=new_email,
+        session_id=session_id,
         created_at=now,
         expires_at=now + lifetime(purpose, settings),
     )
@@ -209,6 +219,7 @@ SUBJECTS = {
     LinkPurpose.INVITE: "You are invited to {project}",
     LinkPurpose.RESET: "Reset your {project} password",
     LinkPurpose.VERIFY: "Verify your email address for {project}",
+    LinkPurpose.EMAIL_CHANGE: "Confirm your new email address for {project}",
 }
 INTROS = {
     LinkPurpose.INVITE: "An account on {project} was made for you. Choose your password "
@@ -217,6 +228,9 @@ INTROS = {
     "on {project}. Choose a new one here; every device signed in to it will be signed out:",
     LinkPurpose.VERIFY: "Confirm that this address is yours to finish setting up your "
     "account on {project}:",
+    LinkPurpose.EMAIL_CHANGE: "Someone (we hope you) asked to make this the email address "
+    "of their account on {project}. Confirm it here; the account's other signed-in devices "
+    "will be signed out:",
 }
 OUTRO = (
     "The link works once, until {expires} (UTC). If you did not expect this mail, ignore "
@@ -264,10 +278,14 @@ class LinkLetter:
         )
 
 
-def link_letter(*, purpose: LinkPurpose, user: User, link: Issued) -> LinkLetter:
+def link_letter(
+    *, purpose: LinkPurpose, user: User, link: Issued, to: str | None = None
+) -> LinkLetter:
+    """The letter of a link, to the user's address, or to `to` (an email change's new
+    address, which is greeted by itself: its reader has proven nothing yet)."""
     return LinkLetter(
-        to=user.email,
-        greeting=_greeting_name(user, purpose),
+        to=to or user.email,
+        greeting=to or _greeting_name(user, purpose),
         purpose=purpose,
         token=link.token,
         expires_at=link.expires_at,
@@ -284,9 +302,69 @@ def _greeting_name(user: User, purpose: LinkPurpose) -> str:
     return user.email
 
 
-def send_link(mailer: Mailer, *, purpose: LinkPurpose, user: User, link: Issued) -> None:
+def send_link(
+    mailer: Mailer, *, purpose: LinkPurpose, user: User, link: Issued, to: str | None = None
+) -> None:
     """Mail a link just issued (and committed), after the response."""
-    mailer.send_later(link_letter(purpose=purpose, user=user, link=link))
+    mailer.send_later(link_letter(purpose=purpose, user=user, link=link, to=to))
+
+
+NOTICE_SUBJECT = "A change of your email address on {project} was asked for"
+NOTICE_TEXT = (
+    "Someone (we hope you) asked to change the email address of your account on {project} "
+    "from {old} to {new}. A link to confirm it was mailed to {new}: the address changes "
+    "only if it is followed, until {expires} (UTC).\n\n"
+    "If it was not you, someone has your password or a device signed in to your account: "
+    "sign in, change your password (every device is then signed out and the link stops "
+    "working), and check your account's sessions and API keys."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailChangeNotice:
+    """The mail to the address an account is leaving: what was asked and what to do if
+    it was not its owner. No link: it changes nothing."""
+
+    to: str
+    greeting: str
+    new_email: str
+    expires_at: datetime
+    user_id: int | None
+
+    @property
+    def what(self) -> str:
+        return f"email change notice for user {self.user_id}"
+
+    def render(self, settings: Settings) -> Mail:
+        project = settings.PROJECT_NAME
+        body = NOTICE_TEXT.format(
+            project=project,
+            old=self.to,
+            new=self.new_email,
+            expires=self.expires_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        paragraphs = [f"Hello {self.greeting},", *body.split("\n\n")]
+        return Mail(
+            to=self.to,
+            subject=NOTICE_SUBJECT.format(project=project),
+            text="\n\n".join(paragraphs) + "\n",
+            html="\n".join(f"<p>{html.escape(part)}</p>" for part in paragraphs) + "\n",
+        )
+
+
+def send_email_change(mailer: Mailer, *, user: User, new_email: str, link: Issued) -> None:
+    """Mail the link to the new address and the notice to the current one, after the
+    response."""
+    send_link(mailer, purpose=LinkPurpose.EMAIL_CHANGE, user=user, link=link, to=new_email)
+    mailer.send_later(
+        EmailChangeNotice(
+            to=user.email,
+            greeting=_greeting_name(user, LinkPurpose.EMAIL_CHANGE),
+            new_email=new_email,
+            expires_at=link.expires_at,
+            user_id=user.id,
+        )
+    )
 
 
 def mail_link_later(

@@ -20,6 +20,7 @@ from backend.models import (
     EXAMPLE_EMAIL,
     EXAMPLE_PASSWORD,
     NAME_MAX_CHARS,
+    AuditEventPublic,
     Email,
     LoginEmail,
     Name,
@@ -110,6 +111,10 @@ class LoginResponse(SQLModel):
     token_type: str = "bearer"  # noqa: S105  (the OAuth2 token type, not a secret)
     expires_in: int = Field(description="Seconds until the access token expires")
     user: UserPublic
+    deletion_cancelled: bool = Field(
+        default=False,
+        description="This login cancelled the account's scheduled deletion",
+    )
 
 
 # --- login sessions and their refresh tokens ------------------------------------------
@@ -289,6 +294,7 @@ class LinkPurpose(StrEnum):
     INVITE = "invite"
     RESET = "reset"
     VERIFY = "verify"
+    EMAIL_CHANGE = "email_change"  # mailed to the new address, which it carries
 
 
 LINK_SECRET_BYTES = 32
@@ -316,8 +322,15 @@ class LinkToken(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
     purpose: LinkPurpose = Field(sa_type=string_enum(LinkPurpose, name="link_purpose", length=16))
     token_hash: str = Field(sa_type=String(64))
-    # The address it was mailed to: refused once the account's address differs.
+    # The account's address when it was issued, where it was mailed (an email change's
+    # aside): refused once the account's address differs.
     email: str = Field(sa_type=String(EMAIL_MAX_CHARS))
+    # An email change's new address: where it was mailed, and what it sets.
+    new_email: str | None = Field(default=None, sa_type=String(EMAIL_MAX_CHARS))
+    # An email change's: the session that asked, which its confirmation leaves signed in
+    # (the others end). No foreign key: a session ended or gone meanwhile is just no
+    # longer there to keep.
+    session_id: str | None = Field(default=None, sa_type=String(2 * SESSION_ID_BYTES))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -357,6 +370,14 @@ class MailRequest(SQLModel):
 
 class Accepted(SQLModel):
     detail: str
+
+
+class AccountDeleted(SQLModel):
+    detail: str
+    deletion_scheduled_at: datetime | None = Field(
+        description="ACCOUNT_DELETION=grace: when the account is removed unless its owner "
+        "logs in before; null: it was deleted now"
+    )
 
 
 # --- API keys -------------------------------------------------------------------------
@@ -676,4 +697,48 @@ class AuthorizationUrl(SQLModel):
 class SsoExchange(SQLModel):
     code: str = Field(
         min_length=1, max_length=128, description="The `sso_code` the callback redirected with"
+    )
+
+
+# --- one's own data, exported ---------------------------------------------------------
+EXPORT_FORMAT = "account-export/1"
+
+
+class SessionExport(SQLModel):
+    """A session as its owner may keep it: where and when, never a token."""
+
+    id: str
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime
+    authenticated_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_reason: SessionEndReason | None
+    user_agent: str | None
+    ip_address: str | None
+
+
+class ApiKeyExport(ApiKeyPublic):
+    """A key as its owner may keep it: its prefix, never its secret or the secret's hash."""
+
+    revoked_at: datetime | None
+    revoked_reason: ApiKeyEndReason | None
+
+
+class AccountExport(SQLModel):
+    """Everything the server keeps about one account, as one JSON document. Each kind of
+    record is a key of its own, so that a kind added later is one key more and readers
+    of the earlier ones are unaffected."""
+
+    format: str = Field(default=EXPORT_FORMAT, description="What this document is, and its version")
+    exported_at: datetime
+    profile: UserPublic
+    sessions: list[SessionExport] = Field(
+        description="Every session the server still holds, ended ones included"
+    )
+    api_keys: list[ApiKeyExport] = Field(description="Every key, revoked ones included")
+    audit_events: list[AuditEventPublic] = Field(
+        description="The events about the account (its target) and by it (its actor), "
+        "oldest first; an event about another account keeps its details out"
     )

@@ -116,6 +116,9 @@ async def start(
         await _refuse(db, ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED))
     if locked.ban_in_force(now):  # banned meanwhile, or a link's login while banned
         await _refuse(db, BannedError(locked.banned_until))
+    cancelled = locked.deletion_scheduled_at is not None
+    if cancelled:
+        _cancel_deletion(db, user=locked, now=now)
     # Sessions past their absolute expiry are deleted here, lazily, instead of by a job.
     await db.exec(
         delete(UserSession).where(
@@ -137,7 +140,23 @@ async def start(
     await db.flush()  # the session's row before its token's, which references it
     tokens = _issue_pair(db, user=locked, user_session=user_session, settings=settings)
     await db.commit()
-    return tokens
+    return tokens.model_copy(update={"deletion_cancelled": True}) if cancelled else tokens
+
+
+def _cancel_deletion(db: AsyncSession, *, user: User, now: datetime) -> None:
+    """A new session of an account whose deletion is scheduled (ACCOUNT_DELETION=grace):
+    its owner is back, so the account stays. Under the user's lock, which `backend
+    purge` takes too (its DELETE): either the purge removed the account before this
+    login locked it (and the login is refused), or the login wins and the purge skips
+    it. An edit of the record like any other: a new version (its ETag) and updated_at,
+    read and written under that lock."""
+    user.deletion_scheduled_at = None
+    user.version += 1
+    user.updated_at = now
+    db.add(user)
+    crud.add_audit_event(
+        db, action=AuditAction.DELETION_CANCEL, actor_id=user.id, target_id=user.id
+    )
 
 
 async def has_factor(db: AsyncSession, *, user_id: int) -> bool:
@@ -487,6 +506,22 @@ async def end_all_staged(db: AsyncSession, *, user_id: int, reason: SessionEndRe
     if reason in KEYS_END_WITH:
         await api_keys.revoke_all_staged(db, user_id=user_id, reason=KEYS_END_WITH[reason])
     return len(ended)
+
+
+async def end_others_staged(
+    db: AsyncSession, *, user_id: int, keep: str | None, reason: SessionEndReason
+) -> int:
+    """End every live session of the user but `keep`, inside the caller's transaction
+    (after its change of the user's row: the lock order); how many ended. The tokens of
+    the ended ones are refused by their session, with no new token version, which would
+    refuse the kept session's too."""
+    conditions = [col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None)]
+    if keep is not None:
+        conditions.append(col(UserSession.id) != keep)
+    result = await db.exec(
+        update(UserSession).where(*conditions).values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return result.rowcount
 
 
 def reauthenticated_until(user_session: UserSession, settings: Settings) -> datetime:

@@ -34,6 +34,8 @@ DATE_RANGES: dict[str, tuple[str, Operator]] = {
     "created_before": ("created_at", "lt"),
     "last_login_after": ("last_login_at", "gt"),
     "last_login_before": ("last_login_at", "lt"),
+    "deletion_scheduled_after": ("deletion_scheduled_at", "gt"),
+    "deletion_scheduled_before": ("deletion_scheduled_at", "lt"),
 }
 
 

@@ -412,6 +412,20 @@ async def verify_email(body: LinkUse, db: DbSession) -> User:
 
 
 @router.post(
+    "/email/confirm",
+    name="auth-email-confirm",
+    response_model=UserPublic,
+    responses=problem_responses(403, 409),
+)
+async def confirm_email_change(body: LinkUse, db: DbSession) -> User:
+    """Change an account's address with the token of the link mailed to the new one:
+    409 if it was taken, or a look-alike of another account's made, meanwhile. The
+    address counts as verified; every session of the account ends but the one that
+    asked for the change."""
+    return await accounts.confirm_email_change(db, token=body.token)
+
+
+@router.post(
     "/verify/resend",
     name="auth-verify-resend",
     response_model=Accepted,

@@ -10,13 +10,14 @@ from starlette.datastructures import QueryParams
 from typing_extensions import TypedDict
 
 from backend import crud
-from backend.auth import accounts, links, sessions, sso, support
+from backend.auth import accounts, export, links, sessions, sso, support
 from backend.auth.api_keys import KeyCaller
 from backend.auth.deps import (
     AdminCaller,
     AdminTargetUser,
     AdminUser,
     AnyCaller,
+    CurrentCaller,
     CurrentUser,
     LoginClient,
     NotImpersonating,
@@ -26,7 +27,14 @@ from backend.auth.deps import (
     sees_directory,
     user_not_found,
 )
-from backend.auth.models import Accepted, LinkPurpose, LoginResponse, PasswordChange
+from backend.auth.models import (
+    Accepted,
+    AccountDeleted,
+    AccountExport,
+    LinkPurpose,
+    LoginResponse,
+    PasswordChange,
+)
 from backend.auth.sessions import Caller
 from backend.auth.transport import TokenDeliveryDep
 from backend.config import Settings
@@ -38,6 +46,7 @@ from backend.http.problems import problem_responses
 from backend.models import (
     BAN_FIELDS,
     BanRequest,
+    EmailChange,
     Impersonator,
     User,
     UserCreate,
@@ -64,6 +73,7 @@ USERS = Resource(
         "created_at": ISODateTime,
         "updated_at": ISODateTime,
         "last_login_at": ISODateTime,
+        "deletion_scheduled_at": ISODateTime,
     },
     text_fields=("email", "name"),
     searchable=True,
@@ -84,7 +94,9 @@ Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_aft
 `last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
 Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
 records (1,000 by default), the most any request may ask for.
-Accounts that never logged in sort as the oldest `last_login_at`.
+Accounts that never logged in sort as the oldest `last_login_at`. Accounts whose
+deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others have
+none, and match no range).
 
 With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
 # UserPublic's fields as a TypedDict, made from the model so that the two cannot differ:
@@ -271,6 +283,88 @@ async def update_me(
     changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
     return await accounts.update_user(
         db, user=user, changes=changes, hasher=runtime.password_hasher, actor_id=user.id
+    )
+
+
+@router.post(
+    "/me/email",
+    name="users-change-email",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(403, 409, 429),
+)
+async def change_email(
+    body: EmailChange, caller: RecentCaller, db: DbSession, runtime: RuntimeDep, ip: ClientIP
+) -> Accepted:
+    """Change your email address: a link to confirm it is mailed to the new address
+    (`POST /auth/email/confirm` makes the change), a notice to the current one. Needs a
+    recent proof (`POST /auth/reauthenticate`); 409 when the address is taken or looks
+    like another account's."""
+    if not runtime.settings.EMAIL_CHANGE_ENABLED:
+        raise ForbiddenError(
+            "Changing an email address is not available on this server (it needs mail).",
+            code=ProblemCode.EMAIL_CHANGE_DISABLED,
+        )
+    limiter = runtime.rate_limiter
+    await limiter.hit(limiter.mail_per_ip, "mail", ip)
+    await limiter.hit(limiter.mail_per_email, "mail-email", body.email)
+    link = await accounts.request_email_change(
+        db, caller=caller, new_email=body.email, settings=runtime.settings
+    )
+    links.send_email_change(runtime.mailer, user=caller.user, new_email=body.email, link=link)
+    return Accepted(
+        detail="A link to confirm the new address is on its way to it; your address changes "
+        "once it is followed."
+    )
+
+
+@router.delete(
+    "/me",
+    name="users-delete-me",
+    response_model=AccountDeleted,
+    responses=problem_responses(409),
+)
+async def delete_me(caller: RecentCaller, db: DbSession, runtime: RuntimeDep) -> AccountDeleted:
+    """Delete your account, its sessions, API keys and links. Needs a recent proof
+    (`POST /auth/reauthenticate`); 409 `last_admin` for the last active admin. With
+    ACCOUNT_DELETION=grace it is scheduled instead: every session and key ends now, and a
+    login before `deletion_scheduled_at` keeps the account."""
+    settings = runtime.settings
+    when = await accounts.delete_own_account(db, caller=caller, settings=settings)
+    if when is None:
+        return AccountDeleted(detail="Your account was deleted.", deletion_scheduled_at=None)
+    return AccountDeleted(
+        detail=f"Your account will be deleted in {settings.ACCOUNT_DELETION_GRACE_DAYS} days; "
+        "log in before then to keep it.",
+        deletion_scheduled_at=when,
+    )
+
+
+@router.get(
+    "/me/export",
+    name="users-export-me",
+    response_model=AccountExport,
+    responses={
+        200: {
+            "headers": {
+                "Content-Disposition": {
+                    "description": "attachment, with a file name",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
+async def export_me(caller: CurrentCaller, db: DbSession) -> Response:
+    """Everything the server keeps about your account, as a JSON file: the profile,
+    sessions, API keys (never a secret or hash) and the audit events about it. A login's
+    token only: an API key, made for a script's narrower task, cannot take it all."""
+    document = await export.export_account(db, user=caller.user)
+    disposition = f'attachment; filename="account-{caller.user.id}-export.json"'
+    return Response(
+        document.model_dump_json(),
+        media_type="application/json",
+        headers={"Content-Disposition": disposition},
     )
 
 

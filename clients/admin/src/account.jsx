@@ -1,5 +1,6 @@
-// My account: your name, your password, your second factor, your passkeys, your
-// sessions, your API keys; what every user may change.
+// My account: your name, your password, your email, your second factor, your passkeys,
+// your sessions, your API keys, your data and the account itself; what every user may
+// change.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -17,6 +18,7 @@ import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
 import { MyPasskeys } from './passkeys';
 import { SecurityCard } from './mfa';
+import { ChangeEmail, DeleteAccount, ExportData } from './ownaccount';
 import { SessionTable } from './sessions';
 import { MyIdentities } from './sso';
 
@@ -90,6 +92,12 @@ export function MyAccount() {
                 </CardContent>
             </Card>
             <Card>
+                <CardHeader title="Email" />
+                <CardContent>
+                    <ChangeEmail />
+                </CardContent>
+            </Card>
+            <Card>
                 <CardHeader title="My sessions" />
                 <CardContent>
                     <SessionTable basePath="/users/me/sessions" showCurrent />
@@ -99,6 +107,18 @@ export function MyAccount() {
                 <CardHeader title="API keys" />
                 <CardContent>
                     <MyApiKeys />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="My data" />
+                <CardContent>
+                    <ExportData />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Delete account" />
+                <CardContent>
+                    <DeleteAccount />
                 </CardContent>
             </Card>
         </Stack>

@@ -1,7 +1,7 @@
 // The pages a mailed link opens, and "Forgot password?": used without a session, so they
 // live outside the dashboard's screens (which all require a login) and its hash routes.
-// The API mails PUBLIC_URL/accept-invite#token=..., /reset-password#token=... and
-// /verify-email#token=...; with PUBLIC_URL at the dashboard (https://host/admin) those
+// The API mails PUBLIC_URL/accept-invite#token=..., /reset-password#token=...,
+// /verify-email#token=... and /confirm-email#token=...; with PUBLIC_URL at the dashboard (https://host/admin) those
 // paths reach its index.html (backend/admin.py), and the page is chosen by the path here.
 // The token stays in the fragment, which the browser never sends to a server.
 import { useEffect, useState } from 'react';
@@ -151,8 +151,8 @@ function ResetPassword({ onDone }) {
 // development): a second would find the link used and show that instead.
 const verifications = new Map();
 
-function verifyOnce(token) {
-    if (!verifications.has(token)) verifications.set(token, publicCall('/auth/verify', { token }));
+function sendOnce(path, token) {
+    if (!verifications.has(token)) verifications.set(token, publicCall(path, { token }));
     return verifications.get(token);
 }
 
@@ -161,23 +161,49 @@ function VerifyEmail() {
     const token = useLinkToken();
     return (
         <Page title="Verify your email address">
-            {token ? <Verification key={token} token={token} /> : <Alert severity="error">{MISSING_TOKEN}</Alert>}
+            {token ? (
+                <Verification key={token} token={token} path="/auth/verify" done={user => `Your address ${user.email} is verified.`} />
+            ) : (
+                <Alert severity="error">{MISSING_TOKEN}</Alert>
+            )}
             <ToLogin />
         </Page>
     );
 }
 
-function Verification({ token }) {
+// The same for an email change: following the link to the new address makes it.
+function ConfirmEmail() {
+    const token = useLinkToken();
+    return (
+        <Page title="Confirm your new email address">
+            {token ? (
+                <Verification
+                    key={token}
+                    token={token}
+                    path="/auth/email/confirm"
+                    done={user =>
+                        `Your account's address is now ${user.email}. Your other devices were signed out; log in with the new address.`
+                    }
+                />
+            ) : (
+                <Alert severity="error">{MISSING_TOKEN}</Alert>
+            )}
+            <ToLogin />
+        </Page>
+    );
+}
+
+function Verification({ token, path, done }) {
     const [result, setResult] = useState(null);
     useEffect(() => {
-        verifyOnce(token).then(
+        sendOnce(path, token).then(
             user => setResult({ user }),
             error => setResult({ error: error.message })
         );
-    }, [token]);
+    }, [path, token]);
     if (result === null) return <Typography>Checking the link…</Typography>;
     if (result.error) return <Alert severity="error">{result.error}</Alert>;
-    return <Alert severity="success">Your address {result.user.email} is verified.</Alert>;
+    return <Alert severity="success">{done(result.user)}</Alert>;
 }
 
 function ForgotPassword() {
@@ -222,6 +248,7 @@ const PAGES = {
     'accept-invite': AcceptInvite,
     'reset-password': ResetPassword,
     'verify-email': VerifyEmail,
+    'confirm-email': ConfirmEmail,
     'forgot-password': ForgotPassword,
 };
 

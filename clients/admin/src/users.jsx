@@ -66,6 +66,15 @@ function PendingInvitationsButton() {
     return <Button label="Pending invitations" onClick={() => setFilters(PENDING_FILTER, {})} />;
 }
 
+// Accounts whose owner asked for their deletion (ACCOUNT_DELETION=grace): every other
+// account has no date there, and matches no range.
+const SCHEDULED_FILTER = { deletion_scheduled_at_gte: '1970-01-01T00:00:00Z' };
+
+function ScheduledDeletionsButton() {
+    const { setFilters } = useListContext();
+    return <Button label="Scheduled deletions" onClick={() => setFilters(SCHEDULED_FILTER, {})} />;
+}
+
 function UserListActions() {
     const { permissions } = usePermissions();
     const admin = permissions === 'admin';
@@ -73,6 +82,7 @@ function UserListActions() {
         <TopToolbar>
             <FilterButton />
             {admin ? <PendingInvitationsButton /> : null}
+            {admin ? <ScheduledDeletionsButton /> : null}
             {admin ? <CreateButton /> : null}
             {admin ? <InviteButton /> : null}
             <ExportButton />
@@ -82,6 +92,7 @@ function UserListActions() {
 
 function status(user) {
     if (banInForce(user)) return 'banned';
+    if (user.deletion_scheduled_at) return 'deletion scheduled';
     if (invitationPending(user)) return 'invited';
     return user.is_active ? 'active' : 'inactive';
 }
@@ -118,6 +129,7 @@ export function UserShow() {
                 <FunctionField label="Status" render={status} />
                 <DateField source="created_at" showTime />
                 <DateField source="updated_at" showTime />
+                <DateField source="deletion_scheduled_at" label="Deleted from" showTime emptyText="not scheduled" />
                 {permissions === 'admin' ? <ResendInvitationButton /> : null}
                 {permissions === 'admin' ? <BanControls /> : null}
                 {permissions === 'admin' ? <ImpersonateButton /> : null}

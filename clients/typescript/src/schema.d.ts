@@ -262,6 +262,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/email/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Email-Confirm
+         * @description Change an account's address with the token of the link mailed to the new one:
+         *     409 if it was taken, or a look-alike of another account's made, meanwhile. The
+         *     address counts as verified; every session of the account ends but the one that
+         *     asked for the change.
+         */
+        post: operations["auth-email-confirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/verify/resend": {
         parameters: {
             query?: never;
@@ -489,11 +512,13 @@ export interface paths {
          *     - react-admin simple-rest: `range=[0,24]` (inclusive), `sort=["name","ASC"]`,
          *       `filter={"q":"bob","role":"user","id":[1,2]}`.
          *
-         *     Filterable fields: id, email, name, role, is_active, is_verified, created_at, updated_at, last_login_at; dates also as ranges (`created_after`,
+         *     Filterable fields: id, email, name, role, is_active, is_verified, created_at, updated_at, last_login_at, deletion_scheduled_at; dates also as ranges (`created_after`,
          *     `last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
          *     Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
          *     records (1,000 by default), the most any request may ask for.
-         *     Accounts that never logged in sort as the oldest `last_login_at`.
+         *     Accounts that never logged in sort as the oldest `last_login_at`. Accounts whose
+         *     deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others have
+         *     none, and match no range).
          *
          *     With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account.
          */
@@ -568,7 +593,14 @@ export interface paths {
         get: operations["users-me"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Users-Delete-Me
+         * @description Delete your account, its sessions, API keys and links. Needs a recent proof
+         *     (`POST /auth/reauthenticate`); 409 `last_admin` for the last active admin. With
+         *     ACCOUNT_DELETION=grace it is scheduled instead: every session and key ends now, and a
+         *     login before `deletion_scheduled_at` keeps the account.
+         */
+        delete: operations["users-delete-me"];
         options?: never;
         head?: never;
         /**
@@ -576,6 +608,51 @@ export interface paths {
          * @description Change your own name.
          */
         patch: operations["users-update-me"];
+        trace?: never;
+    };
+    "/api/v1/users/me/email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Users-Change-Email
+         * @description Change your email address: a link to confirm it is mailed to the new address
+         *     (`POST /auth/email/confirm` makes the change), a notice to the current one. Needs a
+         *     recent proof (`POST /auth/reauthenticate`); 409 when the address is taken or looks
+         *     like another account's.
+         */
+        post: operations["users-change-email"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Users-Export-Me
+         * @description Everything the server keeps about your account, as a JSON file: the profile,
+         *     sessions, API keys (never a secret or hash) and the audit events about it. A login's
+         *     token only: an API key, made for a script's narrower task, cannot take it all.
+         */
+        get: operations["users-export-me"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/v1/users/me/password": {
@@ -1281,6 +1358,51 @@ export interface components {
             /** Detail */
             detail: string;
         };
+        /** AccountDeleted */
+        AccountDeleted: {
+            /** Detail */
+            detail: string;
+            /**
+             * Deletion Scheduled At
+             * @description ACCOUNT_DELETION=grace: when the account is removed unless its owner logs in before; null: it was deleted now
+             */
+            deletion_scheduled_at: string | null;
+        };
+        /**
+         * AccountExport
+         * @description Everything the server keeps about one account, as one JSON document. Each kind of
+         *     record is a key of its own, so that a kind added later is one key more and readers
+         *     of the earlier ones are unaffected.
+         */
+        AccountExport: {
+            /**
+             * Format
+             * @description What this document is, and its version
+             * @default account-export/1
+             */
+            format: string;
+            /**
+             * Exported At
+             * Format: date-time
+             */
+            exported_at: string;
+            profile: components["schemas"]["UserPublic"];
+            /**
+             * Sessions
+             * @description Every session the server still holds, ended ones included
+             */
+            sessions: components["schemas"]["SessionExport"][];
+            /**
+             * Api Keys
+             * @description Every key, revoked ones included
+             */
+            api_keys: components["schemas"]["ApiKeyExport"][];
+            /**
+             * Audit Events
+             * @description The events about the account (its target) and by it (its actor), oldest first; an event about another account keeps its details out
+             */
+            audit_events: components["schemas"]["AuditEventPublic"][];
+        };
         /**
          * ApiKeyCreate
          * @example {
@@ -1338,6 +1460,48 @@ export interface components {
              * @description The key itself, shown this once: send it as `Authorization: Bearer`
              */
             secret: string;
+        };
+        /**
+         * ApiKeyEndReason
+         * @enum {string}
+         */
+        ApiKeyEndReason: "revoked" | "admin" | "password_change" | "role_change" | "deactivated";
+        /**
+         * ApiKeyExport
+         * @description A key as its owner may keep it: its prefix, never its secret or the secret's hash.
+         */
+        ApiKeyExport: {
+            /**
+             * Name
+             * @description At most 100 characters, not all spaces; surrounding spaces are trimmed.
+             */
+            name: string;
+            scope: components["schemas"]["ApiKeyScope"];
+            /** Id */
+            id: number;
+            /**
+             * Prefix
+             * @description The key's first characters, to tell keys apart
+             */
+            prefix: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /**
+             * Last Used At
+             * @description Its latest use, to the minute: updated at most once a minute
+             */
+            last_used_at: string | null;
+            /** Revoked At */
+            revoked_at: string | null;
+            revoked_reason: components["schemas"]["ApiKeyEndReason"] | null;
         };
         /** ApiKeyPublic */
         ApiKeyPublic: {
@@ -1399,7 +1563,7 @@ export interface components {
          * AuditAction
          * @enum {string}
          */
-        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new";
+        AuditAction: "user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new" | "user.deletion_schedule" | "user.deletion_cancel";
         /** AuditEventPublic */
         AuditEventPublic: {
             /** Actor Id */
@@ -1466,6 +1630,21 @@ export interface components {
          * @enum {string}
          */
         DeliveryStatus: "pending" | "delivered" | "failed";
+        /**
+         * EmailChange
+         * @description A new address for one's own account: it is mailed a link that makes the change.
+         * @example {
+         *       "email": "ada.king@example.com"
+         *     }
+         */
+        EmailChange: {
+            /**
+             * Email
+             * Format: email
+             * @description ASCII only. Stored lower-case. Refused when it looks like an existing account's (Unicode TR39 confusables).
+             */
+            email: string;
+        };
         /** FieldError */
         FieldError: {
             /** Field */
@@ -1599,6 +1778,12 @@ export interface components {
              */
             expires_in: number;
             user: components["schemas"]["UserPublic"];
+            /**
+             * Deletion Cancelled
+             * @description This login cancelled the account's scheduled deletion
+             * @default false
+             */
+            deletion_cancelled: boolean;
         };
         /**
          * MailRequest
@@ -1809,7 +1994,7 @@ export interface components {
          *     add one instead (docs/api.md lists them, and a test checks that it does).
          * @enum {string}
          */
-        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "banned" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "impersonation_forbidden" | "mfa_required" | "mfa_token_invalid" | "mfa_code_invalid" | "mfa_enrolment_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "cannot_ban_self" | "not_banned" | "impersonation_refused" | "not_impersonating" | "mfa_already_enabled" | "mfa_not_enabled" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
+        ProblemCode: "validation_failed" | "not_found" | "method_not_allowed" | "body_too_large" | "request_timeout" | "cors_refused" | "http_error" | "not_authenticated" | "credentials_invalid" | "token_invalid" | "token_wrong_type" | "token_revoked" | "session_expired" | "session_ended" | "refresh_token_invalid" | "refresh_token_reused" | "refresh_token_rotated" | "refresh_cookie_missing" | "refresh_cookie_repeated" | "api_key_invalid" | "api_key_not_allowed" | "api_key_read_only" | "account_changed" | "account_deactivated" | "banned" | "email_not_verified" | "admin_required" | "directory_admins_only" | "csrf_header_missing" | "origin_missing" | "origin_not_allowed" | "metrics_token_invalid" | "sso_required" | "impersonation_forbidden" | "mfa_required" | "mfa_token_invalid" | "mfa_code_invalid" | "mfa_enrolment_required" | "registration_closed" | "password_reset_disabled" | "invitations_disabled" | "email_verification_disabled" | "passkey_login_disabled" | "email_change_disabled" | "user_not_found" | "session_not_found" | "api_key_not_found" | "webhook_not_found" | "email_taken" | "email_lookalike" | "password_incorrect" | "last_admin" | "cannot_delete_self" | "invitation_accepted" | "current_password_required" | "reauthentication_required" | "cannot_ban_self" | "not_banned" | "impersonation_refused" | "not_impersonating" | "mfa_already_enabled" | "mfa_not_enabled" | "version_mismatch" | "stale_record" | "link_invalid" | "link_wrong_purpose" | "link_used" | "link_expired" | "link_address_changed" | "passkey_not_found" | "passkey_taken" | "passkey_challenge_invalid" | "passkey_challenge_expired" | "passkey_origin_mismatch" | "passkey_rp_id_mismatch" | "passkey_user_not_verified" | "passkey_unknown" | "passkey_counter_regressed" | "passkey_invalid" | "sso_provider_unknown" | "sso_state_invalid" | "sso_flow_expired" | "sso_denied" | "sso_code_rejected" | "sso_id_token_invalid" | "sso_email_not_verified" | "sso_domain_not_allowed" | "sso_link_required" | "sso_exchange_code_invalid" | "identity_not_found" | "identity_taken" | "last_sign_in_method" | "rate_limited" | "server_busy" | "database_unavailable" | "database_not_migrated" | "shutting_down" | "not_ready" | "sso_provider_unavailable" | "sso_provider_error" | "internal_error";
         /** Reauthenticated */
         Reauthenticated: {
             /**
@@ -1899,6 +2084,48 @@ export interface components {
             response: components["schemas"]["AttestationResponseJSON"];
             /** Authenticatorattachment */
             authenticatorAttachment?: ("platform" | "cross-platform") | null;
+        };
+        /**
+         * SessionEndReason
+         * @enum {string}
+         */
+        SessionEndReason: "logout" | "reuse" | "logout_all" | "admin" | "password_change" | "role_change" | "deactivated" | "expired" | "idle";
+        /**
+         * SessionExport
+         * @description A session as its owner may keep it: where and when, never a token.
+         */
+        SessionExport: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Last Used At
+             * Format: date-time
+             */
+            last_used_at: string;
+            /**
+             * Authenticated At
+             * Format: date-time
+             */
+            authenticated_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Revoked At */
+            revoked_at: string | null;
+            revoked_reason: components["schemas"]["SessionEndReason"] | null;
+            /** User Agent */
+            user_agent: string | null;
+            /** Ip Address */
+            ip_address: string | null;
         };
         /** SessionPublic */
         SessionPublic: {
@@ -2089,6 +2316,11 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * Deletion Scheduled At
+             * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
+             */
+            deletion_scheduled_at: string | null;
+            /**
              * Banned At
              * @description When the latest ban began; null when none (or lifted)
              */
@@ -2145,6 +2377,11 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * Deletion Scheduled At
+             * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
+             */
+            deletion_scheduled_at: string | null;
+            /**
              * Banned At
              * @description When the latest ban began; null when none (or lifted)
              */
@@ -2197,6 +2434,11 @@ export interface components {
              * @description The latest login or token refresh, to the minute; null if never
              */
             last_login_at: string | null;
+            /**
+             * Deletion Scheduled At
+             * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
+             */
+            deletion_scheduled_at: string | null;
             /**
              * Banned At
              * @description When the latest ban began; null when none (or lifted)
@@ -3446,6 +3688,84 @@ export interface operations {
             };
         };
     };
+    "auth-email-confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LinkUse"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     "auth-verify-resend": {
         parameters: {
             query?: never;
@@ -4287,11 +4607,14 @@ export interface operations {
                 role?: "admin" | "user";
                 is_active?: boolean;
                 is_verified?: boolean;
+                deletion_scheduled_at?: string;
                 banned?: boolean;
                 created_after?: string;
                 created_before?: string;
                 last_login_after?: string;
                 last_login_before?: string;
+                deletion_scheduled_after?: string;
+                deletion_scheduled_before?: string;
                 /** @description Admins only: users who can sign in with `password` or with this identity provider's slug. */
                 sign_in?: string;
             };
@@ -4624,6 +4947,71 @@ export interface operations {
             };
         };
     };
+    "users-delete-me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccountDeleted"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     "users-update-me": {
         parameters: {
             query?: never;
@@ -4644,6 +5032,142 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-change-email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "users-export-me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description attachment, with a file name */
+                    "Content-Disposition"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccountExport"];
                 };
             };
             /** @description Bad Request */
@@ -7104,7 +7628,7 @@ export interface operations {
                 /** @description Repeat for several: target_id=a&target_id=b. */
                 target_id?: number[];
                 /** @description Repeat for several: action=a&action=b. */
-                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new")[];
+                action?: ("user.create" | "user.update" | "user.role_change" | "user.deactivate" | "user.activate" | "user.delete" | "user.session_end" | "user.sessions_end_all" | "user.link_issue" | "user.link_use" | "user.api_key_create" | "user.api_key_revoke" | "user.passkey_add" | "user.passkey_remove" | "user.identity_link" | "user.identity_unlink" | "user.sso_refuse" | "webhook.create" | "webhook.update" | "webhook.delete" | "webhook.disable" | "user.ban" | "user.unban" | "user.impersonation_start" | "user.impersonated_request" | "user.impersonation_stop" | "user.mfa_enable" | "user.mfa_disable" | "user.mfa_reset" | "user.mfa_failure" | "user.recovery_codes_new" | "user.deletion_schedule" | "user.deletion_cancel")[];
                 created_after?: string;
                 created_before?: string;
             };
