@@ -188,6 +188,8 @@ class Settings(BaseSettings):
     # without a refresh (see backend/auth/sessions.py).
     SESSION_MAX_DAYS: int = Field(default=30, ge=1)
     SESSION_IDLE_DAYS: int = Field(default=14, ge=1)
+    # Sign-in events older than this are deleted by `backend purge`.
+    AUTH_EVENTS_RETENTION_DAYS: int = Field(default=90, ge=1, le=36500)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 

@@ -41,6 +41,7 @@ from backend.http.listing import Filter, JsonKey, ListQuery
 from backend.models import (
     AuditAction,
     AuditEvent,
+    AuthEvent,
     User,
     UserPublic,
     UserRole,
@@ -110,6 +111,21 @@ async def list_audit_events(
     db: AsyncSession, *, query: ListQuery
 ) -> tuple[Sequence[AuditEvent], int]:
     return await list_page(db, AuditEvent, query, [])
+
+
+async def list_auth_events(
+    db: AsyncSession, *, query: ListQuery, user_id: int | None = None
+) -> tuple[Sequence[AuthEvent], int]:
+    """A page of sign-in events; with `user_id`, of that account's only."""
+    conditions = [col(AuthEvent.user_id) == user_id] if user_id is not None else []
+    return await list_page(db, AuthEvent, query, conditions)
+
+
+async def purge_auth_events(db: AsyncSession, *, before: datetime) -> int:
+    """Delete the sign-in events made before `before`, and commit; how many went."""
+    result = await db.exec(delete(AuthEvent).where(col(AuthEvent.created_at) < before))
+    await db.commit()
+    return int(result.rowcount)
 
 
 async def list_page(
@@ -214,12 +230,12 @@ def _json_key_equals(column: Any, condition: JsonKey, dialect: str) -> ColumnEle
     number (1 and 1.0), never an array that holds the value."""
     if dialect == "postgresql":
         # Containment, which the column's GIN index (jsonb_path_ops) answers.
-        return type_coerce(column, JSONB).contains({condition.key: condition.value})  # type: ignore[no-any-return]
+        return type_coerce(column, JSONB).contains({condition.key: condition.value})
     path = f'$."{condition.key}"'  # JSON_KEY: nothing in a key needs escaping
     kind = func.json_type(column, path)
     value = condition.value
     if isinstance(value, bool):
-        return kind == ("true" if value else "false")  # type: ignore[no-any-return]
+        return kind == ("true" if value else "false")
     kinds = ["text"] if isinstance(value, str) else ["integer", "real"]
     return and_(kind.in_(kinds), func.json_extract(column, path) == value)
 

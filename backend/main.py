@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.auth import accounts
 from backend.auth.authcache import AuthCache, tracked_sessionmaker
+from backend.auth.events import AuthEventWriter
 from backend.auth.passwords import PasswordHasher
 from backend.config import Settings, get_settings
 from backend.db.engine import DatabaseStartupError, create_engine, explained_startup_failure
@@ -45,7 +46,7 @@ from backend.http.problems import PROBLEM_JSON, install_error_handlers
 from backend.http.ratelimit import RateLimiter
 from backend.mail import Mailer
 from backend.models import UserCreate, UserRole
-from backend.routers import api_keys, audit, auth, health, sessions, users
+from backend.routers import api_keys, audit, auth, auth_events, health, sessions, users
 from backend.rules import use_account_rules
 from backend.runtime import Runtime
 
@@ -64,6 +65,11 @@ TAGS = [
         "managed with a login's access token.",
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
+    {
+        "name": "auth-events",
+        "description": "The sign-in history: logins, failures, logouts, registrations and "
+        "rate-limit refusals (everyone's for admins, one's own for each user).",
+    },
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
 
@@ -84,6 +90,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     database_outage.watch(engine)
     auth_cache = AuthCache(settings, metrics)
     return Runtime(
+        auth_events=AuthEventWriter(engine, metrics),
         settings=settings,
         metrics=metrics,
         engine=engine,
@@ -116,6 +123,7 @@ def _lifespan(
             mailer = runtime.mailer
             logger.log(logging.INFO if mailer.sends else logging.WARNING, mailer.describe())
             runtime.auth_cache.start()
+            runtime.auth_events.start()
             await runtime.password_hasher.calibrate()
             yield
         finally:
@@ -248,6 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router, prefix=settings.API_V1_PREFIX)
     app.include_router(api_keys.router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(auth_events.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     install_docs(app, settings)
     if settings.METRICS_ENABLED:
