@@ -97,8 +97,16 @@ class AuthEventWriter:
             # does not turn into the writer.
             events, self._pending = self._pending, []
             self._full.clear()
-            for start in range(0, len(events), BATCH_ROWS):
-                await self._write(events[start : start + BATCH_ROWS])
+            taken = 0  # handed to _write, which counts them written or dropped
+            try:
+                while taken < len(events):
+                    batch = events[taken : taken + BATCH_ROWS]
+                    taken += len(batch)
+                    await self._write(batch)
+            except asyncio.CancelledError:
+                if taken < len(events):
+                    self._drop(len(events) - taken, "the app stopped before they were written")
+                raise
 
     async def close(self, *, within: float) -> None:
         """Stop the timer and write what is left, for at most `within` seconds."""
