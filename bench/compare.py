@@ -73,9 +73,11 @@ def main() -> None:
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     base_dir = checkout(args.base)
-    # The cheapest bcrypt cost: the harness's own login is quick, and a compared login
-    # costs the login's own work more than the hash's.
-    env = server_env(database.create(args.database, args.users, bcrypt_rounds=4).url)
+    # The cheapest bcrypt cost: the harness's own login is quick. Compared logins run at
+    # it too (the servers would otherwise rehash each user's password at their own cost
+    # on its first login), so that they cost the login's own work more than the hash's.
+    url = database.create(args.database, args.users, bcrypt_rounds=4).url
+    env = server_env(url, **({"BCRYPT_ROUNDS": 4} if args.logins else {}))
     wrk = Wrk(binary=ensure_wrk(), core=1)
     servers: dict[str, Server] = {}
     try:
