@@ -10,6 +10,7 @@ import { authProvider } from './authProvider';
 import { dataProvider } from './dataProvider';
 import { INVITE_PATH, InviteUser } from './invite';
 import { FORGOT_PASSWORD_PATH } from './links';
+import { SignInList } from './signins';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 
 // No refetch on focus: it would swap the version an open edit form saves against (its
@@ -61,6 +62,9 @@ function resources(permissions) {
             recordRepresentation="email"
         />,
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
+        admin ? (
+            <Resource key="auth-events" name="auth-events" list={SignInList} options={{ label: 'Sign-in history' }} />
+        ) : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />
             {admin ? <Route path={INVITE_PATH} element={<InviteUser />} /> : null}

@@ -1,5 +1,5 @@
-// My account: your name, your password, your sessions, your API keys; what every user
-// may change.
+// My account: your name, your password, your sessions, your API keys, your recent
+// sign-ins; what every user may change or see.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -16,6 +16,7 @@ import {
 import { call, changePassword } from './api';
 import { MyApiKeys } from './keys';
 import { SessionTable } from './sessions';
+import { MySignIns } from './signins';
 
 function NameForm() {
     const { identity, refetch } = useGetIdentity();
@@ -83,6 +84,12 @@ export function MyAccount() {
                 <CardHeader title="API keys" />
                 <CardContent>
                     <MyApiKeys />
+                </CardContent>
+            </Card>
+            <Card>
+                <CardHeader title="Recent sign-ins" />
+                <CardContent>
+                    <MySignIns />
                 </CardContent>
             </Card>
         </Stack>
