@@ -42,7 +42,7 @@ class Runtime:
     async def close(self, *, within: float) -> None:
         """Stop, giving the work left (sign-in events, mail) at most `within` seconds."""
         # Before the engine goes: work handed over still needs the database. The events
-        # first, one INSERT a batch, then mail with what is left of the time.
+        # first, a statement a batch, then mail with what is left of the time.
         started = time.monotonic()
         await self.auth_events.close(within=within)
         await self.mailer.close(within=max(0.0, within - (time.monotonic() - started)))

@@ -3,11 +3,15 @@ registrations and rate-limit refusals, recorded without slowing the request down
 
 A request hands its event to the writer, a bounded list in memory, and goes on: no
 transaction, no round trip (a failed login has no transaction of its own to add a row
-to). The writer inserts what has gathered in one multi-row INSERT, every
-FLUSH_INTERVAL_SECONDS or as soon as BATCH_ROWS are waiting, and what is left when the
-app stops. Past MAX_PENDING waiting events (a database that does not answer), new ones
-are dropped, counted (auth_events_dropped) and logged once per streak: the history is
-worth less than the logins it records.
+to). The writer inserts what has gathered every FLUSH_INTERVAL_SECONDS, or as soon as
+BATCH_ROWS are waiting, and what is left when the app stops: one prepared INSERT
+executed for the whole batch in one transaction (the driver's executemany, one round
+trip). Not one INSERT of many VALUES: SQLAlchemy compiles that anew for each batch
+size, 185 us of CPU a row at 40 rows against 81 us (PostgreSQL, measured in-process).
+
+Past MAX_PENDING waiting events (a database that does not answer), new ones are
+dropped, counted (auth_events_dropped) and logged once per streak: the history is worth
+less than the logins it records.
 """
 
 import asyncio
@@ -27,8 +31,7 @@ from backend.rules import EMAIL_MAX_CHARS
 logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_SECONDS = 1.0
-# Rows per INSERT: 8 columns each keeps a batch far below SQLite's 32,766 and asyncpg's
-# 32,767 bound parameters.
+# Rows per batch: one transaction, a few hundred kilobytes at most.
 BATCH_ROWS = 500
 MAX_PENDING = 10_000  # about 5 MB of rows at their largest
 # The longest one batch may wait for the database; a batch that takes longer is dropped.
@@ -142,7 +145,7 @@ class AuthEventWriter:
             row["user_agent"], row["ip_address"] = client.user_agent, client.ip_address
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_SECONDS), self._engine.begin() as connection:
-                await connection.execute(insert(_TABLE).values(batch))
+                await connection.execute(insert(_TABLE), batch)
         except asyncio.CancelledError:
             self._drop(len(batch), "the app stopped while they were being written")
             raise
