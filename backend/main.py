@@ -66,7 +66,7 @@ TAGS = [
     },
     {"name": "audit", "description": "The trail of changes to accounts (admin only)."},
     {
-        "name": "auth-events",
+        "name": "signins",
         "description": "The sign-in history: logins, failures, logouts, registrations and "
         "rate-limit refusals (everyone's for admins, one's own for each user).",
     },

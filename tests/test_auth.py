@@ -41,7 +41,7 @@ async def test_register_returns_the_full_login_response(client: httpx.AsyncClien
     assert body["expires_in"] == 30 * 60
     assert set(body["user"]) == {
         "id", "email", "name", "role", "is_active", "is_verified", "created_at", "updated_at",
-        "last_login_at",
+        "last_login_at", "user_metadata", "app_metadata",
     }  # fmt: skip
     assert body["user"]["role"] == "user"
     assert body["user"]["last_login_at"] is not None  # registering logs in

@@ -46,7 +46,7 @@ AUTH_EVENTS = Resource(
 # The order they were written in: newest first.
 NEWEST_FIRST = (("id", True),)
 
-router = APIRouter(tags=["auth-events"], responses=problem_responses(401, 403, 422))
+router = APIRouter(tags=["signins"], responses=problem_responses(401, 403, 422))
 
 
 async def _page(
@@ -72,7 +72,7 @@ async def _page(
 
 @router.get(
     "/auth-events",
-    name="auth-events-list",
+    name="signins-list",
     response_model=list[AuthEventPublic],
     openapi_extra={"parameters": list_parameters(AUTH_EVENTS)},
     responses={200: {"headers": LIST_HEADERS}},
@@ -90,7 +90,7 @@ async def list_auth_events(
 
 @router.get(
     "/users/me/sign-ins",
-    name="auth-events-mine",
+    name="signins-mine",
     response_model=list[AuthEventPublic],
     openapi_extra={"parameters": list_parameters(MY_SIGN_INS)},
     responses={200: {"headers": LIST_HEADERS}},

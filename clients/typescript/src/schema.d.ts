@@ -582,14 +582,14 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Auth-Events-List
+         * Signins-List
          * @description The sign-in history of every account (admin only), newest first unless sorted:
          *     logins and failed logins, failed refreshes, logouts, registrations and rate-limit
          *     refusals of the auth routes. Filter by `user_id`, `kind`, `ip_address`, `email`,
          *     `reason`, `created_after`/`created_before`, with the same paging, sorting and
          *     dashboard conventions as the users list. Kept `AUTH_EVENTS_RETENTION_DAYS`.
          */
-        get: operations["auth-events-list"];
+        get: operations["signins-list"];
         put?: never;
         post?: never;
         delete?: never;
@@ -606,12 +606,12 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Auth-Events-Mine
+         * Signins-Mine
          * @description Your own sign-in history, newest first: logins, failed logins with your email,
          *     failed refreshes of your sessions, logouts and your registration. Filter by `kind`,
          *     `ip_address`, `created_after`/`created_before`.
          */
-        get: operations["auth-events-mine"];
+        get: operations["signins-mine"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3687,7 +3687,7 @@ export interface operations {
             };
         };
     };
-    "auth-events-list": {
+    "signins-list": {
         parameters: {
             query?: {
                 page?: number;
@@ -3756,7 +3756,7 @@ export interface operations {
             };
         };
     };
-    "auth-events-mine": {
+    "signins-mine": {
         parameters: {
             query?: {
                 page?: number;
