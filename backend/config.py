@@ -295,6 +295,8 @@ class Settings(BaseSettings):
     # unset. The old values, comma-separated, still decrypt (rotation: docs/mfa.md).
     MFA_ENCRYPTION_KEY: SecretStr | None = None
     MFA_ENCRYPTION_KEYS_OLD: Annotated[list[SecretStr], NoDecode] = []
+    # Sign-in events older than this are deleted by `backend purge`.
+    AUTH_EVENTS_RETENTION_DAYS: int = Field(default=90, ge=1, le=36500)
     # NoDecode: a plain comma list, not the JSON pydantic-settings expects for lists.
     CORS_ORIGINS: Annotated[list[str], NoDecode] = []
 

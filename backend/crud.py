@@ -19,8 +19,10 @@ from sqlalchemy import (
     delete,
     func,
     or_,
+    type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -37,10 +39,11 @@ from backend.errors import (
     ProblemCode,
     UserGoneError,
 )
-from backend.http.listing import Filter, ListQuery
+from backend.http.listing import Filter, JsonKey, ListQuery
 from backend.models import (
     AuditAction,
     AuditEvent,
+    AuthEvent,
     User,
     UserPublic,
     UserRole,
@@ -122,6 +125,21 @@ async def list_audit_events(
     return await list_page(db, AuditEvent, query, [])
 
 
+async def list_auth_events(
+    db: AsyncSession, *, query: ListQuery, user_id: int | None = None
+) -> tuple[Sequence[AuthEvent], int]:
+    """A page of sign-in events; with `user_id`, of that account's only."""
+    conditions = [col(AuthEvent.user_id) == user_id] if user_id is not None else []
+    return await list_page(db, AuthEvent, query, conditions)
+
+
+async def purge_auth_events(db: AsyncSession, *, before: datetime) -> int:
+    """Delete the sign-in events made before `before`, and commit; how many went."""
+    result = await db.exec(delete(AuthEvent).where(col(AuthEvent.created_at) < before))
+    await db.commit()
+    return int(result.rowcount)
+
+
 async def list_page(
     db: AsyncSession,
     model: type[ModelT],
@@ -159,7 +177,8 @@ def _page_statements(
     target: SelectT,
 ) -> tuple[SelectT, SelectOfScalar[int]]:
     """The page (selecting `target`) and the count of everything that matches."""
-    conditions = [_condition(model, condition) for condition in query.filters]
+    dialect = db.get_bind().dialect.name
+    conditions = [_condition(model, condition, dialect) for condition in query.filters]
     conditions += extra_conditions
     order = [_order(model, name, descending) for name, descending in query.sort]
     model_id = col(model.id)  # type: ignore[attr-defined]
@@ -172,7 +191,7 @@ def _page_statements(
     # (an index-only scan) instead of fetching every skipped row (10x at page 5,000).
     ids = select(model_id).where(*conditions).order_by(*order).offset(query.offset)
     ids = ids.limit(query.limit)
-    if db.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         # As an array, not a join: joined to a thousand ids (an export page), PostgreSQL
         # hashes them and scans the whole table (50 ms at 100,000 users); `id = ANY`
         # of the array fetches just those rows by primary key (bench/list_latency.py).
@@ -193,10 +212,12 @@ def _order(model: type[SQLModel], name: str, descending: bool) -> UnaryExpressio
     return column.desc().nulls_last() if descending else column.asc().nulls_first()  # type: ignore[no-any-return]
 
 
-def _condition(model: type[SQLModel], condition: Filter) -> ColumnElement[bool]:
+def _condition(model: type[SQLModel], condition: Filter, dialect: str) -> ColumnElement[bool]:
     column = getattr(model, condition.field)
     value = condition.value
     match condition.operator:
+        case "key_eq":
+            return _json_key_equals(column, value, dialect)
         case "eq":
             return column == value  # type: ignore[no-any-return]
         case "in":
@@ -213,6 +234,22 @@ def _condition(model: type[SQLModel], condition: Filter) -> ColumnElement[bool]:
             return column <= value  # type: ignore[no-any-return]
         case "like":
             return func.lower(column).contains(str(value).lower(), autoescape=True)
+
+
+def _json_key_equals(column: Any, condition: JsonKey, dialect: str) -> ColumnElement[bool]:
+    """The object's top-level key equals the JSON scalar, alike on both databases: a
+    string only a string, a boolean only a boolean (not 1 or 0), a number any equal
+    number (1 and 1.0), never an array that holds the value."""
+    if dialect == "postgresql":
+        # Containment, which the column's GIN index (jsonb_path_ops) answers.
+        return type_coerce(column, JSONB).contains({condition.key: condition.value})
+    path = f'$."{condition.key}"'  # JSON_KEY: nothing in a key needs escaping
+    kind = func.json_type(column, path)
+    value = condition.value
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    kinds = ["text"] if isinstance(value, str) else ["integer", "real"]
+    return and_(kind.in_(kinds), func.json_extract(column, path) == value)
 
 
 def add_audit_event(

@@ -245,3 +245,9 @@ class ServiceUnavailableError(RetryLaterError):
 
 class TooManyRequestsError(RetryLaterError):
     status_code = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(
+        self, detail: str, *, code: ProblemCode, retry_after_seconds: int, limit: str
+    ) -> None:
+        super().__init__(detail, code=code, retry_after_seconds=retry_after_seconds)
+        self.limit = limit  # which one: login, register, refresh, ...

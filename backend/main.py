@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.auth import accounts
 from backend.auth.authcache import AuthCache, tracked_sessionmaker
+from backend.auth.events import AuthEventWriter
 from backend.auth.passwords import PasswordHasher
 from backend.auth.providers import Providers
 from backend.config import Settings, get_settings
@@ -61,6 +62,7 @@ from backend.routers import (
     api_keys,
     audit,
     auth,
+    auth_events,
     health,
     mfa,
     passkeys,
@@ -103,6 +105,11 @@ TAGS = [
         "description": "Endpoints that receive signed events about users and sessions "
         "(admin only); see docs/webhooks.md.",
     },
+    {
+        "name": "signins",
+        "description": "The sign-in history: logins, failures, logouts, registrations and "
+        "rate-limit refusals (everyone's for admins, one's own for each user).",
+    },
     {"name": "health", "description": "Liveness and readiness probes, outside the API prefix."},
 ]
 
@@ -124,6 +131,7 @@ def start_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     auth_cache = AuthCache(settings, metrics)
     sessionmaker = tracked_sessionmaker(engine, settings, auth_cache=auth_cache)
     return Runtime(
+        auth_events=AuthEventWriter(engine, metrics),
         settings=settings,
         metrics=metrics,
         engine=engine,
@@ -164,6 +172,7 @@ def _lifespan(
             runtime.auth_cache.start()
             # Deliveries left by a previous run (a crash, a kill) go out now.
             runtime.webhooks.start()
+            runtime.auth_events.start()
             await runtime.password_hasher.calibrate()
             yield
         finally:
@@ -334,6 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(passkeys.auth_router, prefix=settings.API_V1_PREFIX)
     app.include_router(audit.router, prefix=settings.API_V1_PREFIX)
     app.include_router(webhooks.router, prefix=settings.API_V1_PREFIX)
+    app.include_router(auth_events.router, prefix=settings.API_V1_PREFIX)
     app.include_router(health.router)
     if settings.DOCS_ENABLED:
         install_docs(app, settings)

@@ -1,6 +1,8 @@
 """Field types and the User and AuditEvent families: the table classes double as
 request and response schemas. The login-side families are in backend/auth/models.py."""
 
+import json
+import math
 import secrets
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,8 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, PydanticCustomError
-from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator
+from sqlalchemy import JSON, DateTime, Dialect, Enum, Index, String, TypeDecorator, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from backend.clock import utcnow
@@ -47,6 +50,9 @@ BAN_REASON_MAX_CHARS = 500
 # A ban's end date: within a century, which is "for good" in all but name (send no
 # `until` for that), and keeps every date far from the years Python cannot hold.
 BAN_MAX_DAYS = 36_500
+# A client as sessions and sign-in events record it.
+USER_AGENT_MAX_CHARS = 512
+IP_ADDRESS_MAX_CHARS = 64
 
 ACCOUNT_KEY_BYTES = 16
 
@@ -198,6 +204,75 @@ Name = Annotated[
 ]
 
 
+# Profile data without a migration (user_metadata, app_metadata): JSON objects, capped so
+# that a row stays small and a filter or an index entry cheap.
+METADATA_MAX_BYTES = 8192  # serialized compactly, in UTF-8
+METADATA_MAX_DEPTH = 5  # the object itself is depth 1
+
+
+def _metadata_problem(value: Any, depth: int) -> str | None:
+    if depth > METADATA_MAX_DEPTH:
+        return f"must nest at most {METADATA_MAX_DEPTH} levels deep (objects and arrays)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable_text(key) or _metadata_problem(item, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            if problem := _metadata_problem(item, depth + 1):
+                return problem
+    elif isinstance(value, str):
+        return _unstorable_text(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        # Python's JSON reads NaN and Infinity, which JSON (and PostgreSQL's jsonb) lacks.
+        return "must not contain NaN or Infinity"
+    return None
+
+
+def _unstorable_text(text: str) -> str | None:
+    # NUL, which jsonb cannot hold, and lone surrogates, which UTF-8 cannot encode.
+    if "\x00" in text or any("\ud800" <= char <= "\udfff" for char in text):
+        return "must not contain NUL characters or lone surrogates"
+    return None
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    problem = _metadata_problem(value, 1)
+    if problem:
+        raise ValueError(problem)
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as compact JSON in UTF-8")
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_metadata),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "description": f"A JSON object of at most {METADATA_MAX_BYTES} bytes (compact, "
+            f"UTF-8), nested at most {METADATA_MAX_DEPTH} levels; no NUL characters, NaN or "
+            "Infinity. Replaced whole when sent.",
+        }
+    ),
+]
+# JSONB on PostgreSQL, for its GIN index and @> containment (list filters); JSON text on
+# SQLite. Never NULL: an empty object.
+METADATA_COLUMN = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _metadata_field() -> Any:
+    return Field(
+        default_factory=dict,
+        sa_type=METADATA_COLUMN,
+        sa_column_kwargs={"server_default": text("'{}'"), "nullable": False},
+    )
+
+
 EXAMPLE_EMAIL = "ada@example.com"
 EXAMPLE_PASSWORD = "Correct-Horse-9"  # noqa: S105  (documentation example)
 
@@ -275,6 +350,13 @@ class User(UserBase, table=True):
     # with ACCOUNT_DELETION=grace. Any new session (a login) clears it.
     deletion_scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
+    # What the owner keeps about themselves (PATCH /users/me), and what admins keep
+    # about the account (PATCH /users/{id}), without a column of their own. PostgreSQL
+    # also has a GIN index on each, for the list's key filters: in the migrations only
+    # (UNMODELLED_INDEXES), as SQLite has no such index.
+    user_metadata: dict[str, Any] = _metadata_field()
+    app_metadata: dict[str, Any] = _metadata_field()
+
 
 # last_login_at is written at most this often per user: a dashboard reads it to the
 # minute, and a refresh storm then costs no write to the users table.
@@ -308,6 +390,8 @@ class UserUpdate(SQLModel):
     role: UserRole | SkipJsonSchema[None] = None
     is_active: StrictBool | SkipJsonSchema[None] = None
     password: Password | SkipJsonSchema[None] = None
+    user_metadata: Metadata | SkipJsonSchema[None] = None
+    app_metadata: Metadata | SkipJsonSchema[None] = None
 
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={"examples": [{"name": "Ada King", "role": "admin"}]}
@@ -329,6 +413,9 @@ class UserReplace(UserBase):
     role: UserRole
     is_active: StrictBool
     password: Password | SkipJsonSchema[None] = None
+    # Omitted: unchanged, as a client that predates them sends the record back.
+    user_metadata: Metadata | SkipJsonSchema[None] = None
+    app_metadata: Metadata | SkipJsonSchema[None] = None
     id: int | SkipJsonSchema[None] = None
     created_at: datetime | SkipJsonSchema[None] = None
     updated_at: datetime | SkipJsonSchema[None] = None
@@ -356,11 +443,25 @@ class UserReplace(UserBase):
 
 
 class UserUpdateMe(SQLModel):
-    name: Name
+    """One's own edit: only the fields sent are changed. `app_metadata` is the admins'
+    (403 for anyone else): accepted here only to refuse it by name."""
+
+    name: Name | SkipJsonSchema[None] = None
+    user_metadata: Metadata | SkipJsonSchema[None] = None
+    app_metadata: Metadata | SkipJsonSchema[None] = None
 
     model_config = ConfigDict(  # type: ignore[assignment]
-        json_schema_extra={"examples": [{"name": "Ada King"}]}
+        json_schema_extra={
+            "examples": [{"name": "Ada King", "user_metadata": {"team": "blue", "theme": "dark"}}]
+        }
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null; omit the field to leave it unchanged")
+        return value
 
 
 class EmailChange(SQLModel):
@@ -401,6 +502,12 @@ class UserPublic(UserBase, _IdFirst):
     updated_at: datetime
     last_login_at: datetime | None = Field(
         description="The latest login or token refresh, to the minute; null if never"
+    )
+    user_metadata: dict[str, Any] = Field(
+        description="The owner's own data (PATCH /users/me), a JSON object"
+    )
+    app_metadata: dict[str, Any] = Field(
+        description="Data only admins set (PATCH /users/{user_id}), a JSON object"
     )
     deletion_scheduled_at: datetime | None = Field(
         description="When the account is removed, its owner having asked for its deletion "
@@ -567,5 +674,48 @@ class AuditEvent(AuditEventBase, table=True):
 
 
 class AuditEventPublic(AuditEventBase):
+    id: int
+    created_at: datetime
+
+
+class AuthEventKind(StrEnum):
+    LOGIN_SUCCEEDED = "login_succeeded"
+    LOGIN_FAILED = "login_failed"  # reason: the problem code answered
+    REFRESH_FAILED = "refresh_failed"  # reason: the problem code answered
+    LOGOUT = "logout"
+    REGISTERED = "registered"
+    RATE_LIMITED = "rate_limited"  # reason: the limit (login, register, refresh, ...)
+
+
+class AuthEventBase(SQLModel):
+    kind: AuthEventKind = Field(sa_type=string_enum(AuthEventKind, name="kind", length=32))
+    # No foreign key: the history outlives the accounts it mentions. None where no
+    # account is known (an unknown email, a refresh token that names none).
+    user_id: int | None = Field(default=None)
+    # The email as sent, for what failed before an account was known.
+    email: str | None = Field(default=None, sa_type=String(EMAIL_MAX_CHARS))
+    reason: str | None = Field(default=None, sa_type=String(64))
+    ip_address: str | None = Field(default=None, sa_type=String(IP_ADDRESS_MAX_CHARS), index=True)
+    user_agent: str | None = Field(default=None, sa_type=String(USER_AGENT_MAX_CHARS))
+
+
+class AuthEvent(AuthEventBase, table=True):
+    """One sign-in event, written shortly after it by a batching writer
+    (backend/auth/events.py), not in the request's transaction."""
+
+    __tablename__ = "auth_events"
+    __table_args__ = (
+        # (filter, id): a user's own history and the admin filters walk these in order.
+        Index("ix_auth_events_user_id_id", "user_id", "id"),
+        Index("ix_auth_events_kind_id", "kind", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Date ranges, and the retention purge.
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class AuthEventPublic(AuthEventBase):
     id: int
     created_at: datetime

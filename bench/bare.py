@@ -49,7 +49,7 @@ PASSWORD_MAX_BYTES = 72
 
 ALL_COLUMNS = (
     "id, email, name, hashed_password, role, is_active, is_verified, token_version, version,"
-    " created_at, updated_at, last_login_at"
+    " created_at, updated_at, last_login_at, user_metadata, app_metadata"
 )
 BY_ID = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1"
 BY_EMAIL = f"SELECT {ALL_COLUMNS} FROM users WHERE email = $1"
@@ -97,6 +97,8 @@ PUBLIC_FIELDS = (
     "created_at",
     "updated_at",
     "last_login_at",
+    "user_metadata",
+    "app_metadata",
 )
 # What the app's ResponseHeadersMiddleware adds to every response (plus a request id).
 SECURITY_HEADERS = [
@@ -117,6 +119,18 @@ class HTTPError(Exception):
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+async def _decode_jsonb(connection: asyncpg.Connection) -> None:
+    # jsonb as the objects it holds (asyncpg hands over its text), as the app's JSONB
+    # columns are read.
+    await connection.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        format="text",
+    )
 
 
 def public(row: asyncpg.Record) -> dict[str, Any]:
@@ -183,6 +197,7 @@ class BareApp:
                     self.database_url,
                     min_size=self.pool_size,
                     max_size=self.pool_size + self.max_overflow,
+                    init=_decode_jsonb,
                 )
                 self._hash_threads = ThreadPoolExecutor(self.hash_concurrency)
                 self.dummy_hash = bcrypt.hashpw(

@@ -42,6 +42,7 @@ async def test_register_returns_the_full_login_response(client: httpx.AsyncClien
     assert set(body["user"]) == {
         "id", "email", "name", "role", "is_active", "is_verified", "created_at", "updated_at",
         "last_login_at", "banned_at", "banned_until", "ban_reason", "deletion_scheduled_at",
+        "user_metadata", "app_metadata",
     }  # fmt: skip
     assert body["user"]["role"] == "user"
     assert body["user"]["last_login_at"] is not None  # registering logs in

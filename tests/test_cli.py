@@ -205,7 +205,7 @@ def test_users_set_role_and_deactivate_keep_the_api_rules(sqlite_env: Path) -> N
     assert account(sqlite_env, "grace@example.com") == ("admin", 1, 1)
 
     assert runner.invoke(app, ["users", "set-role", "ada@example.com", "user"]).exit_code == 0
-    last_admin = "The last active admin cannot be demoted, deactivated or deleted."
+    last_admin = "The last active admin cannot be demoted, deactivated, banned or deleted."
     for command in (["set-role", "grace@example.com", "user"], ["deactivate", "grace@example.com"]):
         refused = runner.invoke(app, ["users", *command])
         assert refused.exit_code == 1

@@ -133,6 +133,14 @@ async def register(
     return Registered(user=user, tokens=tokens, verify_link=verify_link)
 
 
+@dataclass(frozen=True)
+class LoginRefused:
+    """A wrong email or password; `user_id` is the account the email names, if any (for
+    the sign-in history, never for the answer)."""
+
+    user_id: int | None
+
+
 async def log_in(
     db: AsyncSession,
     *,
@@ -141,9 +149,9 @@ async def log_in(
     hasher: PasswordHasher,
     settings: Settings,
     client: ClientInfo,
-) -> LoginResponse | None:
-    """Tokens for the user whose password this is, or None; unknown emails cost one
-    verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token.
+) -> LoginResponse | LoginRefused:
+    """Tokens for the user whose password this is, or LoginRefused; unknown emails cost
+    one verify too. A rehash (BCRYPT_ROUNDS changed) is written with the new refresh token.
     A user with a second factor gets the mfa_required refusal instead (backend/auth/mfa.py)."""
     with hasher.reserve():
         if not hasher.knows_costs:  # once per process: the costs an unknown email may take
@@ -157,7 +165,7 @@ async def log_in(
             account=email.lower(),  # the form get_user_by_email looks up
         )
     if user is None or not matched:
-        return None
+        return LoginRefused(user.id if user is not None else None)
     if not user.is_active:
         raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
     if user.ban_in_force(utcnow()):  # after the password, as a deactivation: no oracle

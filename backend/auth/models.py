@@ -19,7 +19,9 @@ from backend.http.parsing import INT32_MAX
 from backend.models import (
     EXAMPLE_EMAIL,
     EXAMPLE_PASSWORD,
+    IP_ADDRESS_MAX_CHARS,
     NAME_MAX_CHARS,
+    USER_AGENT_MAX_CHARS,
     AuditEventPublic,
     Email,
     LoginEmail,
@@ -132,8 +134,6 @@ class SessionEndReason(StrEnum):
 
 SESSION_ID_BYTES = 16
 SESSION_ID_PATTERN = f"^[0-9a-f]{{{2 * SESSION_ID_BYTES}}}$"
-USER_AGENT_MAX_CHARS = 512
-IP_ADDRESS_MAX_CHARS = 64
 
 
 def new_session_id() -> str:

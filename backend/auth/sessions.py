@@ -342,8 +342,8 @@ async def _end_now(
     raise UnauthorizedError(detail, code=code)
 
 
-async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -> None:
-    """End the session a refresh token belongs to; commits."""
+async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -> int:
+    """End the session a refresh token belongs to; commits. The account's id."""
     claims = decode_token(refresh_token, REFRESH, settings)
     ended = await _end(
         db,
@@ -356,6 +356,16 @@ async def log_out(db: AsyncSession, *, refresh_token: str, settings: Settings) -
     )
     if not ended:
         raise UnauthorizedError(UNKNOWN_REFRESH_TOKEN, code=ProblemCode.REFRESH_TOKEN_INVALID)
+    return claims.sub
+
+
+def refresh_token_user_id(refresh_token: str, settings: Settings) -> int | None:
+    """The account a refresh token names when it is one of ours (signed, unexpired), for
+    the record of a refused refresh; None for anything else."""
+    try:
+        return decode_token(refresh_token, REFRESH, settings).sub
+    except DomainError:
+        return None
 
 
 async def end(

@@ -35,7 +35,13 @@ def _find_alembic_dir() -> Path:
 ALEMBIC_DIR = _find_alembic_dir()
 # PostgreSQL-only indexes that the migrations create by hand (see their comments).
 UNMODELLED_INDEXES = frozenset(
-    {"ix_users_email_trgm", "ix_users_name_trgm", "ix_users_last_login_at_id"}
+    {
+        "ix_users_email_trgm",
+        "ix_users_name_trgm",
+        "ix_users_last_login_at_id",
+        "ix_users_user_metadata_gin",
+        "ix_users_app_metadata_gin",
+    }
 )
 
 

@@ -10,6 +10,8 @@
 One request speaks one dialect; mixing them is a 422, as is any unknown field.
 """
 
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -22,7 +24,9 @@ from backend.config import DEFAULT_MAX_PER_PAGE
 from backend.http.parsing import INT32_MAX, load_json, parse_int
 
 Dialect = Literal["native", "json-server", "simple-rest"]
-Operator = Literal["eq", "in", "ne", "gt", "gte", "lt", "lte", "like"]
+# key_eq: a top-level key of a JSON object column equal to a JSON scalar; the value is
+# a JsonKey.
+Operator = Literal["eq", "in", "ne", "gt", "gte", "lt", "lte", "like", "key_eq"]
 
 DEFAULT_PER_PAGE = 10
 MAX_PAGE = 1_000_000
@@ -65,6 +69,24 @@ ISODateTime = TypeAdapter(
 STRICT_JSON_BOOL: TypeAdapter[bool] = TypeAdapter(StrictBool)
 BOOL: TypeAdapter[bool] = TypeAdapter(bool)
 MAX_SEARCH_CHARS = 200
+# The keys a JSON filter may name (`user_metadata.<key>`): plain ones, which need no
+# quoting in SQLite's JSON paths.
+JSON_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JSON_KEY_HINT = "letters, digits, '_' or '-', at most 64"
+# A number a filter compares must fit SQLite's 64-bit integers.
+JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**63 - 1
+MAX_JSON_FILTER_CHARS = 1000
+
+JsonScalar = str | bool | int | float
+
+
+@dataclass(frozen=True)
+class JsonKey:
+    """The value of a key_eq filter: `key` of the object equals `value` as JSON (a
+    string, a number or a boolean; 1 and 1.0 are equal)."""
+
+    key: str
+    value: JsonScalar
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,8 @@ class Resource:
     # Yes-or-no states that are no column (users' `banned`, which the clock decides):
     # filterable by plain equality, not sortable; the router's crud turns each into SQL.
     flags: tuple[str, ...] = ()
+    # JSON object columns filtered by a top-level key: `user_metadata.team=blue`.
+    json_fields: tuple[str, ...] = ()
 
 
 SUFFIXES: dict[str, Operator] = {"_like": "like", "_ne": "ne", "_gte": "gte", "_lte": "lte"}
@@ -265,7 +289,7 @@ def _parse_simple_rest(params: QueryParams, ctx: _Context) -> ListQuery:
     filters = [
         condition
         for key, value in conditions.items()
-        if (condition := _filter(key, value, f"filter.{key}", ctx)) is not None
+        if (condition := _filter(key, value, f"filter.{key}", ctx, from_text=False)) is not None
     ]
     return ListQuery(
         dialect="simple-rest",
@@ -290,10 +314,16 @@ def _equality_filters(params: QueryParams, skip: set[str], ctx: _Context) -> lis
     return filters
 
 
-def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None:
+def _filter(
+    key: str, value: Any, location: str, ctx: _Context, *, from_text: bool = True
+) -> Filter | None:
+    """A filter on `key`; `value` is query-string text, or (from_text False) JSON's."""
+    resource = ctx.resource
+    column, dot, json_key = key.partition(".")
+    if dot and column in resource.json_fields:
+        return _json_key_filter(column, json_key, value, location, ctx, from_text=from_text)
     name, suffix_operator = _split_suffix(key)
     operator = suffix_operator or "eq"
-    resource = ctx.resource
     if key in resource.flags:
         if isinstance(value, list):
             ctx.add(location, "must be one value, true or false")
@@ -306,7 +336,12 @@ def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None
             return None
     if name not in resource.fields:
         filterable = ", ".join(
-            [*resource.fields, *resource.flags, *(["q"] if resource.searchable else [])]
+            [
+                *resource.fields,
+                *resource.flags,
+                *(f"{name}.<key>" for name in resource.json_fields),
+                *(["q"] if resource.searchable else []),
+            ]
         )
         ctx.add(location, f"unknown filter field; filterable: {filterable}")
         return None
@@ -320,6 +355,39 @@ def _filter(key: str, value: Any, location: str, ctx: _Context) -> Filter | None
             return None
         return Filter(name, "in", [_typed(name, item, location, ctx) for item in value])
     return Filter(name, operator, _typed(name, value, location, ctx))
+
+
+def _json_key_filter(
+    column: str, key: str, value: Any, location: str, ctx: _Context, *, from_text: bool
+) -> Filter | None:
+    if not JSON_KEY.fullmatch(key):
+        ctx.add(location, f"the key after {column}. must be {JSON_KEY_HINT} characters")
+        return None
+    if from_text and isinstance(value, str):
+        value = _json_scalar_from_text(value)
+    if (
+        isinstance(value, bool)
+        or (isinstance(value, int) and JSON_INT_MIN <= value <= JSON_INT_MAX)
+        or (isinstance(value, float) and math.isfinite(value))
+    ):
+        return Filter(column, "key_eq", JsonKey(key, value))
+    if isinstance(value, str) and len(value) <= MAX_JSON_FILTER_CHARS and not _unstorable(value):
+        return Filter(column, "key_eq", JsonKey(key, value))
+    ctx.add(
+        location,
+        "must be one string (at most 1000 characters, no NUL), number (within 64-bit "
+        "integers) or boolean, compared by plain equality",
+    )
+    return None
+
+
+def _json_scalar_from_text(text: str) -> Any:
+    """Query-string text as the JSON scalar it spells (`3`, `true`, `"3"`), else as the
+    string itself (`blue`): a string that spells a number or boolean is sent quoted."""
+    try:
+        return load_json(text)  # null, a list or an object: refused by the caller
+    except ValueError:
+        return text
 
 
 def _split_suffix(key: str) -> tuple[str, Operator | None]:

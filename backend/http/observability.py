@@ -144,6 +144,17 @@ class Metrics:
             "1 from a request answered 503 for the database until it answers again, else 0.",
             registry=self.registry,
         )
+        self.auth_events_written = Counter(
+            "auth_events_written",
+            "Sign-in events written to the auth_events table.",
+            registry=self.registry,
+        )
+        self.auth_events_dropped = Counter(
+            "auth_events_dropped",
+            "Sign-in events dropped, not written: the writer's queue was full, or the "
+            "database refused or did not answer their batch.",
+            registry=self.registry,
+        )
         self.auth_checks = Counter(
             "auth_checks",
             "Access tokens checked, by where their user and session rows came from.",

@@ -27,8 +27,11 @@ from backend.errors import (
     FieldInvalidError,
     ProblemCode,
     RetryLaterError,
+    TooManyRequestsError,
     UnauthorizedError,
 )
+from backend.http.ratelimit import client_ip
+from backend.models import AuthEventKind
 from backend.runtime import runtime_of
 
 logger = logging.getLogger(__name__)
@@ -170,6 +173,8 @@ def _domain_error_headers(exc: DomainError) -> dict[str, str]:
 
 async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    if isinstance(exc, TooManyRequestsError):
+        _record_rate_limited(request, exc)
     errors = (
         [FieldError(field=exc.field, message=exc.message, code=exc.field_code)]
         if isinstance(exc, FieldInvalidError)
@@ -183,6 +188,21 @@ async def _handle_domain_error(request: Request, exc: Exception) -> JSONResponse
         headers=_domain_error_headers(exc),
         request_id=request_id_of(request),
         extensions=exc.extensions,
+    )
+
+
+def _record_rate_limited(request: Request, exc: TooManyRequestsError) -> None:
+    """A 429 of an auth route (login, register, refresh, mail) in the sign-in history;
+    the limiter itself knows neither the route nor the history."""
+    route = request.scope.get("route")
+    if "auth" not in getattr(route, "tags", ()):
+        return
+    runtime = runtime_of(request.scope)
+    runtime.auth_events.record(
+        AuthEventKind.RATE_LIMITED,
+        ip_address=client_ip(request, runtime.settings.TRUSTED_PROXIES),
+        user_agent=request.headers.get("user-agent"),
+        reason=exc.limit,
     )
 
 

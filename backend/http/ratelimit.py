@@ -194,6 +194,7 @@ class RateLimiter:
             f"Too many requests: at most {limit}. Retry in {retry_after} s.",
             code=ProblemCode.RATE_LIMITED,
             retry_after_seconds=retry_after,
+            limit=name,
         )
 
 

@@ -1,7 +1,7 @@
 import logging
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -12,11 +12,13 @@ from backend.auth.deps import (
     LoginCredentials,
     NotImpersonating,
     SessionUser,
+    get_login_client,
     refuse_api_keys,
 )
 from backend.auth.mfa_models import LoginProblem, MfaVerify
 from backend.auth.models import (
     Accepted,
+    ClientInfo,
     LinkPurpose,
     LinkUse,
     LoginRequest,
@@ -32,7 +34,7 @@ from backend.auth.transport import PresentedRefreshToken, TokenDeliveryDep
 from backend.errors import DomainError, ForbiddenError, ProblemCode, UnauthorizedError
 from backend.http.deps import ClientIP, DbSession, RuntimeDep
 from backend.http.problems import problem_responses
-from backend.models import User, UserPublic
+from backend.models import AuthEventKind, User, UserPublic
 from backend.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ async def register(
         settings=settings,
         client=client,
     )
+    _record(runtime, AuthEventKind.REGISTERED, client, user_id=registered.user.id)
     if registered.verify_link is not None:
         links.send_link(
             runtime.mailer,
@@ -142,21 +145,62 @@ async def login(
     # Failures only, whatever the address: the owner's own logins never use it up. Keyed
     # by the email as sent, so an unknown account is limited exactly like a real one.
     await limiter.check(limiter.login_failures_per_account, "login-account", credentials.email)
-    tokens = await accounts.log_in(
-        db,
-        email=credentials.email,
-        password=credentials.password,
-        hasher=runtime.password_hasher,
-        settings=runtime.settings,
-        client=client,
-    )
-    if tokens is None:
+    try:
+        outcome = await accounts.log_in(
+            db,
+            email=credentials.email,
+            password=credentials.password,
+            hasher=runtime.password_hasher,
+            settings=runtime.settings,
+            client=client,
+        )
+    except DomainError as error:  # deactivated, not verified, the server too busy
+        # The right password of an account with a second factor is no failure yet: the
+        # login ends at /auth/mfa/verify, which records how.
+        if error.code is not ProblemCode.MFA_REQUIRED:
+            _record(
+                runtime,
+                AuthEventKind.LOGIN_FAILED,
+                client,
+                email=credentials.email,
+                reason=error.code,
+            )
+        raise
+    if isinstance(outcome, accounts.LoginRefused):
         runtime.metrics.login_failures.inc()
+        _record(
+            runtime,
+            AuthEventKind.LOGIN_FAILED,
+            client,
+            user_id=outcome.user_id,
+            email=credentials.email,
+            reason=ProblemCode.CREDENTIALS_INVALID,
+        )
         await limiter.count(limiter.login_failures_per_account, "login-account", credentials.email)
         raise UnauthorizedError(
             "Incorrect email or password.", code=ProblemCode.CREDENTIALS_INVALID
         )
-    return delivery.send(tokens)
+    _record(runtime, AuthEventKind.LOGIN_SUCCEEDED, client, user_id=outcome.user.id)
+    return delivery.send(outcome)
+
+
+def _record(
+    runtime: Runtime,
+    kind: AuthEventKind,
+    client: ClientInfo,
+    *,
+    user_id: int | None = None,
+    email: str | None = None,
+    reason: str | None = None,
+) -> None:
+    runtime.auth_events.record(
+        kind,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        user_id=user_id,
+        email=email,
+        reason=reason,
+    )
 
 
 @router.post(
@@ -190,7 +234,11 @@ async def verify_mfa(
         if error.code is ProblemCode.MFA_CODE_INVALID:
             runtime.metrics.login_failures.inc()
             await limiter.count(limiter.mfa_failures_per_account, "mfa-account", account)
+        _record(
+            runtime, AuthEventKind.LOGIN_FAILED, client, user_id=found.user_id, reason=error.code
+        )
         raise
+    _record(runtime, AuthEventKind.LOGIN_SUCCEEDED, client, user_id=tokens.user.id)
     return delivery.send(tokens)
 
 
@@ -203,6 +251,7 @@ async def verify_mfa(
 )
 async def refresh(
     refresh_token: PresentedRefreshToken,
+    request: Request,
     db: DbSession,
     runtime: RuntimeDep,
     ip: ClientIP,
@@ -213,7 +262,19 @@ async def refresh(
     a used one again ends its whole session. A session past its lifetime is refused."""
     limiter = runtime.rate_limiter
     await limiter.hit(limiter.refresh, "refresh", ip)
-    rotated = await sessions.rotate(db, refresh_token=refresh_token, settings=runtime.settings)
+    settings = runtime.settings
+    try:
+        rotated = await sessions.rotate(db, refresh_token=refresh_token, settings=settings)
+    except DomainError as error:
+        # The client is read only here: a refresh that works records nothing.
+        _record(
+            runtime,
+            AuthEventKind.REFRESH_FAILED,
+            await get_login_client(request, runtime),
+            user_id=sessions.refresh_token_user_id(refresh_token, settings),
+            reason=error.code,
+        )
+        raise
     if rotated.own:
         background.add_task(_note_refresh, runtime, rotated.tokens.user.id)
     return delivery.send(rotated.tokens)
@@ -241,11 +302,13 @@ async def logout(
     refresh_token: PresentedRefreshToken,
     db: DbSession,
     runtime: RuntimeDep,
+    client: LoginClient,
     delivery: TokenDeliveryDep,
 ) -> None:
     """End the session the refresh token belongs to, its access tokens included (other
     devices stay logged in)."""
-    await sessions.log_out(db, refresh_token=refresh_token, settings=runtime.settings)
+    user_id = await sessions.log_out(db, refresh_token=refresh_token, settings=runtime.settings)
+    _record(runtime, AuthEventKind.LOGOUT, client, user_id=user_id)
     delivery.end()
 
 
@@ -257,9 +320,14 @@ async def logout(
     response_class=Response,
     responses=problem_responses(401, 403),
 )
-async def logout_all(user: SessionUser, db: DbSession) -> None:
+async def logout_all(
+    user: SessionUser, db: DbSession, runtime: RuntimeDep, client: LoginClient
+) -> None:
     """End every session of the current user, on every device, at once."""
     await sessions.end_all(db, user=user, reason=SessionEndReason.LOGOUT_ALL)
+    _record(
+        runtime, AuthEventKind.LOGOUT, client, user_id=user.id, reason=SessionEndReason.LOGOUT_ALL
+    )
 
 
 @router.post(

@@ -78,6 +78,7 @@ USERS = Resource(
     text_fields=("email", "name"),
     searchable=True,
     flags=("banned",),
+    json_fields=("user_metadata", "app_metadata"),
 )
 USERS_LIST_DESCRIPTION = f"""A page of users, with the total in `X-Total-Count`, a `Content-Range`
 (`users 0-9/42`) and a `Link` header (first, prev, next, last).
@@ -91,12 +92,15 @@ unchanged, one convention per request:
   `filter={{"q":"bob","role":"user","id":[1,2]}}`.
 
 Filterable fields: {", ".join(USERS.fields)}; dates also as ranges (`created_after`,
-`last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
-Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
-records (1,000 by default), the most any request may ask for.
-Accounts that never logged in sort as the oldest `last_login_at`. Accounts whose
-deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others have
-none, and match no range).
+`last_login_before`, ...); `banned=true|false`: whether a ban is in force now. A
+top-level key of `user_metadata` or `app_metadata` by equality: `user_metadata.team=blue`,
+`app_metadata.plan=pro`, `user_metadata.level=3`, `user_metadata.beta=true` (a number or
+boolean spelled as a string is sent quoted: `user_metadata.level="3"`), or
+`filter={{"user_metadata.team":"blue"}}`. Without paging parameters, the dashboard
+conventions return up to `MAX_PER_PAGE` records (1,000 by default), the most any request
+may ask for. Accounts that never logged in sort as the oldest `last_login_at`. Accounts
+whose deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others
+have none, and match no range).
 
 With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account."""
 # UserPublic's fields as a TypedDict, made from the model so that the two cannot differ:
@@ -275,15 +279,39 @@ async def read_me(caller: AnyCaller, db: DbSession) -> UserMe:
     return UserMe.model_validate(caller.user, update={"impersonated_by": impersonator})
 
 
-@router.patch("/me", name="users-update-me", response_model=UserPublic)
+@router.patch(
+    "/me",
+    name="users-update-me",
+    response_model=UserPublic,
+    responses={**problem_responses(412), 200: {"headers": ETAG_HEADER}},
+)
 async def update_me(
-    body: UserUpdateMe, user: CurrentUser, db: DbSession, runtime: RuntimeDep
+    body: UserUpdateMe,
+    user: CurrentUser,
+    db: DbSession,
+    runtime: RuntimeDep,
+    expected_versions: ExpectedVersions,
+    response: Response,
 ) -> User:
-    """Change your own name."""
+    """Change your own name or `user_metadata` (replaced whole). `app_metadata` is for
+    admins only (403 for anyone else). With `If-Match`, an account changed meanwhile
+    gives 412."""
+    if body.app_metadata is not None and user.role != UserRole.ADMIN:
+        raise ForbiddenError(
+            "app_metadata is set by admins only; keep your own data in user_metadata.",
+            code=ProblemCode.ADMIN_REQUIRED,
+        )
     changes = UserUpdate.model_validate(body.model_dump(exclude_unset=True))
-    return await accounts.update_user(
-        db, user=user, changes=changes, hasher=runtime.password_hasher, actor_id=user.id
+    updated = await accounts.update_user(
+        db,
+        user=user,
+        changes=changes,
+        hasher=runtime.password_hasher,
+        actor_id=user.id,
+        expected_versions=expected_versions,
     )
+    response.headers["ETag"] = etag(updated.version)
+    return updated
 
 
 @router.post(

@@ -16,6 +16,7 @@ import { PasskeySignIn } from './passkeys';
 import { SsoButtons } from './sso';
 import { ImpersonationBanner } from './support';
 import { MfaCodeForm, SECURITY_PATH, SecurityPage } from './mfa';
+import { SignInList } from './signins';
 import { UserCreate, UserEdit, UserList, UserShow } from './users';
 import { WebhookCreate, WebhookList, WebhookShow } from './webhooks';
 
@@ -87,6 +88,7 @@ function resources(permissions) {
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
         admin ? (
             <Resource key="webhooks" name="webhooks" list={WebhookList} show={WebhookShow} create={WebhookCreate} />
+            <Resource key="auth-events" name="auth-events" list={SignInList} options={{ label: 'Sign-in history' }} />
         ) : null,
         <CustomRoutes key="account">
             <Route path="/my-account" element={<MyAccount />} />

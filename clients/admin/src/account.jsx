@@ -1,6 +1,8 @@
 // My account: your name, your password, your email, your second factor, your passkeys,
 // your sessions, your API keys, your data and the account itself; what every user may
 // change.
+// My account: your name, your password, your sessions, your API keys, your recent
+// sign-ins; what every user may change or see.
 import { Card, CardContent, CardHeader, Stack } from '@mui/material';
 import {
     Form,
@@ -21,6 +23,7 @@ import { SecurityCard } from './mfa';
 import { ChangeEmail, DeleteAccount, ExportData } from './ownaccount';
 import { SessionTable } from './sessions';
 import { MyIdentities } from './sso';
+import { MySignIns } from './signins';
 
 function NameForm() {
     const { identity, refetch } = useGetIdentity();
@@ -119,6 +122,9 @@ export function MyAccount() {
                 <CardHeader title="Delete account" />
                 <CardContent>
                     <DeleteAccount />
+                <CardHeader title="Recent sign-ins" />
+                <CardContent>
+                    <MySignIns />
                 </CardContent>
             </Card>
         </Stack>

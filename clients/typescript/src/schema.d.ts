@@ -513,12 +513,15 @@ export interface paths {
          *       `filter={"q":"bob","role":"user","id":[1,2]}`.
          *
          *     Filterable fields: id, email, name, role, is_active, is_verified, created_at, updated_at, last_login_at, deletion_scheduled_at; dates also as ranges (`created_after`,
-         *     `last_login_before`, ...); `banned=true|false`: whether a ban is in force now.
-         *     Without paging parameters, the dashboard conventions return up to `MAX_PER_PAGE`
-         *     records (1,000 by default), the most any request may ask for.
-         *     Accounts that never logged in sort as the oldest `last_login_at`. Accounts whose
-         *     deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others have
-         *     none, and match no range).
+         *     `last_login_before`, ...); `banned=true|false`: whether a ban is in force now. A
+         *     top-level key of `user_metadata` or `app_metadata` by equality: `user_metadata.team=blue`,
+         *     `app_metadata.plan=pro`, `user_metadata.level=3`, `user_metadata.beta=true` (a number or
+         *     boolean spelled as a string is sent quoted: `user_metadata.level="3"`), or
+         *     `filter={"user_metadata.team":"blue"}`. Without paging parameters, the dashboard
+         *     conventions return up to `MAX_PER_PAGE` records (1,000 by default), the most any request
+         *     may ask for. Accounts that never logged in sort as the oldest `last_login_at`. Accounts
+         *     whose deletion is scheduled: `deletion_scheduled_after=1970-01-01T00:00:00Z` (the others
+         *     have none, and match no range).
          *
          *     With `USERS_DIRECTORY=admins`, a plain user's list holds only their own account.
          */
@@ -605,7 +608,9 @@ export interface paths {
         head?: never;
         /**
          * Users-Update-Me
-         * @description Change your own name.
+         * @description Change your own name or `user_metadata` (replaced whole). `app_metadata` is for
+         *     admins only (403 for anyone else). With `If-Match`, an account changed meanwhile
+         *     gives 412.
          */
         patch: operations["users-update-me"];
         trace?: never;
@@ -1306,6 +1311,52 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Signins-List
+         * @description The sign-in history of every account (admin only), newest first unless sorted:
+         *     logins and failed logins, failed refreshes, logouts, registrations and rate-limit
+         *     refusals of the auth routes. Filter by `user_id`, `kind`, `ip_address`, `email`,
+         *     `reason`, `created_after`/`created_before`, with the same paging, sorting and
+         *     dashboard conventions as the users list. Kept `AUTH_EVENTS_RETENTION_DAYS`.
+         */
+        get: operations["signins-list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/sign-ins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Signins-Mine
+         * @description Your own sign-in history, newest first: logins, failed logins with your email,
+         *     failed refreshes of your sessions, logouts and your registration. Filter by `kind`,
+         *     `ip_address`, `created_after`/`created_before`.
+         */
+        get: operations["signins-mine"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health": {
         parameters: {
             query?: never;
@@ -1575,6 +1626,32 @@ export interface components {
             details?: {
                 [key: string]: unknown;
             };
+            /** Id */
+            id: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /**
+         * AuthEventKind
+         * @enum {string}
+         */
+        AuthEventKind: "login_succeeded" | "login_failed" | "refresh_failed" | "logout" | "registered" | "rate_limited";
+        /** AuthEventPublic */
+        AuthEventPublic: {
+            kind: components["schemas"]["AuthEventKind"];
+            /** User Id */
+            user_id?: number | null;
+            /** Email */
+            email?: string | null;
+            /** Reason */
+            reason?: string | null;
+            /** Ip Address */
+            ip_address?: string | null;
+            /** User Agent */
+            user_agent?: string | null;
             /** Id */
             id: number;
             /**
@@ -2316,6 +2393,20 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * User Metadata
+             * @description The owner's own data (PATCH /users/me), a JSON object
+             */
+            user_metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description Data only admins set (PATCH /users/{user_id}), a JSON object
+             */
+            app_metadata: {
+                [key: string]: unknown;
+            };
+            /**
              * Deletion Scheduled At
              * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
              */
@@ -2377,6 +2468,20 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * User Metadata
+             * @description The owner's own data (PATCH /users/me), a JSON object
+             */
+            user_metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description Data only admins set (PATCH /users/{user_id}), a JSON object
+             */
+            app_metadata: {
+                [key: string]: unknown;
+            };
+            /**
              * Deletion Scheduled At
              * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
              */
@@ -2435,6 +2540,20 @@ export interface components {
              */
             last_login_at: string | null;
             /**
+             * User Metadata
+             * @description The owner's own data (PATCH /users/me), a JSON object
+             */
+            user_metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description Data only admins set (PATCH /users/{user_id}), a JSON object
+             */
+            app_metadata: {
+                [key: string]: unknown;
+            };
+            /**
              * Deletion Scheduled At
              * @description When the account is removed, its owner having asked for its deletion (ACCOUNT_DELETION=grace); null unless scheduled. A login cancels it.
              */
@@ -2490,6 +2609,20 @@ export interface components {
              * @description At least 12 characters (any: spaces, any script, no rules about kinds), at most 72 bytes in UTF-8, no control characters; not a common or breached password, nor a run of repeated or consecutive characters. Compared in Unicode NFKC form.
              */
             password?: string;
+            /**
+             * User Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            user_metadata?: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            app_metadata?: {
+                [key: string]: unknown;
+            };
             /** Id */
             id?: number;
             /**
@@ -2538,11 +2671,31 @@ export interface components {
              * @description At least 12 characters (any: spaces, any script, no rules about kinds), at most 72 bytes in UTF-8, no control characters; not a common or breached password, nor a run of repeated or consecutive characters. Compared in Unicode NFKC form.
              */
             password?: string;
+            /**
+             * User Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            user_metadata?: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            app_metadata?: {
+                [key: string]: unknown;
+            };
         };
         /**
          * UserUpdateMe
+         * @description One's own edit: only the fields sent are changed. `app_metadata` is the admins'
+         *     (403 for anyone else): accepted here only to refuse it by name.
          * @example {
-         *       "name": "Ada King"
+         *       "name": "Ada King",
+         *       "user_metadata": {
+         *         "team": "blue",
+         *         "theme": "dark"
+         *       }
          *     }
          */
         UserUpdateMe: {
@@ -2550,7 +2703,21 @@ export interface components {
              * Name
              * @description At most 100 characters, not all spaces; surrounding spaces are trimmed.
              */
-            name: string;
+            name?: string;
+            /**
+             * User Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            user_metadata?: {
+                [key: string]: unknown;
+            };
+            /**
+             * App Metadata
+             * @description A JSON object of at most 8192 bytes (compact, UTF-8), nested at most 5 levels; no NUL characters, NaN or Infinity. Replaced whole when sent.
+             */
+            app_metadata?: {
+                [key: string]: unknown;
+            };
         };
         /** WebhookDeliveryPublic */
         WebhookDeliveryPublic: {
@@ -5015,7 +5182,10 @@ export interface operations {
     "users-update-me": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description ETags of the version you read */
+                "if-match"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -5028,6 +5198,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The user's version */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5054,6 +5226,15 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Precondition Failed */
+            412: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8099,6 +8280,141 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "signins-list": {
+        parameters: {
+            query?: {
+                page?: number;
+                per_page?: number;
+                /** @description Comma list of fields, '-' for descending: -created_at,id. Ties are broken by id. */
+                sort?: string;
+                /** @description Repeat for several: id=a&id=b. */
+                id?: number[];
+                /** @description Repeat for several: kind=a&kind=b. */
+                kind?: ("login_succeeded" | "login_failed" | "refresh_failed" | "logout" | "registered" | "rate_limited")[];
+                /** @description Repeat for several: ip_address=a&ip_address=b. */
+                ip_address?: string[];
+                /** @description Repeat for several: user_id=a&user_id=b. */
+                user_id?: number[];
+                reason?: string;
+                created_after?: string;
+                created_before?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description Records matching the filters */
+                    "X-Total-Count"?: number;
+                    /** @description RESOURCE START-END/TOTAL */
+                    "Content-Range"?: string;
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
+                    Link?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthEventPublic"][];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "signins-mine": {
+        parameters: {
+            query?: {
+                page?: number;
+                per_page?: number;
+                /** @description Comma list of fields, '-' for descending: -created_at,id. Ties are broken by id. */
+                sort?: string;
+                /** @description Repeat for several: id=a&id=b. */
+                id?: number[];
+                /** @description Repeat for several: kind=a&kind=b. */
+                kind?: ("login_succeeded" | "login_failed" | "refresh_failed" | "logout" | "registered" | "rate_limited")[];
+                /** @description Repeat for several: ip_address=a&ip_address=b. */
+                ip_address?: string[];
+                created_after?: string;
+                created_before?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description Records matching the filters */
+                    "X-Total-Count"?: number;
+                    /** @description RESOURCE START-END/TOTAL */
+                    "Content-Range"?: string;
+                    /** @description RFC 8288 first, prev, next, last; left out when longer than 2 KiB */
+                    Link?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthEventPublic"][];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
