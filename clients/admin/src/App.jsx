@@ -88,6 +88,8 @@ function resources(permissions) {
         admin ? <Resource key="audit" name="audit" list={AuditList} options={{ label: 'Audit trail' }} /> : null,
         admin ? (
             <Resource key="webhooks" name="webhooks" list={WebhookList} show={WebhookShow} create={WebhookCreate} />
+        ) : null,
+        admin ? (
             <Resource key="auth-events" name="auth-events" list={SignInList} options={{ label: 'Sign-in history' }} />
         ) : null,
         <CustomRoutes key="account">

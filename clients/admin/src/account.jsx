@@ -113,6 +113,12 @@ export function MyAccount() {
                 </CardContent>
             </Card>
             <Card>
+                <CardHeader title="Recent sign-ins" />
+                <CardContent>
+                    <MySignIns />
+                </CardContent>
+            </Card>
+            <Card>
                 <CardHeader title="My data" />
                 <CardContent>
                     <ExportData />
@@ -122,9 +128,6 @@ export function MyAccount() {
                 <CardHeader title="Delete account" />
                 <CardContent>
                     <DeleteAccount />
-                <CardHeader title="Recent sign-ins" />
-                <CardContent>
-                    <MySignIns />
                 </CardContent>
             </Card>
         </Stack>
