@@ -211,7 +211,9 @@ def _is_digest_of_common_secret(key: str) -> bool:
 
 
 GITHUB_PRESET = "github"
-SSO_SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
+# A letter first: /users/me/identities/{slug} (link) and /users/me/identities/{id}
+# (unlink) must never match the same path.
+SSO_SLUG = r"^[a-z][a-z0-9-]{0,31}$"
 OIDC_DEFAULT_SCOPES = ("openid", "email", "profile")
 GITHUB_DEFAULT_SCOPES = ("read:user", "user:email")
 

@@ -21,6 +21,7 @@ PUBLIC_OPERATIONS = {
     ("post", f"{API}/auth/refresh"),
     ("post", f"{API}/auth/logout"),
     # The mfa_token in the body is the credential (a login's second step).
+    ("post", f"{API}/auth/mfa/passkey-options"),
     ("post", f"{API}/auth/mfa/verify"),
     # The mailed links: the token in the body is the credential, or the answer is the
     # same for any address.
@@ -101,7 +102,9 @@ class Probe:
         url = path
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path":
-                url = url.replace(f"{{{parameter['name']}}}", str(user_id))
+                # Every id is the user's; a provider's slug starts with a letter.
+                value = "corp" if parameter["name"] == "provider" else str(user_id)
+                url = url.replace(f"{{{parameter['name']}}}", value)
         body: dict[str, Any] | None = {} if "requestBody" in operation else None
         with counting_statements(self.engine) as statements:
             response = await self.client.request(method, url, headers=headers, json=body)

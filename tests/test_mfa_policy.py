@@ -28,6 +28,8 @@ ENROLMENT_OPERATIONS = {
     ("get", f"{API}/users/me/mfa"),
     ("post", f"{API}/users/me/mfa/totp"),
     ("post", f"{API}/users/me/mfa/totp/confirm"),
+    ("post", f"{API}/users/me/passkeys/options"),
+    ("post", f"{API}/users/me/passkeys"),
     ("post", f"{API}/auth/reauthenticate"),
 }
 

@@ -219,6 +219,70 @@ async def test_sign_in_with_a_passkey_alone(
     assert "refresh_token" in cookie.cookies
 
 
+async def test_a_passkey_is_a_second_factor_after_the_password(
+    client: httpx.AsyncClient, register: RegisterUser, authenticator: Authenticator
+) -> None:
+    await add_passkey(client, bearer((await register())["access_token"]), authenticator)
+    form = {"username": "user@example.com", "password": USER_PASSWORD}
+    asked = await client.post(f"{API}/auth/login", data=form)
+    assert problem(asked) == (401, "mfa_required")
+    assert asked.json()["methods"] == ["passkey"]
+    token = asked.json()["mfa_token"]
+
+    options = await client.post(f"{API}/auth/mfa/passkey-options", json={"mfa_token": token})
+    assert options.status_code == 200, options.text
+    assert len(options.json()["allowCredentials"]) == 1
+    stranger = Authenticator(rp_id=RP_ID, origin=ORIGIN)  # a passkey of nobody here
+    refused = await client.post(
+        f"{API}/auth/mfa/verify",
+        json={"mfa_token": token, "credential": _unregistered_answer(stranger, options.json())},
+    )
+    assert problem(refused) == (401, "passkey_unknown")
+    both = await client.post(
+        f"{API}/auth/mfa/verify",
+        json={
+            "mfa_token": token,
+            "code": "123456",
+            "credential": authenticator.get(options.json()),
+        },
+    )
+    assert both.status_code == 422
+
+    options = await client.post(f"{API}/auth/mfa/passkey-options", json={"mfa_token": token})
+    answer = authenticator.get(options.json())
+    verified = await client.post(
+        f"{API}/auth/mfa/verify", json={"mfa_token": token, "credential": answer}
+    )
+    assert verified.status_code == 200, verified.text
+    me = await client.get(f"{API}/users/me", headers=bearer(verified.json()["access_token"]))
+    assert me.json()["email"] == "user@example.com"
+    again = await client.post(
+        f"{API}/auth/mfa/verify", json={"mfa_token": token, "credential": answer}
+    )
+    assert problem(again) == (401, "mfa_token_invalid")
+
+
+async def test_a_passkey_is_the_factor_mfa_required_asks_for(
+    database_url: str, authenticator: Authenticator
+) -> None:
+    """Under MFA_REQUIRED a session without a factor may add a passkey, which lifts the
+    restriction of that session."""
+    settings = make_settings(
+        database_url, RP_ID=RP_ID, WEBAUTHN_ORIGINS=ORIGIN, MFA_REQUIRED="admins"
+    )
+    app = create_app(settings)
+    async with running(app) as client:
+        headers = bearer((await login(client, ADMIN_EMAIL, ADMIN_PASSWORD))["access_token"])
+        assert problem(await client.get(f"{API}/users", headers=headers)) == (
+            403,
+            "mfa_enrolment_required",
+        )
+        added = await add_passkey(client, headers, authenticator)
+        assert added.status_code == 201, added.text
+        assert (await client.get(f"{API}/users", headers=headers)).status_code == 200
+        await empty(app)
+
+
 async def test_a_challenge_is_answered_once(
     client: httpx.AsyncClient, user_headers: dict[str, str], authenticator: Authenticator
 ) -> None:

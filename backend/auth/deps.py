@@ -110,6 +110,8 @@ ENROLMENT_ROUTES = {
     "mfa-status",
     "mfa-totp-start",
     "mfa-totp-confirm",
+    "passkeys-options",
+    "passkeys-create",
     "auth-reauthenticate",
 }
 

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import anyio
@@ -41,7 +40,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import sessions
+from backend.auth import passkeys, sessions
 from backend.auth.mfa_models import (
     MFA_TOKEN_BYTES,
     RECOVERY_CODE_COUNT,
@@ -54,6 +53,7 @@ from backend.auth.mfa_models import (
     TotpFactor,
 )
 from backend.auth.models import (
+    AuthenticationCredentialJSON,
     ClientInfo,
     LoginResponse,
     Reauthenticated,
@@ -424,11 +424,17 @@ async def challenge(db: AsyncSession, *, user: User) -> DomainError:
             expires_at=now + timedelta(seconds=MFA_TOKEN_SECONDS),
         )
     )
+    on = await sessions.factors(db, user_id=user.id)
     await db.commit()
-    methods: Sequence[MfaMethod] = (MfaMethod.TOTP, MfaMethod.RECOVERY_CODE)
+    methods: list[MfaMethod] = []
+    if "totp" in on:
+        methods += [MfaMethod.TOTP, MfaMethod.RECOVERY_CODE]
+    if "passkey" in on:
+        methods.append(MfaMethod.PASSKEY)
     return UnauthorizedError(
         "A second factor is required: send mfa_token and a code from the authenticator "
-        "app (or a recovery code) to POST /auth/mfa/verify.",
+        "app (or a recovery code), or a passkey's assertion for the challenge of POST "
+        "/auth/mfa/passkey-options, to POST /auth/mfa/verify.",
         code=ProblemCode.MFA_REQUIRED,
         extensions={
             "mfa_token": token,
@@ -459,14 +465,27 @@ async def verify_login(
     db: AsyncSession,
     *,
     found: MfaChallenge,
-    code: str,
+    code: str | None,
+    credential: AuthenticationCredentialJSON | None = None,
     settings: Settings,
     client: ClientInfo,
 ) -> LoginResponse:
-    """The second step of a login: the code used, the challenge used, and a session
-    started, in one transaction; a wrong code counts against the challenge and is
-    audited. `found` is find_challenge's."""
+    """The second step of a login: the code (or a passkey's assertion) used, the
+    challenge used, and a session started, in one transaction; a wrong proof counts
+    against the challenge and is audited. `found` is find_challenge's."""
     challenge_id, user_id = found.id, found.user_id
+    refusal: DomainError | None = None
+    if credential is not None:
+        # Checked (its sign counter committed) before the user's row is locked, as a
+        # passwordless sign-in does; a refusal counts against the challenge below.
+        try:
+            await passkeys.verify_authentication(
+                db, user_id=user_id, credential=credential, settings=settings
+            )
+        except DomainError as error:
+            if error.code is ProblemCode.ACCOUNT_DEACTIVATED:
+                raise
+            refusal = error
     await release_connection(db)
     user = await sessions.lock_user(db, user_id=user_id)
     if user is None:
@@ -475,7 +494,12 @@ async def verify_login(
     if not user.is_active:
         await db.rollback()
         raise ForbiddenError(DEACTIVATED, code=ProblemCode.ACCOUNT_DEACTIVATED)
-    method = await _prove(db, user_id=user_id, code=code, settings=settings, recovery=True)
+    method: MfaMethod | None
+    if credential is not None:
+        method = MfaMethod.PASSKEY if refusal is None else None
+    else:
+        assert code is not None
+        method = await _prove(db, user_id=user_id, code=code, settings=settings, recovery=True)
     now = utcnow()
     live = (
         col(MfaChallenge.id) == challenge_id,
@@ -489,7 +513,7 @@ async def verify_login(
         )
         _audit_failure(db, user_id=user_id, step="login")
         await db.commit()
-        raise UnauthorizedError(CODE_INVALID, code=ProblemCode.MFA_CODE_INVALID)
+        raise refusal or UnauthorizedError(CODE_INVALID, code=ProblemCode.MFA_CODE_INVALID)
     consumed = await db.exec(update(MfaChallenge).where(*live).values(used_at=now))
     if consumed.rowcount != 1:  # used by a concurrent request meanwhile: its code too
         await db.rollback()

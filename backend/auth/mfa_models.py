@@ -6,11 +6,11 @@ from enum import StrEnum
 from typing import Annotated
 
 import pydantic
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 from sqlalchemy import String
 from sqlmodel import Field, SQLModel
 
-from backend.auth.models import CODE_MAX_CHARS
+from backend.auth.models import CODE_MAX_CHARS, AuthenticationCredentialJSON
 from backend.clock import utcnow
 from backend.http.problems import Problem
 from backend.models import UTCDateTime
@@ -21,6 +21,7 @@ class MfaMethod(StrEnum):
 
     TOTP = "totp"
     RECOVERY_CODE = "recovery_code"
+    PASSKEY = "passkey"  # an assertion for POST /auth/mfa/passkey-options' challenge
 
 
 RECOVERY_CODE_COUNT = 10
@@ -98,13 +99,33 @@ class MfaCode(SQLModel):
     )
 
 
+MfaToken = Annotated[
+    str, pydantic.Field(pattern=MFA_TOKEN_PATTERN, description="From the mfa_required answer")
+]
+
+
+class MfaPasskeyOptions(SQLModel):
+    """Asks for a passkey challenge for the second step of a login."""
+
+    mfa_token: MfaToken
+
+
 class MfaVerify(SQLModel):
     """The second step of a login: the mfa_token of the mfa_required answer and a proof."""
 
-    mfa_token: Annotated[
-        str, pydantic.Field(pattern=MFA_TOKEN_PATTERN, description="From the mfa_required answer")
-    ]
-    code: Code
+    mfa_token: MfaToken
+    code: Code | None = None
+    credential: AuthenticationCredentialJSON | None = Field(
+        default=None,
+        description="Instead of `code`: the browser's toJSON() of a passkey's assertion, "
+        "for the options of POST /auth/mfa/passkey-options",
+    )
+
+    @model_validator(mode="after")
+    def one_proof(self) -> "MfaVerify":
+        if (self.code is None) == (self.credential is None):
+            raise ValueError("send either code or credential (a passkey's assertion)")
+        return self
 
     model_config = ConfigDict(  # type: ignore[assignment]
         json_schema_extra={

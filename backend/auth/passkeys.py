@@ -69,6 +69,7 @@ from backend.auth.models import (
     PasskeyChallenge,
     PasskeyPurpose,
     RegistrationCredentialJSON,
+    UserSession,
 )
 from backend.clock import utcnow
 from backend.config import Settings
@@ -319,6 +320,11 @@ async def verify_registration(
             "This passkey is registered already.", code=ProblemCode.PASSKEY_TAKEN
         ) from error
     db.add(_audit(AuditAction.PASSKEY_ADD, passkey, actor_id=user.id))
+    # A second factor now: the session that added it is no longer restricted by
+    # MFA_REQUIRED (backend/auth/deps.py), as after an authenticator app's confirmation.
+    await db.exec(
+        update(UserSession).where(col(UserSession.id) == session_id).values(restricted=False)
+    )
     await db.commit()
     return passkey
 

@@ -52,6 +52,7 @@ from backend.auth.models import (
     ApiKeyEndReason,
     ClientInfo,
     LoginResponse,
+    Passkey,
     Reauthenticated,
     RefreshToken,
     SessionEndReason,
@@ -159,13 +160,24 @@ def _cancel_deletion(db: AsyncSession, *, user: User, now: datetime) -> None:
     )
 
 
-async def has_factor(db: AsyncSession, *, user_id: int) -> bool:
-    """Whether the user has a second factor on (backend/auth/mfa.py): here, where a
-    login asks it of every session it starts."""
-    statement = select(TotpFactor.user_id).where(
+async def factors(db: AsyncSession, *, user_id: int) -> set[str]:
+    """The user's second factors on (backend/auth/mfa.py): `totp` (an authenticator app)
+    and `passkey` (one or more); here, where a login asks it of every session it starts."""
+    totp = select(TotpFactor.user_id).where(
         col(TotpFactor.user_id) == user_id, col(TotpFactor.confirmed_at).is_not(None)
     )
-    return (await db.exec(statement)).first() is not None
+    passkey = select(Passkey.user_id).where(col(Passkey.user_id) == user_id)
+    found = set()
+    if (await db.exec(totp)).first() is not None:
+        found.add("totp")
+    if (await db.exec(passkey)).first() is not None:
+        found.add("passkey")
+    return found
+
+
+async def has_factor(db: AsyncSession, *, user_id: int) -> bool:
+    """Whether the user has any second factor on."""
+    return bool(await factors(db, user_id=user_id))
 
 
 def enrolment_required(user: User, settings: Settings) -> bool:

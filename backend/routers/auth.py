@@ -5,7 +5,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, stat
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from backend.auth import accounts, links, mfa, sessions, sso
+from backend.auth import accounts, links, mfa, passkeys, sessions, sso
 from backend.auth.deps import (
     CurrentCaller,
     LoginClient,
@@ -15,7 +15,7 @@ from backend.auth.deps import (
     get_login_client,
     refuse_api_keys,
 )
-from backend.auth.mfa_models import LoginProblem, MfaVerify
+from backend.auth.mfa_models import LoginProblem, MfaPasskeyOptions, MfaVerify
 from backend.auth.models import (
     Accepted,
     ClientInfo,
@@ -204,6 +204,26 @@ def _record(
 
 
 @router.post(
+    "/mfa/passkey-options",
+    name="auth-mfa-passkey-options",
+    response_model=dict[str, Any],
+    responses=problem_responses(401),
+)
+async def mfa_passkey_options(
+    body: MfaPasskeyOptions, db: DbSession, runtime: RuntimeDep, ip: ClientIP
+) -> dict[str, Any]:
+    """For a login that answered `mfa_required` with `passkey` among its `methods`: the
+    options for navigator.credentials.get(), listing the account's passkeys. Send the
+    assertion as `credential`, with the `mfa_token`, to POST /auth/mfa/verify."""
+    limiter = runtime.rate_limiter
+    await limiter.hit(limiter.login_per_ip, "mfa", ip)
+    found = await mfa.find_challenge(db, token=body.mfa_token)
+    return await passkeys.authentication_options(
+        db, user_id=found.user_id, settings=runtime.settings
+    )
+
+
+@router.post(
     "/mfa/verify",
     name="auth-mfa-verify",
     response_model=LoginResponse,
@@ -228,10 +248,15 @@ async def verify_mfa(
     await limiter.check(limiter.mfa_failures_per_account, "mfa-account", account)
     try:
         tokens = await mfa.verify_login(
-            db, found=found, code=body.code, settings=runtime.settings, client=client
+            db,
+            found=found,
+            code=body.code,
+            credential=body.credential,
+            settings=runtime.settings,
+            client=client,
         )
     except DomainError as error:
-        if error.code is ProblemCode.MFA_CODE_INVALID:
+        if error.code is ProblemCode.MFA_CODE_INVALID or error.code.startswith("passkey_"):
             runtime.metrics.login_failures.inc()
             await limiter.count(limiter.mfa_failures_per_account, "mfa-account", account)
         _record(

@@ -46,7 +46,7 @@ AUTH_EVENTS = Resource(
 # The order they were written in: newest first.
 NEWEST_FIRST = (("id", True),)
 
-router = APIRouter(tags=["signins"], responses=problem_responses(401, 403, 422))
+router = APIRouter(tags=["signins"], responses=problem_responses(400, 401, 403, 422))
 
 
 async def _page(

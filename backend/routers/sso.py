@@ -99,7 +99,7 @@ async def list_providers(request: Request, runtime: RuntimeDep) -> list[SsoProvi
 
 
 @router.get(
-    "/auth/sso/{provider}/authorize",
+    "/auth/sso/{provider:slug}/authorize",
     name="sso-authorize",
     status_code=status.HTTP_302_FOUND,
     response_class=RedirectResponse,
@@ -138,7 +138,7 @@ async def authorize(
 
 
 @router.get(
-    "/auth/sso/{provider}/callback",
+    "/auth/sso/{provider:slug}/callback",
     name="sso-callback",
     status_code=status.HTTP_303_SEE_OTHER,
     response_class=RedirectResponse,
@@ -209,7 +209,7 @@ async def list_my_identities(user: SessionUser, db: DbSession) -> object:
 
 
 @router.post(
-    "/users/me/identities/{provider}",
+    "/users/me/identities/{provider:slug}",
     name="users-me-identities-link",
     dependencies=[NotImpersonating],
     response_model=AuthorizationUrl,
@@ -243,7 +243,7 @@ async def link_identity(
 
 
 @router.delete(
-    "/users/me/identities/{identity_id}",
+    "/users/me/identities/{identity_id:digits}",
     name="users-me-identities-unlink",
     dependencies=[NotImpersonating],
     status_code=status.HTTP_204_NO_CONTENT,
@@ -257,7 +257,7 @@ async def unlink_my_identity(identity_id: IdentityId, user: SessionUser, db: DbS
 
 
 @router.get(
-    "/users/{user_id}/identities",
+    "/users/{user_id:digits}/identities",
     name="users-identities",
     response_model=list[IdentityPublic],
     responses=problem_responses(401, 403),
@@ -268,7 +268,7 @@ async def list_identities(user_id: UserId, admin: AdminUser, db: DbSession) -> o
 
 
 @router.delete(
-    "/users/{user_id}/identities/{identity_id}",
+    "/users/{user_id:digits}/identities/{identity_id:digits}",
     name="users-identities-unlink",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,

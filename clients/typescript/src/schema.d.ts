@@ -48,6 +48,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/mfa/passkey-options": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Auth-Mfa-Passkey-Options
+         * @description For a login that answered `mfa_required` with `passkey` among its `methods`: the
+         *     options for navigator.credentials.get(), listing the account's passkeys. Send the
+         *     assertion as `credential`, with the `mfa_token`, to POST /auth/mfa/verify.
+         */
+        post: operations["auth-mfa-passkey-options"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/mfa/verify": {
         parameters: {
             query?: never;
@@ -1895,7 +1917,18 @@ export interface components {
          * @description How a login's second step may be proven (`methods` of an mfa_required answer).
          * @enum {string}
          */
-        MfaMethod: "totp" | "recovery_code";
+        MfaMethod: "totp" | "recovery_code" | "passkey";
+        /**
+         * MfaPasskeyOptions
+         * @description Asks for a passkey challenge for the second step of a login.
+         */
+        MfaPasskeyOptions: {
+            /**
+             * Mfa Token
+             * @description From the mfa_required answer
+             */
+            mfa_token: string;
+        };
         /** MfaStatus */
         MfaStatus: {
             /**
@@ -1928,12 +1961,10 @@ export interface components {
              * @description From the mfa_required answer
              */
             mfa_token: string;
-            /**
-             * Code
-             * @description A 6-digit code from the authenticator app, or a recovery code
-             * @example 123456
-             */
-            code: string;
+            /** Code */
+            code?: string | null;
+            /** @description Instead of `code`: the browser's toJSON() of a passkey's assertion, for the options of POST /auth/mfa/passkey-options */
+            credential?: components["schemas"]["AuthenticationCredentialJSON"] | null;
         };
         /** PasskeyCreate */
         PasskeyCreate: {
@@ -3050,6 +3081,77 @@ export interface operations {
             };
             /** @description Forbidden */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "auth-mfa-passkey-options": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaPasskeyOptions"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8338,6 +8440,15 @@ export interface operations {
                     "application/json": components["schemas"]["AuthEventPublic"][];
                 };
             };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unauthorized */
             401: {
                 headers: {
@@ -8402,6 +8513,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuthEventPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unauthorized */
