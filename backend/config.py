@@ -293,6 +293,9 @@ class Settings(BaseSettings):
     # Who must have a second factor: nobody, admins, or everyone. Without one, a login
     # gets a session that can only enrol one (docs/mfa.md).
     MFA_REQUIRED: Literal["off", "admins", "all"] = "off"
+    # Sign-ins through an identity provider (OIDC_PROVIDERS) skip the second factor and
+    # MFA_REQUIRED's restriction: for a company provider that enforces its own.
+    MFA_EXEMPT_SSO: bool = False
     # What the TOTP secrets are encrypted with (through HKDF): this, or SECRET_KEY when
     # unset. The old values, comma-separated, still decrypt (rotation: docs/mfa.md).
     MFA_ENCRYPTION_KEY: SecretStr | None = None

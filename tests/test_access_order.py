@@ -103,7 +103,8 @@ class Probe:
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path":
                 # Every id is the user's; a provider's slug starts with a letter.
-                value = "corp" if parameter["name"] == "provider" else str(user_id)
+                slug = parameter["name"] == "provider" or path.endswith("identities/{identity}")
+                value = "corp" if slug and method == "post" else str(user_id)
                 url = url.replace(f"{{{parameter['name']}}}", value)
         body: dict[str, Any] | None = {} if "requestBody" in operation else None
         with counting_statements(self.engine) as statements:

@@ -107,7 +107,7 @@ async def test_the_generated_client_logs_in_and_lists_users(
             client=anonymous,
             body=models.AuthLoginDataBody(username=ADMIN_EMAIL, password=ADMIN_PASSWORD),
         )
-    assert isinstance(refused, models.Problem)
+    assert isinstance(refused, models.LoginProblem)  # a Problem that may carry mfa_token
     assert refused.status == 401
     assert isinstance(tokens, models.LoginResponse), tokens
     assert tokens.user.role == models.UserRole.ADMIN

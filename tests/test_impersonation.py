@@ -207,7 +207,7 @@ PATH_VALUES = {
     "{token_id}": "1",
     "{passkey_id}": "1",
     "{identity_id}": "1",
-    "{provider}": "corp",
+    "{identity}": "1",
 }
 # Every route of these, reads included.
 OWN_KEYS_AND_SESSIONS = ("/users/me/tokens", "/users/me/sessions")

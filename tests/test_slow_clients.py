@@ -167,3 +167,15 @@ def test_a_body_the_app_did_not_read_cannot_trickle_forever(server: ServerProces
                 sock.setblocking(True)
     assert closed, f"a byte every 0.25 s held it {TIMEOUT_SECONDS + SLACK_SECONDS} s"
     assert time.monotonic() - started >= TIMEOUT_SECONDS
+
+
+def test_a_request_that_is_not_http_gets_a_problem_and_is_closed(server: ServerProcess) -> None:
+    """httptools cannot parse it, so no app sees it: the protocol answers in the one
+    error format (uvicorn's own answer is a text/plain line)."""
+    garbage = connect(server, b"GET /health?q=\x00\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = read_until_closed(garbage, time.monotonic() + 10)
+    assert answer is not None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body)["code"] == "http_error"

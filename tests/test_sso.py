@@ -43,6 +43,7 @@ from tests.oidc_provider import (
     sso_code,
     through_provider,
 )
+from tests.test_mfa import STEP, code_at, enrol
 
 ACCOUNTS: dict[str, dict[str, Any]] = {
     "ada": {"email": "ada@corp.example", "email_verified": True, "name": "Ada Corp"},
@@ -609,3 +610,23 @@ async def test_the_users_list_shows_and_filters_how_users_sign_in(
     } == {None}
     refused = await client.get(f"{API}/users", params={"sign_in": "corp"}, headers=plain)
     assert code_of(refused) == (403, "admin_required")
+
+
+async def test_an_account_with_a_second_factor_is_asked_for_it_unless_exempt(
+    app: FastAPI, browser: httpx.AsyncClient, client: httpx.AsyncClient, clock: Clock
+) -> None:
+    tokens = await signed_in(browser, "ada")
+    headers = bearer(tokens["access_token"])
+    secret, _ = await enrol(client, headers)
+    clock.offset += STEP  # the enrolment used this step's code
+    asked = await exchange(browser, sso_code(await sign_in(browser, "ada")))
+    assert code_of(asked) == (401, "mfa_required")
+    verified = await client.post(
+        f"{API}/auth/mfa/verify",
+        json={"mfa_token": asked.json()["mfa_token"], "code": code_at(secret)},
+    )
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["user"]["id"] == tokens["user"]["id"]
+    app.state.runtime.settings.MFA_EXEMPT_SSO = True
+    exempt = await exchange(browser, sso_code(await sign_in(browser, "ada")))
+    assert exempt.status_code == 200, exempt.text

@@ -100,9 +100,15 @@ class Caller:
 
 
 async def start(
-    db: AsyncSession, *, user: User, client: ClientInfo, settings: Settings
+    db: AsyncSession,
+    *,
+    user: User,
+    client: ClientInfo,
+    settings: Settings,
+    mfa_exempt: bool = False,
 ) -> LoginResponse:
-    """A new session for the user and its first pair; commits (see the module's note)."""
+    """A new session for the user and its first pair; commits (see the module's note).
+    Unless `mfa_exempt` (MFA_EXEMPT_SSO), MFA_REQUIRED restricts it until a factor."""
     assert user.id is not None
     now = utcnow()
     locked = await _lock_user_noting_login(db, user_id=user.id, now=now)
@@ -126,7 +132,11 @@ async def start(
             col(UserSession.user_id) == user.id, col(UserSession.expires_at) <= now
         )
     )
-    restricted = enrolment_required(locked, settings) and not await has_factor(db, user_id=user.id)
+    restricted = (
+        not mfa_exempt
+        and enrolment_required(locked, settings)
+        and not await has_factor(db, user_id=user.id)
+    )
     user_session = UserSession(
         user_id=user.id,
         restricted=restricted,

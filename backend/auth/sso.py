@@ -29,7 +29,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from backend import crud
-from backend.auth import sessions
+from backend.auth import mfa, sessions
 from backend.auth.models import (
     ClientInfo,
     Identity,
@@ -500,7 +500,11 @@ async def exchange(
             "This sign-in's account was deleted meanwhile.",
             code=ProblemCode.SSO_EXCHANGE_CODE_INVALID,
         )
-    return await sessions.start(db, user=user, client=client, settings=settings)
+    exempt = settings.MFA_EXEMPT_SSO
+    if not exempt and await sessions.has_factor(db, user_id=user_id):
+        # The provider proved the account at the provider, not this account's factor.
+        raise await mfa.challenge(db, user=user)  # commits the code's use with it
+    return await sessions.start(db, user=user, client=client, settings=settings, mfa_exempt=exempt)
 
 
 async def list_identities(db: AsyncSession, *, user_id: int) -> list[Identity]:

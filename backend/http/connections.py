@@ -37,6 +37,23 @@ def _timeout_answer() -> bytes:
 TIMEOUT_ANSWER = _timeout_answer()
 
 
+def _malformed_answer() -> bytes:
+    response = problem_response(
+        HTTPStatus.BAD_REQUEST,
+        "This is not a valid HTTP request (its request line or a header could not be read).",
+        code=ProblemCode.HTTP_ERROR,
+        headers={"Connection": "close", **SECURITY_HEADERS},
+    )
+    lines = [b"HTTP/1.1 400 Bad Request"]
+    lines += [name + b": " + value for name, value in response.raw_headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
+
+
+# What uvicorn answers a request httptools cannot parse: as problem+json, the one error
+# format, not its own text/plain line.
+MALFORMED_ANSWER = _malformed_answer()
+
+
 class ReadDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, which `backend serve` runs (httptools is installed
     with uvicorn[standard]), with one deadline per connection while it waits on the client:
@@ -50,6 +67,10 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
     Between requests uvicorn's keep-alive timeout runs instead, and while the app answers
     nothing does: the app's own time is not the client's fault.
     """
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(MALFORMED_ANSWER)
+        self.transport.close()
 
     def __init__(
         self,

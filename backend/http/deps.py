@@ -64,21 +64,6 @@ class DigitsConvertor(Convertor[str]):
 
 register_url_convertor("digits", DigitsConvertor())
 
-
-class SlugConvertor(Convertor[str]):
-    """A provider's slug (SSO_SLUG): a letter first, so that a path of digits (an id)
-    never matches a route that takes a slug in the same place."""
-
-    regex = "[a-z][a-z0-9-]*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: Any) -> str:
-        return str(value)
-
-
-register_url_convertor("slug", SlugConvertor())
 # Routes take `{user_id:digits}` (see DigitsConvertor), never Starlette's `int`.
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 ApiKeyId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An API key's id")]

@@ -23,7 +23,7 @@ AUDIT_EVENTS = Resource(
     repeatable=("id", "actor_id", "target_id", "action"),
 )
 
-router = APIRouter(prefix="/audit", tags=["audit"], responses=problem_responses(401, 403, 422))
+router = APIRouter(prefix="/audit", tags=["audit"], responses=problem_responses(400, 401, 403, 422))
 
 
 @router.get(

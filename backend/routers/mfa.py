@@ -87,7 +87,7 @@ async def regenerate_recovery_codes(
 
 @router.get(
     "/{user_id:digits}/mfa",
-    name="users-mfa",
+    name="mfa-user-status",
     response_model=MfaStatus,
     responses=problem_responses(404),
 )
@@ -99,7 +99,7 @@ async def read_user_mfa(user: AdminTargetUser, db: DbSession) -> MfaStatus:
 
 @router.delete(
     "/{user_id:digits}/mfa",
-    name="users-mfa-reset",
+    name="mfa-user-reset",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(404),

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from backend.auth import sso
 from backend.auth.deps import AdminUser, LoginClient, NotImpersonating, SessionUser
+from backend.auth.mfa_models import LoginProblem
 from backend.auth.models import (
     AuthorizationUrl,
     IdentityPublic,
@@ -18,7 +19,7 @@ from backend.auth.models import (
     SsoProviderPublic,
 )
 from backend.auth.transport import TokenDeliveryDep
-from backend.config import Settings
+from backend.config import SSO_SLUG, Settings
 from backend.errors import FieldInvalidError
 from backend.http.deps import DbSession, RuntimeDep, UserId
 from backend.http.parsing import INT32_MAX
@@ -99,7 +100,7 @@ async def list_providers(request: Request, runtime: RuntimeDep) -> list[SsoProvi
 
 
 @router.get(
-    "/auth/sso/{provider:slug}/authorize",
+    "/auth/sso/{provider}/authorize",
     name="sso-authorize",
     status_code=status.HTTP_302_FOUND,
     response_class=RedirectResponse,
@@ -138,7 +139,7 @@ async def authorize(
 
 
 @router.get(
-    "/auth/sso/{provider:slug}/callback",
+    "/auth/sso/{provider}/callback",
     name="sso-callback",
     status_code=status.HTTP_303_SEE_OTHER,
     response_class=RedirectResponse,
@@ -181,7 +182,10 @@ async def callback(
     "/auth/sso/exchange",
     name="sso-exchange",
     response_model=LoginResponse,
-    responses=problem_responses(403),
+    responses={
+        **problem_responses(403),
+        401: {"model": LoginProblem, "description": "mfa_required (see MFA_EXEMPT_SSO)"},
+    },
 )
 async def exchange(
     body: SsoExchange,
@@ -198,7 +202,7 @@ async def exchange(
 
 @router.get(
     "/users/me/identities",
-    name="users-me-identities",
+    name="sso-identities-mine",
     response_model=list[IdentityPublic],
     responses=problem_responses(401, 403),
 )
@@ -208,15 +212,20 @@ async def list_my_identities(user: SessionUser, db: DbSession) -> object:
     return await sso.list_identities(db, user_id=user.id)
 
 
+# One path template for link (a provider's slug) and unlink (an identity's id), so that
+# every path under it allows both methods and each handler judges its own value: two
+# templates there crossed (a slug route answered 405 for an id's path, and the other way).
 @router.post(
-    "/users/me/identities/{provider:slug}",
-    name="users-me-identities-link",
+    "/users/me/identities/{identity}",
+    name="sso-identities-link",
     dependencies=[NotImpersonating],
     response_model=AuthorizationUrl,
     responses=problem_responses(401, 403),
 )
 async def link_identity(
-    provider: str,
+    identity: Annotated[
+        str, Path(pattern=SSO_SLUG, max_length=32, description="The provider's slug")
+    ],
     request: Request,
     user: SessionUser,
     db: DbSession,
@@ -225,6 +234,7 @@ async def link_identity(
 ) -> Response:
     """Start linking a provider to my account: send the browser to `authorization_url`
     (this answer sets the cookie that binds the trip to it: call with credentials)."""
+    provider = identity
     settings = runtime.settings
     started = await sso.begin(
         db,
@@ -243,22 +253,22 @@ async def link_identity(
 
 
 @router.delete(
-    "/users/me/identities/{identity_id:digits}",
-    name="users-me-identities-unlink",
+    "/users/me/identities/{identity}",
+    name="sso-identities-unlink-mine",
     dependencies=[NotImpersonating],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 409),
 )
-async def unlink_my_identity(identity_id: IdentityId, user: SessionUser, db: DbSession) -> None:
+async def unlink_my_identity(identity: IdentityId, user: SessionUser, db: DbSession) -> None:
     """Unlink a provider from my account; never the last way to sign in (409)."""
     assert user.id is not None
-    await sso.unlink(db, user_id=user.id, identity_id=identity_id, actor_id=user.id)
+    await sso.unlink(db, user_id=user.id, identity_id=identity, actor_id=user.id)
 
 
 @router.get(
     "/users/{user_id:digits}/identities",
-    name="users-identities",
+    name="sso-identities-list",
     response_model=list[IdentityPublic],
     responses=problem_responses(401, 403),
 )
@@ -269,7 +279,7 @@ async def list_identities(user_id: UserId, admin: AdminUser, db: DbSession) -> o
 
 @router.delete(
     "/users/{user_id:digits}/identities/{identity_id:digits}",
-    name="users-identities-unlink",
+    name="sso-identities-unlink",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(401, 403, 409),

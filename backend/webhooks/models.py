@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, ConfigDict
+from pydantic import AfterValidator, ConfigDict, StrictBool
 from pydantic_core import PydanticCustomError
 from sqlalchemy import JSON, String, Text
 from sqlmodel import Field, SQLModel
@@ -95,7 +95,8 @@ class WebhookEndpointBase(SQLModel):
 
 
 class WebhookEndpointCreate(WebhookEndpointBase):
-    enabled: bool = True
+    # Strict, as a user's is_active: JSON true/false only, not 0, 1 or "yes".
+    enabled: StrictBool = True
 
     model_config = ConfigDict(  # type: ignore[assignment]
         extra="forbid",
@@ -115,7 +116,7 @@ class WebhookEndpointUpdate(SQLModel):
     url: WebhookUrl | None = None
     events: EventTypes | None = None
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(
         default=None,
         description="true re-enables an endpoint disabled after failures: its waiting "
         "deliveries are tried again at once",

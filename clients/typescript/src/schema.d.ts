@@ -420,10 +420,10 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Users-Me-Identities
+         * Sso-Identities-Mine
          * @description The providers linked to my account.
          */
-        get: operations["users-me-identities"];
+        get: operations["sso-identities-mine"];
         put?: never;
         post?: never;
         delete?: never;
@@ -432,7 +432,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/users/me/identities/{provider}": {
+    "/api/v1/users/me/identities/{identity}": {
         parameters: {
             query?: never;
             header?: never;
@@ -442,32 +442,16 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Users-Me-Identities-Link
+         * Sso-Identities-Link
          * @description Start linking a provider to my account: send the browser to `authorization_url`
          *     (this answer sets the cookie that binds the trip to it: call with credentials).
          */
-        post: operations["users-me-identities-link"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/users/me/identities/{identity_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post?: never;
+        post: operations["sso-identities-link"];
         /**
-         * Users-Me-Identities-Unlink
+         * Sso-Identities-Unlink-Mine
          * @description Unlink a provider from my account; never the last way to sign in (409).
          */
-        delete: operations["users-me-identities-unlink"];
+        delete: operations["sso-identities-unlink-mine"];
         options?: never;
         head?: never;
         patch?: never;
@@ -481,10 +465,10 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Users-Identities
+         * Sso-Identities-List
          * @description A user's linked providers (admin only).
          */
-        get: operations["users-identities"];
+        get: operations["sso-identities-list"];
         put?: never;
         post?: never;
         delete?: never;
@@ -504,11 +488,11 @@ export interface paths {
         put?: never;
         post?: never;
         /**
-         * Users-Identities-Unlink
+         * Sso-Identities-Unlink
          * @description Unlink a provider from a user (admin only, audited); never their last way to sign
          *     in (409).
          */
-        delete: operations["users-identities-unlink"];
+        delete: operations["sso-identities-unlink"];
         options?: never;
         head?: never;
         patch?: never;
@@ -976,18 +960,18 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Users-Mfa
+         * Mfa-User-Status
          * @description Which second factors a user has on (admin only).
          */
-        get: operations["users-mfa"];
+        get: operations["mfa-user-status"];
         put?: never;
         post?: never;
         /**
-         * Users-Mfa-Reset
+         * Mfa-User-Reset
          * @description Remove every second factor of a user who lost theirs (admin only, audited): their
          *     sessions end, and they log in with the password alone, then enrol again.
          */
-        delete: operations["users-mfa-reset"];
+        delete: operations["mfa-user-reset"];
         options?: never;
         head?: never;
         patch?: never;
@@ -4372,6 +4356,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description mfa_required (see MFA_EXEMPT_SSO) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["LoginProblem"];
+                };
+            };
             /** @description Forbidden */
             403: {
                 headers: {
@@ -4419,7 +4412,7 @@ export interface operations {
             };
         };
     };
-    "users-me-identities": {
+    "sso-identities-mine": {
         parameters: {
             query?: never;
             header?: never;
@@ -4502,7 +4495,7 @@ export interface operations {
             };
         };
     };
-    "users-me-identities-link": {
+    "sso-identities-link": {
         parameters: {
             query?: {
                 /** @description Where the browser lands after the provider: a path of this server, or a URL on an origin of CORS_ORIGINS or PUBLIC_URL. Default: PUBLIC_URL. A sign-in lands with `?sso_code=...` to trade at POST /auth/sso/exchange, a link with `?sso_linked=<provider>`. */
@@ -4510,7 +4503,8 @@ export interface operations {
             };
             header?: never;
             path: {
-                provider: string;
+                /** @description The provider's slug */
+                identity: string;
             };
             cookie?: never;
         };
@@ -4590,13 +4584,13 @@ export interface operations {
             };
         };
     };
-    "users-me-identities-unlink": {
+    "sso-identities-unlink-mine": {
         parameters: {
             query?: never;
             header?: never;
             path: {
                 /** @description A linked identity's id */
-                identity_id: number;
+                identity: number;
             };
             cookie?: never;
         };
@@ -4683,7 +4677,7 @@ export interface operations {
             };
         };
     };
-    "users-identities": {
+    "sso-identities-list": {
         parameters: {
             query?: never;
             header?: never;
@@ -4768,7 +4762,7 @@ export interface operations {
             };
         };
     };
-    "users-identities-unlink": {
+    "sso-identities-unlink": {
         parameters: {
             query?: never;
             header?: never;
@@ -6820,7 +6814,7 @@ export interface operations {
             };
         };
     };
-    "users-mfa": {
+    "mfa-user-status": {
         parameters: {
             query?: never;
             header?: never;
@@ -6887,7 +6881,7 @@ export interface operations {
             };
         };
     };
-    "users-mfa-reset": {
+    "mfa-user-reset": {
         parameters: {
             query?: never;
             header?: never;
@@ -7934,6 +7928,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuditEventPublic"][];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Unauthorized */
