@@ -174,20 +174,23 @@ export async function login(email, password) {
         });
     } catch (error) {
         if (error.body?.code !== 'mfa_required') throw error;
-        setPendingMfa({ token: error.body.mfa_token });
-        throw new HttpError('Enter the code from your authenticator app.', 401, error.body);
+        setPendingMfa({ token: error.body.mfa_token, methods: error.body.methods ?? [] });
+        throw new HttpError('A second factor is needed: a code or a passkey.', 401, error.body);
     }
     accept(tokens);
     return tokens.user;
 }
 
-/** The login's second step: a code from the authenticator app, or a recovery code. */
-export async function verifyMfa(code) {
+/**
+ * The login's second step: `{ code }` (the authenticator app's, or a recovery code) or
+ * `{ credential }` (a passkey's assertion for /auth/mfa/passkey-options' challenge).
+ */
+export async function verifyMfa(proof) {
     let tokens;
     try {
         tokens = await authCall('mfa/verify', {
             headers: { 'Content-Type': 'application/json' },
-            body: JSON.stringify({ mfa_token: pendingMfa?.token, code }),
+            body: JSON.stringify({ mfa_token: pendingMfa?.token, ...proof }),
         });
     } catch (error) {
         // Expired, used or spent: back to the password.

@@ -3,14 +3,15 @@
 // permissions.
 import * as api from './api';
 import { SECURITY_PATH } from './mfa';
-import { signInWithPasskey } from './passkeys';
+import { signInWithPasskey, verifyMfaWithPasskey } from './passkeys';
 
 export const authProvider = {
     // The login page sends `code` alone for the second step (api.mfa.pending), or
     // `passkey` for a passwordless sign-in.
-    async login({ username, password, passkey, code }) {
+    async login({ username, password, passkey, passkeyFactor, code }) {
         if (passkey) return signInWithPasskey();
-        if (code !== undefined) await api.verifyMfa(code);
+        if (passkeyFactor) return verifyMfaWithPasskey();
+        if (code !== undefined) await api.verifyMfa({ code });
         else await api.login(username, password);
     },
 

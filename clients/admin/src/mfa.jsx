@@ -187,7 +187,20 @@ export function SecurityPage() {
 export function MfaCodeForm() {
     const login = useLogin();
     const notify = useNotify();
-    const submit = ({ code }) => login({ code }).catch(error => notify(error.message, { type: 'error' }));
+    const methods = mfa.pending?.methods ?? [];
+    const fail = error => notify(error.message, { type: 'error' });
+    const submit = ({ code }) => login({ code }).catch(fail);
+    const withPasskey = methods.includes('passkey') ? (
+        <Button label="Use a passkey" variant="outlined" onClick={() => login({ passkeyFactor: true }).catch(fail)} sx={{ mt: 1 }} fullWidth />
+    ) : null;
+    if (!methods.includes('totp')) {
+        return (
+            <CardContent>
+                {withPasskey}
+                <Button label="Back" onClick={() => mfa.cancel()} sx={{ mt: 1 }} />
+            </CardContent>
+        );
+    }
     return (
         <Form onSubmit={submit}>
             <CardContent>
@@ -201,6 +214,7 @@ export function MfaCodeForm() {
                     fullWidth
                 />
                 <SaveButton label="Verify" fullWidth />
+                {withPasskey}
                 <Button label="Back" onClick={() => mfa.cancel()} sx={{ mt: 1 }} />
             </CardContent>
         </Form>

@@ -22,7 +22,7 @@ import {
 } from '@mui/material';
 import { useLogin, useNotify } from 'react-admin';
 
-import { API_URL, accept, call, publicCall } from './api';
+import { API_URL, accept, call, mfa, publicCall, verifyMfa } from './api';
 
 const MINE = '/users/me/passkeys';
 
@@ -31,6 +31,13 @@ export async function signInWithPasskey() {
     const options = await publicCall('/auth/passkey/options', {});
     const credential = await startAuthentication({ optionsJSON: options });
     accept(await publicCall('/auth/passkey/verify', { credential }, { cookie: true }));
+}
+
+/** A login's second step with a passkey, when mfa_required listed `passkey`. */
+export async function verifyMfaWithPasskey() {
+    const options = await publicCall('/auth/mfa/passkey-options', { mfa_token: mfa.pending?.token });
+    const credential = await startAuthentication({ optionsJSON: options });
+    await verifyMfa({ credential });
 }
 
 export function PasskeySignIn() {
