@@ -127,6 +127,19 @@ def test_a_passkey_is_added_in_my_account_and_signs_in_alone(
     expect(passkeys.get_by_role("cell", name="never")).to_have_count(0)  # used just now
     screenshot(page, "22-signed-in-with-passkey")
 
+    # With a passkey, the password alone no longer signs in: the passkey is the second step.
+    page.get_by_role("button", name="Profile").click()
+    page.get_by_role("menuitem", name="Logout").click()
+    page.get_by_role("textbox", name="Username", exact=True).fill(ADMIN_EMAIL)
+    page.get_by_role("textbox", name="Password", exact=True).fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    second_step = page.get_by_role("button", name="Use a passkey")
+    expect(second_step).to_be_visible()
+    screenshot(page, "23-passkey-as-second-factor")
+    second_step.click()
+    expect(page.get_by_role("menuitem", name="Users")).to_be_visible()
+    page.get_by_role("menuitem", name="My account").click()
+
     passkeys.get_by_role("button", name="Remove").click()
     page.get_by_role("dialog").get_by_role("button", name="Remove").click()
     expect_notification(page, "Passkey removed")
