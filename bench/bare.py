@@ -49,12 +49,17 @@ PASSWORD_MAX_BYTES = 72
 
 ALL_COLUMNS = (
     "id, email, name, hashed_password, role, is_active, is_verified, token_version, version,"
-    " created_at, updated_at, last_login_at, user_metadata, app_metadata"
+    " created_at, updated_at, last_login_at, user_metadata, app_metadata,"
+    " deletion_scheduled_at, banned_at, banned_until, ban_reason"
 )
 BY_ID = f"SELECT {ALL_COLUMNS} FROM users WHERE id = $1"
 BY_EMAIL = f"SELECT {ALL_COLUMNS} FROM users WHERE email = $1"
 PAGE = f"SELECT {ALL_COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2"
 COUNT = "SELECT count(*) FROM users"
+# How the listed users sign in, for an admin's list: two queries, as the app's
+# sso.sign_in_methods makes them.
+WITH_PASSWORD = "SELECT id, hashed_password <> '' FROM users WHERE id = ANY($1)"  # noqa: S105  (a query)
+IDENTITIES = "SELECT user_id, provider FROM identities WHERE user_id = ANY($1) ORDER BY id"
 # The caller's row and whether the token's session is live, in one query, as the app does.
 CALLER = (
     f"SELECT {', '.join(f'users.{column.strip()}' for column in ALL_COLUMNS.split(','))},"
@@ -99,6 +104,10 @@ PUBLIC_FIELDS = (
     "last_login_at",
     "user_metadata",
     "app_metadata",
+    "deletion_scheduled_at",
+    "banned_at",
+    "banned_until",
+    "ban_reason",
 )
 # What the app's ResponseHeadersMiddleware adds to every response (plus a request id).
 SECURITY_HEADERS = [
@@ -131,6 +140,17 @@ async def _decode_jsonb(connection: asyncpg.Connection) -> None:
         decoder=orjson.loads,
         format="text",
     )
+
+
+async def sign_in_methods(connection: asyncpg.Connection, ids: list[int]) -> dict[int, list[str]]:
+    methods = {
+        user_id: ["password"] if has_password else []
+        for user_id, has_password in await connection.fetch(WITH_PASSWORD, ids)
+    }
+    for user_id, provider in await connection.fetch(IDENTITIES, ids):
+        if provider not in methods.setdefault(user_id, []):
+            methods[user_id].append(provider)
+    return methods
 
 
 def public(row: asyncpg.Record) -> dict[str, Any]:
@@ -234,9 +254,15 @@ class BareApp:
                 rows = await connection.fetch(PAGE, per_page, offset)
                 total = await connection.fetchval(COUNT)
                 headers = list_headers(scope, offset, per_page, len(rows), total)
-                return [public(row) for row in rows], headers
+                listed = [public(row) for row in rows]
+                methods = await sign_in_methods(connection, [row["id"] for row in rows])
+                for user in listed:
+                    user["sign_in_methods"] = (
+                        methods.get(user["id"], []) if caller["role"] == "admin" else None
+                    )
+                return listed, headers
             if rest == "/me":
-                return public(caller), []
+                return {**public(caller), "impersonated_by": None}, []
             user_id = int_in_range(rest.removeprefix("/"), MAX_ID)
             row = await connection.fetchrow(BY_ID, user_id)
         if row is None:
@@ -346,6 +372,7 @@ class BareApp:
             "token_type": "bearer",
             "expires_in": self.access_seconds,
             "user": public(row),
+            "deletion_cancelled": False,
         }
 
     def token(self, row: asyncpg.Record, token_type: str, now: int, claims: dict[str, Any]) -> str:
