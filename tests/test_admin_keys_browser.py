@@ -55,7 +55,7 @@ def test_keys_are_created_shown_once_used_and_revoked_in_the_dashboard(
     expect(page.get_by_text("No API keys.")).to_be_visible()
 
     # The server's 422 shows under the field it names: a name of spaces is empty there.
-    key_name = page.get_by_role("textbox", name="Key name")
+    key_name = page.get_by_role("textbox", name="Key name", exact=True)
     key_name.fill("   ")
     page.get_by_role("button", name="Create key").click()
     expect(page.get_by_text("must not be empty")).to_be_visible()

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.auth.models import ClientInfo
 from backend.clock import utcnow
+from backend.db.engine import database_unavailable
 from backend.http.observability import Metrics
 from backend.models import USER_AGENT_MAX_CHARS, AuthEvent, AuthEventKind
 from backend.rules import EMAIL_MAX_CHARS
@@ -150,16 +151,20 @@ class AuthEventWriter:
             self._drop(len(batch), "the app stopped while they were being written")
             raise
         except Exception as error:  # any database failure: the events are lost, not the app
-            self._drop(len(batch), f"the database refused them ({error.__class__.__name__})")
+            # An outage is a warning, as every other outage line (DatabaseOutage); only a
+            # failure the database does not explain is an error.
+            level = logging.WARNING if database_unavailable(error) else logging.ERROR
+            why = f"the database refused them ({error.__class__.__name__})"
+            self._drop(len(batch), why, level=level)
             return
         self._metrics.auth_events_written.inc(len(batch))
         if self._dropping:
             self._dropping = False
             logger.warning("sign-in events are written again")
 
-    def _drop(self, count: int, why: str) -> None:
+    def _drop(self, count: int, why: str, *, level: int = logging.ERROR) -> None:
         self._metrics.auth_events_dropped.inc(count)
         if not self._dropping:
             self._dropping = True
             # One line per streak, not one per event: counting is the metric's job.
-            logger.error("sign-in events dropped, not recorded: %s (auth_events_dropped)", why)
+            logger.log(level, "sign-in events dropped, not recorded: %s (auth_events_dropped)", why)
