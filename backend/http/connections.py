@@ -22,36 +22,29 @@ from backend.http.middleware import SECURITY_HEADERS
 from backend.http.problems import problem_response
 
 
-def _timeout_answer() -> bytes:
+def _raw_problem(status: HTTPStatus, detail: str, code: ProblemCode) -> bytes:
+    """A whole HTTP/1.1 answer, problem+json, for the protocol to write before any app
+    sees the request; the connection is closed after it."""
     response = problem_response(
-        HTTPStatus.REQUEST_TIMEOUT,
-        "The request's header section did not arrive in time.",
-        code=ProblemCode.REQUEST_TIMEOUT,
-        headers={"Connection": "close", **SECURITY_HEADERS},
+        status, detail, code=code, headers={"Connection": "close", **SECURITY_HEADERS}
     )
-    lines = [b"HTTP/1.1 408 Request Timeout"]
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}".encode()]
     lines += [name + b": " + value for name, value in response.raw_headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
 
 
-TIMEOUT_ANSWER = _timeout_answer()
-
-
-def _malformed_answer() -> bytes:
-    response = problem_response(
-        HTTPStatus.BAD_REQUEST,
-        "This is not a valid HTTP request (its request line or a header could not be read).",
-        code=ProblemCode.HTTP_ERROR,
-        headers={"Connection": "close", **SECURITY_HEADERS},
-    )
-    lines = [b"HTTP/1.1 400 Bad Request"]
-    lines += [name + b": " + value for name, value in response.raw_headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(response.body)
-
-
+TIMEOUT_ANSWER = _raw_problem(
+    HTTPStatus.REQUEST_TIMEOUT,
+    "The request's header section did not arrive in time.",
+    ProblemCode.REQUEST_TIMEOUT,
+)
 # What uvicorn answers a request httptools cannot parse: as problem+json, the one error
 # format, not its own text/plain line.
-MALFORMED_ANSWER = _malformed_answer()
+MALFORMED_ANSWER = _raw_problem(
+    HTTPStatus.BAD_REQUEST,
+    "This is not a valid HTTP request (its request line or a header could not be read).",
+    ProblemCode.HTTP_ERROR,
+)
 
 
 class ReadDeadlineProtocol(HttpToolsProtocol):
